@@ -1,0 +1,1 @@
+"""espmeter agent: capture, decode, meter ESP sequence numbers, pair SAs, schedule exports."""

@@ -1,0 +1,1 @@
+"""espmeter exporter: IPFIX messages (python-ipfix), templates, transports, collector dictionaries."""

@@ -1,0 +1,1 @@
+"""The single source of truth for the information elements espmeter exports."""
