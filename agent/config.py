@@ -1,0 +1,418 @@
+"""espmeter configuration: one YAML file validated into typed pydantic settings.
+
+Every setting lives in :class:`Settings` (defaults and help text in one place).
+Errors are reported as ONE line ``FILE:LINE: KEY.PATH: what is wrong`` so an
+operator can fix the file without reading a traceback; line numbers come from
+the YAML node tree (``yaml.compose``) matched against pydantic's error ``loc``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, TextIO
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PATH = "/etc/espmeter/espmeter.yaml"
+COLLECTOR_HELP = "expected udp://HOST:PORT, tcp://HOST:PORT or file://PATH"
+
+# PENs whose low 16 bits collide with enterprises nfdump 1.7 knows; it keeps only 16 bits.
+_NFDUMP_PEN_CLASHES = {
+    0: "IANA/IETF (no enterprise)",
+    9: "Cisco",
+    637: "Nokia/Alcatel-Lucent",
+    6871: "Nokia/Alcatel-Lucent",
+    29305: "the RFC 5103 reverse-direction PEN",
+}
+_SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log"})
+_IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
+
+
+class ConfigError(Exception):
+    """A configuration problem, already formatted as one ``FILE:LINE: KEY: message`` line."""
+
+
+def check_collector_url(url: str) -> str:
+    """Validate an exporter destination URL; returned unchanged so the exporter parses it itself."""
+    bad = f"{url!r} is not a valid collector URL ({COLLECTOR_HELP})"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. a malformed [IPv6] literal
+        raise ValueError(f"{url!r} is not a valid collector URL: {exc} ({COLLECTOR_HELP})") from None
+    if parts.scheme == "file":
+        if not url[len("file://") :] or not url.startswith("file://"):
+            raise ValueError(bad)
+        return url
+    if parts.scheme not in ("udp", "tcp") or not url.startswith(f"{parts.scheme}://"):
+        raise ValueError(bad)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: port must be 1-65535 ({COLLECTOR_HELP})") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(bad)
+    if port is None:
+        raise ValueError(f"{url!r}: missing port ({COLLECTOR_HELP})")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{url!r}: port must be 1-65535 ({COLLECTOR_HELP})")
+    if ":" in parts.hostname:
+        _check_ipv6_literal(url, parts.hostname)
+    return url
+
+
+def _check_ipv6_literal(url: str, host: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(f"{url!r}: {host!r} is not a valid IPv6 address ({COLLECTOR_HELP})") from None
+
+
+def check_peer_ip(value: str) -> str:
+    """Normalise a tunnel peer address so lookups match the packet path's text form."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
+
+
+def check_pen(pen: int) -> int:
+    """Refuse PENs that nfdump 1.7 would misread as another enterprise's elements."""
+    low = pen & 0xFFFF
+    if low in _NFDUMP_PEN_CLASHES:
+        raise ValueError(
+            f"PEN {pen} is not allowed: nfdump 1.7 truncates PENs to 16 bits and would read it as "
+            f"{low} ({_NFDUMP_PEN_CLASHES[low]}); choose a PEN whose low 16 bits are not "
+            f"{sorted(_NFDUMP_PEN_CLASHES)}"
+        )
+    return pen
+
+
+CollectorURL = Annotated[str, AfterValidator(check_collector_url)]
+PeerIP = Annotated[str, AfterValidator(check_peer_ip)]
+
+
+class InterfaceConfig(BaseModel):
+    """One capture interface; a bare string in YAML means ``{name: STRING}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(description="Network interface to capture ESP on (e.g. eth0).")
+    direction: Literal["in", "out", "both"] = Field("both", description="Capture direction: in, out or both.")
+
+    @field_validator("name")
+    @classmethod
+    def _ifname(cls, value: str) -> str:
+        if not _IFNAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a valid interface name (1-15 chars, no '/' or spaces)")
+        return value
+
+
+class LogConfig(BaseModel):
+    """Logging output; the journal adds timestamps, so text lines carry none."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum log level.")
+    format: Literal["text", "json"] = Field("text", description="text (journald-friendly) or json lines.")
+
+
+def _interface_item(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class Settings(BaseModel):
+    """All espmeter settings with defaults; an empty file yields exactly these."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # capture
+    interfaces: list[InterfaceConfig] = Field(
+        default_factory=list, description="Interfaces to capture on: names or {name, direction}."
+    )
+    filter: str | None = Field(None, description="Extra BPF expression, and-ed with the ESP filter.")
+    snaplen: int = Field(256, ge=96, le=65535, description="Bytes captured per packet.")
+    buffer_size_mb: int = Field(8, ge=1, le=4096, description="Kernel capture buffer per interface, MiB.")
+    # export
+    collectors: list[CollectorURL] = Field(
+        default_factory=list, description="IPFIX destinations: udp://HOST:PORT, tcp://HOST:PORT, file://PATH."
+    )
+    observation_domain: int = Field(1, ge=1, le=2**32 - 1, description="IPFIX observation domain id.")
+    pen: int = Field(
+        32473, ge=1, le=2**32 - 1, description="Private enterprise number for espmeter's own IEs."
+    )
+    mtu: int = Field(1400, ge=512, le=65535, description="Maximum IPFIX message size, bytes.")
+    template_refresh_s: int = Field(300, ge=1, description="Resend templates after this many seconds (UDP).")
+    template_refresh_messages: int = Field(
+        100, ge=0, description="Resend templates after this many messages (UDP); 0 = only by time."
+    )
+    records: Literal["sa", "biflow"] = Field("sa", description="Export one record per SA or per biflow.")
+    active_timeout_s: int = Field(60, ge=1, description="Export a running SA record at least this often.")
+    idle_timeout_s: int = Field(30, ge=1, description="Expire an SA with no packets for this long.")
+    tcp_buffer_messages: int = Field(
+        10000, ge=0, description="Messages kept while a TCP collector is unreachable."
+    )
+    stats_interval_s: int = Field(60, ge=1, description="Agent self-statistics interval, seconds.")
+    # metering
+    reorder_window: int = Field(1024, ge=32, le=65536, description="Sequence numbers tracked per SA.")
+    reorder_time_s: float = Field(2.0, gt=0, description="Wait this long for a late packet before loss.")
+    jump_limit: int = Field(1_000_000, ge=1, description="Sequence jump treated as SA restart, not loss.")
+    max_sas: int = Field(100_000, ge=1, description="Maximum SAs tracked at once.")
+    probation_sas: int = Field(10_000, ge=0, description="Unconfirmed new SAs tracked at once.")
+    fragment_timeout_s: int = Field(30, ge=1, description="Drop incomplete IP fragments after this long.")
+    max_fragments: int = Field(10000, ge=0, description="Maximum IP fragments held for reassembly.")
+    tunnel_names: dict[PeerIP, str] = Field(
+        default_factory=dict, description="Peer IP address -> tunnel name, for readable output."
+    )
+    # daemon
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    user: str | None = Field(
+        None, description="Drop to this user after opening the capture (root only); keeps CAP_NET_RAW."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """A section whose keys are all commented out parses as null; treat it as absent."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _SECTIONS)}
+        return data
+
+    @field_validator("interfaces", mode="before")
+    @classmethod
+    def _bare_interface_names(cls, value: Any) -> Any:
+        return [_interface_item(item) for item in value] if isinstance(value, list) else value
+
+    @field_validator("pen")
+    @classmethod
+    def _pen(cls, value: int) -> int:
+        return check_pen(value)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not _USER_RE.match(value):
+            raise ValueError(f"{value!r} is not a valid user name")
+        return value
+
+    def effective_yaml(self) -> str:
+        """The configuration as the agent will use it, defaults filled in."""
+        body = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+        return "# espmeter effective configuration\n" + body
+
+
+_EXPORTER_KEYS = (
+    "collectors",
+    "observation_domain",
+    "pen",
+    "mtu",
+    "template_refresh_s",
+    "template_refresh_messages",
+    "records",
+    "tcp_buffer_messages",
+    "stats_interval_s",
+)
+
+
+def exporter_settings(settings: Settings) -> dict[str, Any]:
+    """Plain dict for ``exporter.ExportSettings(**d)``; keeps the exporter free of pydantic."""
+    data = settings.model_dump(mode="python")
+    return {key: (list(data[key]) if isinstance(data[key], list) else data[key]) for key in _EXPORTER_KEYS}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | None) -> Settings:
+    """Read and validate PATH; None means built-in defaults with no file."""
+    if path is None:
+        return Settings()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: str) -> Settings:
+    """Validate YAML TEXT; SOURCE names it in error messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(exc, source)) from None
+    if root is None:
+        data, root = {}, None
+    elif not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{source}:{root.start_mark.line + 1}: top level must be a mapping of keys")
+    else:
+        _check_duplicates(root, source, ())
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, root, source)) from None
+
+
+def merge_cli(settings: Settings, interfaces: list[str] | None, collectors: list[str] | None) -> Settings:
+    """Command-line flags replace the file's lists (not append), as operators expect."""
+    data = settings.model_dump(mode="json")
+    if interfaces is not None:
+        data["interfaces"] = list(interfaces)
+    if collectors is not None:
+        data["collectors"] = list(collectors)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, None, "command line")) from None
+
+
+def check_config(path: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``espmeter check-config FILE``: print the effective config (0) or the one error line (2)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        settings = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=err)
+        return 2
+    out.write(settings.effective_yaml())
+    return 0
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = f"{mark.line + 1}" if mark is not None else "1"
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{source}:{line}: YAML syntax error: {problem}"
+
+
+def _check_duplicates(node: yaml.Node, source: str, path: tuple[Any, ...]) -> None:
+    """PyYAML silently keeps the last duplicate key; an operator almost never means that."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.value in seen:
+                where = _format_path((*path, key.value))
+                raise ConfigError(f"{source}:{key.start_mark.line + 1}: {where}: duplicate key")
+            seen.add(key.value)
+            _check_duplicates(value, source, (*path, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicates(item, source, (*path, index))
+
+
+def _first_error(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
+    """One line for the earliest problem in the file; further problems are only counted."""
+    located = [(_locate(root, _clean_loc(err["loc"])), err) for err in exc.errors()]
+    located.sort(key=lambda item: item[0])
+    line, err = located[0]
+    loc = _clean_loc(err["loc"])
+    where = f"{source}:{line}" if root is not None else source
+    message = f"{where}: {_format_path(loc) or '(top level)'}: {_describe(err, loc)}"
+    if len(located) > 1:
+        message += f" (and {len(located) - 1} more problem{'s' if len(located) > 2 else ''})"
+    return message
+
+
+def _clean_loc(loc: Sequence[int | str]) -> tuple[int | str, ...]:
+    """Drop pydantic's internal steps (validator names, union tags) that are not YAML keys."""
+    return tuple(p for p in loc if isinstance(p, int) or "[" not in p or p == "[key]")
+
+
+def _locate(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
+    """1-based line of the deepest YAML node on LOC's path (the key itself for key errors)."""
+    if root is None:
+        return 1
+    node = root
+    steps = list(loc)
+    for index, part in enumerate(steps):
+        child = _child(node, part)
+        if child is None:
+            break
+        key_node, value_node = child
+        wants_key = index + 1 < len(steps) and steps[index + 1] == "[key]"
+        node = key_node if wants_key or value_node is None else value_node
+        if wants_key:
+            break
+    return node.start_mark.line + 1
+
+
+def _child(node: yaml.Node, part: int | str) -> tuple[yaml.Node, yaml.Node | None] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                return key, value
+    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part], None
+    return None
+
+
+def _format_path(loc: Sequence[int | str]) -> str:
+    text = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part!r}]"
+    return text
+
+
+def _describe(err: Any, loc: tuple[int | str, ...]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(loc[:-1]))
+        return f"unknown key {loc[-1]!r} (allowed: {allowed})"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"{err['input']!r} is not allowed (expected {msg.removeprefix('Input should be ')})"
+    return f"{msg} (got {err['input']!r})"
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the model at LOC, so the error shows what would have been accepted."""
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if _is_model(model) else None
+        model = _find_model(field.annotation) if field else None
+    return list(model.model_fields) if _is_model(model) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _find_model(annotation: Any) -> Any:
+    if _is_model(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
