@@ -1,0 +1,186 @@
+"""Log formats (journald prefix, plain, JSON) and per-key rate limiting with a fake clock."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.logsetup import (
+    RateLimitedLogger,
+    RateLimiter,
+    RateLimitFilter,
+    setup_logging,
+    stderr_is_journal,
+    syslog_priority,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _journal_env(fh: io.TextIOBase) -> dict[str, str]:
+    st = os.fstat(fh.fileno())
+    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+
+def test_plain_text_when_not_journal() -> None:
+    out = io.StringIO()
+    log = setup_logging("info", "text", stream=out, environ={})
+    log.getChild("capture").warning("eth0: %d drops", 5)
+    log.debug("hidden")
+    assert out.getvalue() == "WARNING espmeter.capture: eth0: 5 drops\n"
+
+
+def test_journal_prefix_when_stderr_is_the_journal_stream(tmp_path: Path) -> None:
+    with open(tmp_path / "journal", "w+") as fh:
+        log = setup_logging("debug", "text", stream=fh, environ=_journal_env(fh))
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("two\nlines")
+        log.critical("c")
+        fh.seek(0)
+        assert fh.read().splitlines() == [
+            "<7>espmeter: d",
+            "<6>espmeter: i",
+            "<4>espmeter: w",
+            "<3>espmeter: two",
+            "<3>lines",
+            "<2>espmeter: c",
+        ]
+
+
+def test_inherited_journal_stream_of_another_fd_is_ignored(tmp_path: Path) -> None:
+    with open(tmp_path / "a", "w") as a, open(tmp_path / "b", "w") as b:
+        assert stderr_is_journal(a, _journal_env(a))
+        assert not stderr_is_journal(b, _journal_env(a))
+        assert not stderr_is_journal(a, {"JOURNAL_STREAM": "junk"})
+        assert not stderr_is_journal(io.StringIO(), _journal_env(a))
+
+
+def test_json_lines() -> None:
+    out = io.StringIO()
+    log = setup_logging("info", "json", stream=out, environ={})
+    log.info("sa %s up", "0x1234", extra={"spi": 0x1234})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("failed")
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["level"] == "info" and first["logger"] == "espmeter"
+    assert first["msg"] == "sa 0x1234 up" and first["spi"] == 0x1234 and isinstance(first["ts"], float)
+    assert second["level"] == "error" and "RuntimeError: boom" in second["exc"]
+
+
+def test_setup_is_idempotent() -> None:
+    out = io.StringIO()
+    setup_logging("info", "text", stream=io.StringIO(), environ={})
+    log = setup_logging("warning", "text", stream=out, environ={})
+    assert len(log.handlers) == 1
+    log.info("no")
+    log.warning("yes")
+    assert out.getvalue() == "WARNING espmeter: yes\n"
+
+
+def test_syslog_priority() -> None:
+    assert [syslog_priority(n) for n in (10, 20, 30, 40, 50)] == [7, 6, 4, 3, 2]
+
+
+def test_rate_limiter_window_and_carry() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(limit=3, interval_s=10, clock=clock)
+    assert [rl.admit("k") for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    assert rl.admit("other") == (True, 0)  # keys are independent
+    clock.now += 9.9
+    assert rl.admit("k") == (False, 0)
+    clock.now += 0.1
+    assert rl.admit("k") == (True, 3)  # new window reports the 3 suppressed before
+    assert rl.admit("k") == (True, 0)
+
+
+def test_rate_limiter_expired_summaries() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(limit=1, interval_s=5, clock=clock)
+    for _ in range(1235):
+        rl.admit("bad-spi", logging.WARNING)
+    rl.admit("quiet")
+    assert rl.expired() == []
+    clock.now += 5
+    assert rl.expired() == [("bad-spi", 1234, logging.WARNING)]
+    assert rl.expired() == []
+    assert rl.admit("bad-spi") == (True, 0)  # the summary was already given by expired()
+
+
+def test_rate_limiter_bounds_keys() -> None:
+    rl = RateLimiter(limit=1, interval_s=5, clock=FakeClock(), max_keys=2)
+    for key in ("a", "b", "c"):
+        rl.admit(key)
+    assert rl.admit("a") == (True, 0)  # "a" was evicted, so it starts afresh
+    with pytest.raises(ValueError):
+        RateLimiter(limit=0)
+
+
+def test_rate_limited_logger_summary() -> None:
+    out = io.StringIO()
+    log = setup_logging("info", "text", stream=out, environ={})
+    clock = FakeClock()
+    rl = RateLimitedLogger(log, RateLimiter(limit=2, interval_s=60, clock=clock))
+    emitted = [rl.warning("short", "truncated ESP packet on %s", "eth0") for _ in range(1236)]
+    assert emitted.count(True) == 2
+    assert rl.flush() == 0
+    clock.now += 60
+    assert rl.flush() == 1
+    rl.warning("short", "truncated ESP packet on %s", "eth0")
+    assert out.getvalue().splitlines() == [
+        "WARNING espmeter: truncated ESP packet on eth0",
+        "WARNING espmeter: truncated ESP packet on eth0",
+        "WARNING espmeter: suppressed 1234 similar messages (short)",
+        "WARNING espmeter: truncated ESP packet on eth0",
+    ]
+
+
+def test_rate_limited_logger_reports_carry_on_next_message() -> None:
+    out = io.StringIO()
+    log = setup_logging("info", "text", stream=out, environ={})
+    clock = FakeClock()
+    rl = RateLimitedLogger(log, RateLimiter(limit=1, interval_s=1, clock=clock))
+    rl.info("k", "m1")
+    rl.info("k", "m2")
+    rl.debug("k", "below level is not counted")
+    clock.now += 1
+    rl.info("k", "m3")
+    assert out.getvalue().splitlines() == [
+        "INFO espmeter: m1",
+        "INFO espmeter: suppressed 1 similar message (k)",
+        "INFO espmeter: m3",
+    ]
+
+
+def test_rate_limit_filter() -> None:
+    out = io.StringIO()
+    log = setup_logging("info", "text", stream=out, environ={})
+    clock = FakeClock()
+    log.handlers[0].addFilter(RateLimitFilter(RateLimiter(limit=1, interval_s=10, clock=clock)))
+    try:
+        for i in range(4):
+            log.warning("bad packet %d", i, extra={"ratelimit_key": "bad"})
+        log.warning("unrelated")
+        clock.now += 10
+        log.warning("bad packet %d", 9, extra={"ratelimit_key": "bad"})
+    finally:
+        setup_logging("info", "text", stream=io.StringIO(), environ={})
+    assert out.getvalue().splitlines() == [
+        "WARNING espmeter: bad packet 0",
+        "WARNING espmeter: unrelated",
+        "WARNING espmeter: bad packet 9 (suppressed 3 similar messages (bad) before this)",
+    ]
