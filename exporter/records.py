@@ -52,6 +52,7 @@ class SARecord:
     max_reorder_extent: int
     end_reason: int
     vlan: int | None = None
+    inner_vlan: int | None = None  # QinQ customer tag (dot1qCustomerVlanId)
     ingress_if: int | None = None
     egress_if: int | None = None
     direction: int | None = None  # DIRECTION_INGRESS / DIRECTION_EGRESS when known

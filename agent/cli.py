@@ -1,0 +1,67 @@
+"""The `espmeter` command line: read, run, check-config, templates, collect, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.capture import CaptureError
+
+EXIT_USAGE = 2  # bad arguments, unreadable capture, bad configuration
+EXIT_DAMAGED = 3  # the capture was damaged part-way: the frames before the damage were counted
+
+
+def _read(args: argparse.Namespace) -> int:
+    from agent.offline import meter_file
+    from agent.report import write_table
+    from agent.settings import meter_settings
+
+    settings, export = meter_settings(args.config)
+    exporter = None
+    if args.collector:
+        from exporter import Exporter, ExportSettings
+
+        exporter = Exporter(ExportSettings(**{**export, "collectors": args.collector}))
+    try:
+        result = meter_file(args.capture, settings, exporter, args.bpf)
+    except CaptureError as e:
+        print(f"espmeter: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if exporter is not None:
+        exporter.export_stats(result.meter.stats(export.get("observation_domain", 1)))
+        exporter.close()
+    if args.json:
+        json.dump(result.doc, sys.stdout, separators=(",", ":"))
+        sys.stdout.write("\n")
+    else:
+        write_table(result.doc, sys.stdout)
+    if result.error:
+        print(f"espmeter: {args.capture}: damaged capture, stopped after {result.meter.frames} frames: "
+              f"{result.error}", file=sys.stderr)
+        return EXIT_DAMAGED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="espmeter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    read = sub.add_parser("read", help="meter a pcap/pcapng capture and print the tunnel table or JSON")
+    read.add_argument("capture", help="pcap or pcapng file")
+    read.add_argument("--json", action="store_true", help="one JSON object on stdout (docs/read-json.md)")
+    read.add_argument("--bpf", metavar="EXPR", help="BPF expression to pre-filter the capture")
+    read.add_argument("--collector", action="append", metavar="URL",
+                      help="also export IPFIX: udp://HOST:PORT, tcp://HOST:PORT or file://PATH (repeatable)")
+    read.add_argument("--config", metavar="FILE", help="YAML configuration (tracker, timers, export settings)")
+    read.set_defaults(func=_read)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Meter one capture file from start to end: what `espmeter read` and the demo run."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from agent.capture import OfflineSource
+from agent.meter import Meter, MeterSettings
+from agent.records import RecordSink
+from agent.report import document
+
+
+@dataclass(slots=True)
+class OfflineResult:
+    doc: dict[str, Any]
+    meter: Meter
+    error: str | None  # the file was damaged after the frames that were counted
+
+
+def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = None, bpf: str | None = None,
+               progress: bool | None = None) -> OfflineResult:
+    """Read `path` to its end (or its damage), ticking timers on capture time, then end every SA."""
+    source = OfflineSource(path, bpf)
+    meter = Meter(settings, sink, keep_history=True)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=source.size, unit="B", unit_scale=True, disable=not show, file=sys.stderr, leave=False)
+    try:
+        while (batch := source.read()) is not None:
+            meter.feed(batch.buf, batch.meta, batch.linktype)
+            meter.tick(meter.now)
+            bar.update(len(batch.buf) + len(batch.meta))
+    finally:
+        bar.close()
+        source.close()
+    meter.finish()
+    return OfflineResult(document(meter, path, source.linktype, source.error), meter, source.error)

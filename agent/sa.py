@@ -1,0 +1,101 @@
+"""One observed SA generation: identity, traffic counters, sequence tracker and export snapshot."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from agent.tracker import SeqTracker
+
+SAKey = tuple  # (obs, ident): obs = (ifindex, vlan, inner_vlan) or None; ident = addresses [+ ports] + SPI
+
+
+class SA(SeqTracker):
+    """Counters are cumulative; `x_*` hold their values at the previous export (deltas = now - x)."""
+
+    __slots__ = (
+        "key", "ident", "obs", "udp", "generation", "direction",
+        "packets", "octets", "incomplete", "first_seen", "last_seen",
+        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "local", "due",
+        "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
+        "x_incomplete", "x_last",
+    )
+
+    def __init__(self, key: SAKey, udp: bool, now: float, direction: str | None, generation: int = 0) -> None:
+        super().__init__()
+        self.key = key
+        self.obs, self.ident = key
+        self.udp = udp
+        self.generation = generation
+        self.direction = direction
+        self.packets = 0
+        self.octets = 0
+        self.incomplete = 0
+        self.first_seen = now
+        self.last_seen = now
+        self.peer: SA | None = None
+        self.tunnel_id: int | None = None
+        self.active = True
+        self.trial = True  # on probation until a run of datagrams in sequence (see SATable)
+        self.interval_start = now
+        self.held_octets = 0
+        self.local = False  # sent by this box: no path loss is measurable here
+        self.due = 0.0  # when the export schedule next looks at this SA
+        self.x_packets = self.x_octets = self.x_datagrams = self.x_lost = 0
+        self.x_reordered = self.x_duplicates = self.x_late = self.x_incomplete = 0
+        self.x_last = -1
+
+    # -- identity, decoded from the key on demand (not on the packet path) ----------------------
+    @property
+    def addr_len(self) -> int:
+        return 4 if len(self.ident) in (12, 16) else 16
+
+    @property
+    def src(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.ident[:self.addr_len])
+
+    @property
+    def dst(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        n = self.addr_len
+        return ipaddress.ip_address(self.ident[n:2 * n])
+
+    @property
+    def spi(self) -> int:
+        return int.from_bytes(self.ident[-4:], "big")
+
+    @property
+    def ports(self) -> tuple[int | None, int | None]:
+        if not self.udp:
+            return None, None
+        n = 2 * self.addr_len
+        return int.from_bytes(self.ident[n:n + 2], "big"), int.from_bytes(self.ident[n + 2:n + 4], "big")
+
+    @property
+    def ifindex(self) -> int | None:
+        return self.obs[0] if self.obs else None
+
+    @property
+    def vlan(self) -> int | None:
+        return self.obs[1] if self.obs else None
+
+    @property
+    def inner_vlan(self) -> int | None:
+        return self.obs[2] if self.obs else None
+
+    @property
+    def flow_key(self) -> tuple[bytes, bytes, int | None, int | None]:
+        """(src, dst, sport, dport) as raw bytes/ints: what the reverse SA mirrors."""
+        n = self.addr_len
+        sport, dport = self.ports
+        return self.ident[:n], self.ident[n:2 * n], sport, dport
+
+    def reverse_flow_key(self) -> tuple[bytes, bytes, int | None, int | None]:
+        src, dst, sport, dport = self.flow_key
+        return dst, src, dport, sport
+
+
+def esp_ident(src: bytes, dst: bytes, spi: int) -> bytes:
+    return src + dst + spi.to_bytes(4, "big")
+
+
+def udp_ident(src: bytes, dst: bytes, sport: int, dport: int, spi: int) -> bytes:
+    return src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + spi.to_bytes(4, "big")

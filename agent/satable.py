@@ -1,0 +1,200 @@
+"""The SA table and its export schedule: two structures, as in softflowd, so no timer scans the table.
+
+`sas` maps key → SA (active or dormant: an SA ended by the idle timeout keeps its sequence state,
+so a quiet tunnel that speaks again continues its numbering instead of starting a new "flow").
+`schedule` is a heap of (due, serial, SA); an SA has one live entry, stale ones are skipped.
+New SAs are on probation (their own smaller bound) until they show a run of packets in sequence,
+so a flood of one-packet SPIs evicts other probationers, never the established tunnels.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+
+from agent.pairing import Pairer
+from agent.sa import SA, SAKey
+from agent.tracker import TrackerSettings, Verdict
+from exporter.records import END_ACTIVE, END_FORCED, END_IDLE, END_RESOURCES
+
+PROBATION_RUN = 4  # accepted datagrams with no gap that make an SA established
+EVICTION_SAMPLE = 64  # schedule entries examined to find the longest-idle SA when the table is full
+
+
+@dataclass(frozen=True, slots=True)
+class TableSettings:
+    tracker: TrackerSettings = TrackerSettings()
+    active_timeout: float = 60.0
+    idle_timeout: float = 30.0
+    max_sas: int = 100_000
+    probation_sas: int = 10_000
+
+
+ExportFn = Callable[[SA, int, float], None]  # (sa, flowEndReason, now)
+
+
+class SATable:
+    def __init__(self, settings: TableSettings, export: ExportFn, keep_history: bool = False) -> None:
+        self.settings = settings
+        self.export = export
+        self.sas: dict[SAKey, SA] = {}
+        self.dormant: dict[SAKey, SA] = {}  # idle-ended SAs, oldest first: evicted before active ones
+        self.probation: dict[SAKey, SA] = {}
+        self.schedule: list[tuple[float, int, SA]] = []
+        self.serial = count()
+        self.pairer = Pairer()
+        self.history: list[SA] | None = [] if keep_history else None  # read mode: ended generations
+        self.evictions = 0
+        self.generations = 0
+
+    # -- packet path --------------------------------------------------------------------------
+    def create(self, key: SAKey, udp: bool, now: float, direction: str | None) -> SA:
+        self._make_room(now)
+        sa = SA(key, udp, now, direction)
+        self.sas[key] = sa
+        self.probation[key] = sa
+        self._schedule(sa, now)
+        self.pairer.add(sa)
+        return sa
+
+    def reactivate(self, sa: SA, now: float) -> None:
+        """A dormant SA speaks again: a new flow record interval starts, the numbering continues."""
+        del self.dormant[sa.key]
+        sa.active = True
+        sa.interval_start = now
+        self._schedule(sa, now)
+        if sa.peer is None:
+            self.pairer.add(sa)
+
+    def observe_slow(self, sa: SA, seq: int, octets: int, now: float) -> SA:
+        """Everything but an in-order datagram on an established SA (see Meter for the fast case).
+
+        Returns the SA the datagram belongs to: a new generation after a confirmed restart.
+        """
+        s = self.settings.tracker
+        verdict = sa.observe(seq, now, s)
+        if verdict is Verdict.HELD:
+            sa.held_octets = octets
+        elif verdict is Verdict.RESTART:
+            sa = self._new_generation(sa, now)
+            sa.observe(seq, now, s)
+        if sa.trial and sa.datagrams - sa.duplicates - sa.late >= PROBATION_RUN and not sa.gaps:
+            sa.trial = False
+            self.probation.pop(sa.key, None)
+        return sa
+
+    def _new_generation(self, old: SA, now: float) -> SA:
+        """Sequence numbers restarted near 1 under the same SPI: end the old generation, start anew."""
+        restart_at, restart_time = old.held, old.held_time
+        old.held = -1
+        old.datagrams -= 1  # the held datagram belongs to the new generation
+        old.packets -= 1
+        old.octets -= old.held_octets
+        old.finish()
+        self.export(old, END_FORCED, now)
+        old.active = False
+        new = SA(old.key, old.udp, restart_time, old.direction, old.generation + 1)
+        new.packets, new.octets = 1, old.held_octets
+        new.local = old.local
+        new.trial = False
+        self.sas[old.key] = new
+        self.probation.pop(old.key, None)
+        self.pairer.inherit(old, new)
+        if self.history is not None:
+            self.history.append(old)
+        self.generations += 1
+        self._schedule(new, now)
+        new.observe(restart_at, restart_time, self.settings.tracker)
+        return new
+
+    # -- timers ---------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Idle and active timeouts for every SA whose schedule entry is due; O(due entries)."""
+        s = self.settings
+        heap = self.schedule
+        while heap and heap[0][0] <= now:
+            due, _, sa = heapq.heappop(heap)
+            if not sa.active or sa.due != due or self.sas.get(sa.key) is not sa:
+                continue
+            if now - sa.last_seen >= s.idle_timeout:
+                self._end(sa, END_IDLE, now)
+            elif now - sa.interval_start >= s.active_timeout:
+                self.export(sa, END_ACTIVE, now)
+                sa.interval_start = now
+                self._schedule(sa, now)
+            else:
+                self._schedule(sa, now)
+
+    def finish(self, now: float) -> None:
+        """End of capture or shutdown: every active SA ends with flowEndReason forced end."""
+        for sa in list(self.sas.values()):
+            if sa.active:
+                sa.finish()
+                self.export(sa, END_FORCED, now)
+                sa.active = False
+        self.schedule.clear()
+
+    def all_sas(self) -> list[SA]:
+        """Every SA generation seen (read mode), in order of first appearance."""
+        history = self.history or []
+        return sorted([*history, *self.sas.values()], key=lambda sa: (sa.first_seen, sa.generation))
+
+    # -- internals ------------------------------------------------------------------------------
+    def _schedule(self, sa: SA, now: float) -> None:
+        s = self.settings
+        due = min(sa.last_seen + s.idle_timeout, sa.interval_start + s.active_timeout)
+        if due <= now:
+            due = now + min(s.idle_timeout, s.active_timeout)
+        sa.due = due
+        heapq.heappush(self.schedule, (due, next(self.serial), sa))
+
+    def _end(self, sa: SA, reason: int, now: float) -> None:
+        sa.finish()
+        self.export(sa, reason, now)
+        sa.active = False
+        self.probation.pop(sa.key, None)
+        self.pairer.remove(sa)
+        self.dormant[sa.key] = sa
+
+    def _make_room(self, now: float) -> None:
+        s = self.settings
+        if len(self.probation) >= s.probation_sas:
+            self._evict(self.probation[next(iter(self.probation))], now)
+        while len(self.sas) >= s.max_sas:
+            if self.dormant:
+                self._forget(self.dormant[next(iter(self.dormant))])
+            else:
+                self._evict(self._longest_idle(), now)
+
+    def _longest_idle(self) -> SA:
+        """Approximately the least recently seen active SA, from the front of the schedule."""
+        heap = self.schedule
+        sample: list[tuple[float, int, SA]] = []
+        while heap and len(sample) < EVICTION_SAMPLE:
+            entry = heapq.heappop(heap)
+            sa = entry[2]
+            if sa.active and sa.due == entry[0] and self.sas.get(sa.key) is sa:
+                sample.append(entry)
+        for entry in sample:
+            heapq.heappush(heap, entry)
+        if sample:
+            return min(sample, key=lambda e: e[2].last_seen)[2]
+        return min((sa for sa in self.sas.values() if sa.active), key=lambda sa: sa.last_seen)
+
+    def _evict(self, sa: SA, now: float) -> None:
+        if sa.active:
+            sa.finish()
+            self.export(sa, END_RESOURCES, now)
+            sa.active = False
+        self.evictions += 1
+        self._forget(sa)
+
+    def _forget(self, sa: SA) -> None:
+        del self.sas[sa.key]
+        self.dormant.pop(sa.key, None)
+        self.probation.pop(sa.key, None)
+        self.pairer.remove(sa)
+        if self.history is not None:
+            self.history.append(sa)

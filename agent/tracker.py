@@ -1,0 +1,277 @@
+"""Per-SA ESP sequence tracker: loss, reordering, duplicates and late datagrams.
+
+The contract (docs/read-json.md): a datagram is accepted unless it is late; `first`/`last` are the
+lowest/highest accepted numbers; a missing number becomes final (lost) when it falls behind the
+reorder window, when it has been missing longer than the reorder time, or when the SA ends; an
+arrival whose number is already final is late and never un-counts loss.
+
+Memory: instead of a bitmap, the tracker keeps the *missing* ranges inside the window. An SA with
+no open gap holds two empty lists, whatever its rate; the ranges are bounded by the window size.
+Gaps open in sequence order, so older gaps are always lower: finalisation by time or by window
+always removes a prefix of `gaps`, never scans the whole list.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from enum import IntEnum
+
+_WRAP = 1 << 32
+_HALF = 1 << 31
+_LOW_MASK = _WRAP - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerSettings:
+    window: int = 1024
+    reorder_time: float = 2.0
+    jump_limit: int = 1_000_000
+    restart_limit: int = 1024
+
+
+class Verdict(IntEnum):
+    ACCEPTED = 0  # new highest number (in order or after a gap)
+    REORDERED = 1
+    DUPLICATE = 2
+    LATE = 3
+    HELD = 4  # implausible number held until the next datagram confirms or refutes it
+    RESTART = 5  # confirmed restart near 1: the caller starts a new generation
+
+
+def infer_esn(low: int, last: int) -> int:
+    """64-bit sequence number for the 32 low bits on the wire, nearest to `last` (RFC 4303 A2.2)."""
+    if last < 0:
+        return low
+    cand = (last & ~_LOW_MASK) | low
+    if cand + _HALF < last:
+        return cand + _WRAP
+    if cand > last + _HALF and cand >= _WRAP:
+        return cand - _WRAP
+    return cand
+
+
+class SeqTracker:
+    """Sequence-space state of one SA generation. Times are epoch seconds from the caller's clock."""
+
+    __slots__ = (
+        "first", "last", "started", "gaps", "finals", "held", "held_time",
+        "datagrams", "lost", "reordered", "duplicates", "late", "implausible", "max_extent",
+        "iv_min", "iv_max", "iv_extent",
+    )
+
+    def __init__(self) -> None:
+        self.first = -1
+        self.last = -1
+        self.started = 0.0
+        self.gaps: list[list] = []  # pending missing ranges [lo, hi, opened_at], ascending
+        self.finals: list[list] = []  # finalised missing ranges [lo, hi] still inside the window
+        self.held = -1  # implausible number awaiting confirmation
+        self.held_time = 0.0
+        self.datagrams = 0
+        self.lost = 0
+        self.reordered = 0
+        self.duplicates = 0
+        self.late = 0
+        self.implausible = 0
+        self.max_extent = 0
+        # per export interval: lowest accepted number, highest reordered one, largest extent
+        self.iv_min = -1
+        self.iv_max = -1
+        self.iv_extent = 0
+
+    # -- derived figures -------------------------------------------------------------------
+    @property
+    def accepted(self) -> int:
+        return self.datagrams - self.duplicates - self.late
+
+    @property
+    def expected(self) -> int:
+        return self.last - self.first + 1 if self.last >= 0 else 0
+
+    @property
+    def pending(self) -> int:
+        return sum(g[1] - g[0] + 1 for g in self.gaps)
+
+    # -- the per-datagram entry point ------------------------------------------------------
+    def observe(self, low: int, now: float, s: TrackerSettings) -> Verdict:
+        """Account one ESP datagram whose wire sequence number is `low` (32 bits)."""
+        self.datagrams += 1
+        if self.last < 0:
+            self._start(low, now)
+            return Verdict.ACCEPTED
+        n = infer_esn(low, self.last)
+        if self.held >= 0:
+            verdict = self._resolve_held(n, now, s)
+            if verdict is not None:
+                return verdict
+        if self.gaps and now - self.gaps[0][2] > s.reorder_time:
+            self.finalize_by_time(now, s.reorder_time)
+        last = self.last
+        if n > last:
+            if n - last > s.jump_limit:
+                return self._hold(n, low, now, s)
+            self._advance(n, now, s.window)
+            return Verdict.ACCEPTED
+        if n == last:
+            self.duplicates += 1
+            return Verdict.DUPLICATE
+        if n <= last - s.window:
+            if low <= s.restart_limit and last > s.restart_limit + s.window:
+                return self._hold(low, low, now, s)
+            self.late += 1
+            return Verdict.LATE
+        if n < self.first:
+            return self._below_first(n, now, s)
+        return self._inside(n)
+
+    def _start(self, n: int, now: float) -> None:
+        self.first = self.last = n
+        self.started = now
+        self.iv_min = self.iv_max = n
+
+    def _advance(self, n: int, now: float, window: int) -> None:
+        last = self.last
+        if n > last + 1:
+            self.gaps.append([last + 1, n - 1, now])
+        self.last = n
+        if self.iv_min < 0:
+            self.iv_min = n
+        floor = n - window  # numbers <= floor are behind the window
+        gaps = self.gaps
+        if gaps and gaps[0][0] <= floor:
+            while gaps and gaps[0][0] <= floor:
+                g = gaps[0]
+                if g[1] <= floor:
+                    self.lost += g[1] - g[0] + 1
+                    del gaps[0]
+                else:
+                    self.lost += floor - g[0] + 1
+                    g[0] = floor + 1
+                    break
+        finals = self.finals
+        while finals and finals[0][1] <= floor:
+            del finals[0]
+
+    def _below_first(self, n: int, now: float, s: TrackerSettings) -> Verdict:
+        """Reordering at the very start of an SA: accepted while the SA is younger than the reorder time."""
+        if now - self.started > s.reorder_time:
+            self.late += 1
+            return Verdict.LATE
+        extent = self._accepted_above(n)
+        if n + 1 <= self.first - 1:
+            self.gaps.insert(0, [n + 1, self.first - 1, self.started])
+        self.first = n
+        self._count_reordered(n, extent)
+        return Verdict.REORDERED
+
+    def _inside(self, n: int) -> Verdict:
+        """first <= n < last, inside the window: fills a pending gap, or is late or a duplicate."""
+        gaps = self.gaps
+        i = bisect_right(gaps, n, key=_lo) - 1
+        if i >= 0 and gaps[i][1] >= n:
+            extent = self._accepted_above(n)
+            g = gaps[i]
+            lo, hi = g[0], g[1]
+            if lo == hi:
+                del gaps[i]
+            elif n == lo:
+                g[0] = n + 1
+            elif n == hi:
+                g[1] = n - 1
+            else:
+                g[1] = n - 1
+                gaps.insert(i + 1, [n + 1, hi, g[2]])
+            self._count_reordered(n, extent)
+            return Verdict.REORDERED
+        finals = self.finals
+        j = bisect_right(finals, n, key=_lo) - 1
+        if j >= 0 and finals[j][1] >= n:
+            self.late += 1
+            return Verdict.LATE
+        self.duplicates += 1
+        return Verdict.DUPLICATE
+
+    def _accepted_above(self, n: int) -> int:
+        """Distinct accepted numbers higher than n (the reorder extent of an arrival of n)."""
+        missing = 0
+        for ranges in (self.gaps, self.finals):
+            for g in ranges:
+                if g[1] > n:
+                    missing += g[1] - max(g[0], n + 1) + 1
+        top = self.last - max(n, self.first - 1)
+        return top - missing
+
+    def _count_reordered(self, n: int, extent: int) -> None:
+        self.reordered += 1
+        if extent > self.max_extent:
+            self.max_extent = extent
+        if extent > self.iv_extent:
+            self.iv_extent = extent
+        if self.iv_min < 0 or n < self.iv_min:
+            self.iv_min = n
+        if n > self.iv_max:
+            self.iv_max = n
+
+    # -- implausible numbers -----------------------------------------------------------------
+    def _hold(self, n: int, low: int, now: float, s: TrackerSettings) -> Verdict:
+        self.implausible += 1
+        self.held = low if low <= s.restart_limit and (n > self.last + s.jump_limit or n < self.last) else n
+        self.held_time = now
+        return Verdict.HELD
+
+    def _resolve_held(self, n: int, now: float, s: TrackerSettings) -> Verdict | None:
+        """A datagram just after the held number confirms it; anything else refutes it."""
+        held = self.held
+        low = n & _LOW_MASK
+        restart = held <= s.restart_limit
+        cand = low if restart else n
+        if held < cand <= held + s.window:
+            self.held = -1
+            if restart:
+                self.datagrams -= 1  # the caller replays this datagram on the new generation
+                return Verdict.RESTART
+            self._advance(held, self.held_time, s.window)
+            return None
+        self.held = -1
+        self.late += 1
+        return None
+
+    # -- finalisation ------------------------------------------------------------------------
+    def finalize_by_time(self, now: float, reorder_time: float) -> None:
+        gaps = self.gaps
+        while gaps and now - gaps[0][2] > reorder_time:
+            lo, hi, _ = gaps.pop(0)
+            self.lost += hi - lo + 1
+            self.finals.append([lo, hi])
+
+    def finish(self) -> None:
+        """The SA ended: every pending gap is lost, an unconfirmed held number is late.
+
+        The finalised ranges are kept (bounded by the window) so that an SA which comes back after
+        an idle end still tells late arrivals from duplicates.
+        """
+        for lo, hi, _ in self.gaps:
+            self.lost += hi - lo + 1
+            self.finals.append([lo, hi])
+        self.gaps = []
+        if self.held >= 0:
+            self.held = -1
+            self.late += 1
+
+    def take_interval(self, last_before: int) -> tuple[int | None, int | None, int]:
+        """First/last accepted number and max reorder extent since the previous call; resets them.
+
+        `last` only moves on acceptance, so a moved `last` is the interval's highest; lower
+        arrivals (reordered) are tracked in iv_max.
+        """
+        hi = self.last if self.last != last_before else (self.iv_max if self.iv_max >= 0 else None)
+        lo = self.iv_min if self.iv_min >= 0 else None
+        extent = self.iv_extent
+        self.iv_min = self.iv_max = -1
+        self.iv_extent = 0
+        return lo, hi, extent
+
+
+def _lo(g: list) -> int:
+    return g[0]
