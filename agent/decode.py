@@ -54,7 +54,7 @@ SLL_OUTGOING = 4
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _ipv4 = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, flags/offset, protocol
-_sll2 = struct.Struct("!HxxIxxB").unpack_from  # protocol, ifindex, packet type
+_sll2_header = struct.Struct("!HxxIxxB").unpack_from  # protocol, ifindex, packet type
 _spi_seq = struct.Struct("!II").unpack_from
 _ports = struct.Struct("!HHH").unpack_from  # sport, dport, length
 
@@ -153,7 +153,7 @@ def _sll2(f: Frame, buf: bytes, off: int, end: int) -> tuple[int, int]:
     if end - off < 20:
         f.cls = TRUNCATED
         return -1, 0
-    proto, ifindex, pkttype = _sll2(buf, off)
+    proto, ifindex, pkttype = _sll2_header(buf, off)
     f.ifindex = ifindex
     f.direction = "out" if pkttype == SLL_OUTGOING else "in"
     if proto in VLAN_TPIDS:

@@ -104,9 +104,11 @@ def _last_cap() -> int:
 
 def keep_only_net_raw() -> int:
     """Reduce permitted/effective to CAP_NET_RAW (if held); always allowed, even unprivileged."""
-    keep = capability_sets().get("CapPrm", 0) & (1 << CAP_NET_RAW)
+    caps = capability_sets()
+    keep = caps.get("CapPrm", 0) & (1 << CAP_NET_RAW)
     libc = _libc()
-    _capset(libc, keep, keep)
+    if (caps.get("CapPrm", 0), caps.get("CapEff", 0)) != (keep, keep):
+        _capset(libc, keep, keep)  # skipped when already minimal: the unit's seccomp filter denies capset
     _prctl(libc, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, ignore=(errno.EINVAL,))
     return keep
 

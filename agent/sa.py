@@ -15,7 +15,7 @@ class SA(SeqTracker):
     __slots__ = (
         "key", "ident", "obs", "udp", "generation", "direction",
         "packets", "octets", "incomplete", "first_seen", "last_seen",
-        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "local", "due",
+        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local", "due",
         "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
         "x_incomplete", "x_last",
     )
@@ -37,7 +37,8 @@ class SA(SeqTracker):
         self.active = True
         self.trial = True  # on probation until a run of datagrams in sequence (see SATable)
         self.interval_start = now
-        self.held_octets = 0
+        self.held_octets = 0  # size and previous last_seen of a held datagram (moved on a restart)
+        self.held_seen = 0.0
         self.local = False  # sent by this box: no path loss is measurable here
         self.due = 0.0  # when the export schedule next looks at this SA
         self.x_packets = self.x_octets = self.x_datagrams = self.x_lost = 0

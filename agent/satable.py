@@ -77,6 +77,7 @@ class SATable:
         verdict = sa.observe(seq, now, s)
         if verdict is Verdict.HELD:
             sa.held_octets = octets
+            sa.held_seen = sa.last_seen
         elif verdict is Verdict.RESTART:
             sa = self._new_generation(sa, now)
             sa.observe(seq, now, s)
@@ -90,8 +91,10 @@ class SATable:
         restart_at, restart_time = old.held, old.held_time
         old.held = -1
         old.datagrams -= 1  # the held datagram belongs to the new generation
+        old.implausible -= 1
         old.packets -= 1
         old.octets -= old.held_octets
+        old.last_seen = old.held_seen
         old.finish()
         self.export(old, END_FORCED, now)
         old.active = False

@@ -227,10 +227,10 @@ class SeqTracker:
         restart = held <= s.restart_limit
         cand = low if restart else n
         if held < cand <= held + s.window:
-            self.held = -1
             if restart:
                 self.datagrams -= 1  # the caller replays this datagram on the new generation
-                return Verdict.RESTART
+                return Verdict.RESTART  # `held` stays set: the caller starts the new generation there
+            self.held = -1
             self._advance(held, self.held_time, s.window)
             return None
         self.held = -1
