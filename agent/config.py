@@ -155,13 +155,11 @@ class Settings(BaseModel):
     pen: int = Field(32473, ge=1, le=2**32 - 1, description="Private enterprise number for espmeter's own IEs.")
     mtu: int = Field(1400, ge=512, le=65535, description="Maximum IPFIX message size, bytes.")
     template_refresh_s: int = Field(300, ge=1, description="Resend templates after this many seconds (UDP).")
-    template_refresh_messages: int = Field(
-        100, ge=0, description="Resend templates after this many messages (UDP); 0 = only by time."
-    )
+    template_refresh_messages: int = Field(100, ge=1, description="Resend templates after this many messages (UDP).")
     records: Literal["sa", "biflow"] = Field("sa", description="Export one record per SA or per biflow.")
     active_timeout_s: int = Field(60, ge=1, description="Export a running SA record at least this often.")
     idle_timeout_s: int = Field(30, ge=1, description="Expire an SA with no packets for this long.")
-    tcp_buffer_messages: int = Field(10000, ge=0, description="Messages kept while a TCP collector is unreachable.")
+    tcp_buffer_messages: int = Field(10000, ge=1, description="Messages kept while a TCP collector is unreachable.")
     stats_interval_s: int = Field(60, ge=1, description="Agent self-statistics interval, seconds.")
     # metering
     reorder_window: int = Field(1024, ge=32, le=65536, description="Sequence numbers tracked per SA.")

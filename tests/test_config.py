@@ -109,6 +109,7 @@ def test_full_config(tmp_path: Path) -> None:
         ("pen: 29305\n", "1: pen: PEN 29305 is not allowed"),
         ("observation_domain: 0\n", "1: observation_domain: Input should be greater than or equal to 1"),
         ("mtu: 100\n", "1: mtu: Input should be greater than or equal to 512"),
+        ("template_refresh_messages: 0\n", "1: template_refresh_messages: Input should be greater than or equal to 1"),
         ("reorder_window: 70000\n", "1: reorder_window: Input should be less than or equal to 65536"),
         ("records: flows\n", "1: records: 'flows' is not allowed (expected 'sa' or 'biflow')"),
         ("log:\n  level: loud\n", "2: log.level: 'loud' is not allowed"),

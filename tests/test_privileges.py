@@ -188,3 +188,18 @@ def test_keep_only_net_raw_as_root() -> None:
         return {"eff": caps["CapEff"], "prm": caps["CapPrm"], "packet": _packet_socket_works()}
 
     assert _in_child(child) == {"eff": NET_RAW, "prm": NET_RAW, "packet": True}
+
+
+def test_already_minimal_capabilities_need_no_capset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the unit, capset is denied by SystemCallFilter=~@privileged; trimming must not call it."""
+    import agent.privileges as privileges
+
+    def refuse(*_args: object) -> None:
+        raise PrivilegeError("capset denied")
+
+    monkeypatch.setattr(privileges, "capability_sets", lambda: {"CapPrm": NET_RAW, "CapEff": NET_RAW})
+    monkeypatch.setattr(privileges, "_capset", refuse)
+    assert keep_only_net_raw() == NET_RAW
+    monkeypatch.setattr(privileges, "capability_sets", lambda: {"CapPrm": NET_RAW | 1, "CapEff": NET_RAW})
+    with pytest.raises(PrivilegeError, match="capset denied"):
+        keep_only_net_raw()

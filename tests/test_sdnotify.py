@@ -67,9 +67,7 @@ def test_noop_without_systemd() -> None:
     assert not n.ready() and not n.watchdog() and not n.stopping()
 
 
-def test_uses_process_environment(
-    monkeypatch: pytest.MonkeyPatch, listener: tuple[socket.socket, str]
-) -> None:
+def test_uses_process_environment(monkeypatch: pytest.MonkeyPatch, listener: tuple[socket.socket, str]) -> None:
     sock, path = listener
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     assert SdNotify().watchdog()
