@@ -240,6 +240,8 @@ def load_config(path: str | None) -> Settings:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, path)
 
 

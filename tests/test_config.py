@@ -146,6 +146,13 @@ def test_unreadable_file() -> None:
         load_config("/nonexistent/e.yaml")
 
 
+def test_binary_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"mtu: 1400\n\xff\xfe")
+    with pytest.raises(ConfigError, match=r": not UTF-8 text \(byte 10\)$"):
+        load_config(str(path))
+
+
 def test_cli_overrides_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("interfaces: [eth0]\ncollectors: ['udp://192.0.2.1:4739']\nmtu: 1200\n")

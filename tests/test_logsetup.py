@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ from agent.logsetup import (
     stderr_is_journal,
     syslog_priority,
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_espmeter_logger() -> Iterator[None]:
+    """setup_logging reconfigures the shared 'espmeter' logger; other tests' caplog must still see it."""
+    logger = logging.getLogger("espmeter")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 class FakeClock:
