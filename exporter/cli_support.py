@@ -1,0 +1,61 @@
+"""argparse wiring for `espmeter templates` and `espmeter collect`: one line each in agent/cli.py.
+
+    add_templates_parser(subparsers); add_collect_parser(subparsers)
+
+Each sets `func` to its handler (`args.func(args) -> int`), so the CLI dispatches without knowing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .collect import run_collector
+from .dictionaries import FORMATS, render
+from .infomodel import DOC_PEN
+
+
+def add_templates_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("templates", help="print collector dictionaries for espmeter's IPFIX IEs",
+                              description="Generate collector dictionaries from templates/espmeter.iespec.")
+    p.add_argument("--format", "-f", choices=FORMATS, default="iespec", help="dictionary format")
+    p.add_argument("--pen", type=int, default=DOC_PEN, help="private enterprise number (default %(default)s)")
+    p.add_argument("--output", "-o", help="write to this file instead of stdout")
+    p.set_defaults(func=templates_command)
+    return p
+
+
+def templates_command(args: argparse.Namespace) -> int:
+    try:
+        text = render(args.format, args.pen)
+    except ValueError as exc:
+        print(f"espmeter templates: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_collect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("collect", help="receive IPFIX and print espmeter's records",
+                              description="A small IPFIX collector that names espmeter's enterprise IEs.")
+    p.add_argument("--listen", default="udp://127.0.0.1:4739", help="udp://ADDR:PORT or tcp://ADDR:PORT")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--count", type=int, help="exit after this many records")
+    p.add_argument("--pen", type=int, default=DOC_PEN, help="private enterprise number (default %(default)s)")
+    p.set_defaults(func=collect_command)
+    return p
+
+
+def collect_command(args: argparse.Namespace) -> int:
+    try:
+        run_collector(args.listen, args.json, sys.stdout, None, args.count, pen=args.pen)
+    except KeyboardInterrupt:
+        return 0
+    except (ValueError, OSError) as exc:
+        print(f"espmeter collect: {exc}", file=sys.stderr)
+        return 2
+    return 0
