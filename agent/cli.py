@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from agent.capture import CaptureError
+from exporter.cli_support import add_collect_parser, add_templates_parser
+
+DEFAULT_CONFIG = "/etc/espmeter/espmeter.yaml"
 
 EXIT_USAGE = 2  # bad arguments, unreadable capture, bad configuration
 EXIT_DAMAGED = 3  # the capture was damaged part-way: the frames before the damage were counted
@@ -43,6 +47,32 @@ def _read(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError
+    from agent.daemon import RunOptions, run
+
+    config = args.config
+    if config is None and os.path.exists(DEFAULT_CONFIG) and not (args.interface and args.collector):
+        config = DEFAULT_CONFIG
+    try:
+        return run(RunOptions(config, args.interface, args.collector))
+    except ConfigError as e:
+        print(f"espmeter: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from agent.config import check_config
+
+    return check_config(args.file)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agent.demo import demo
+
+    return demo(args.capture)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="espmeter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also export IPFIX: udp://HOST:PORT, tcp://HOST:PORT or file://PATH (repeatable)")
     read.add_argument("--config", metavar="FILE", help="YAML configuration (tracker, timers, export settings)")
     read.set_defaults(func=_read)
+
+    run = sub.add_parser("run", help="the agent: capture live, meter, export IPFIX (foreground, for systemd)")
+    run.add_argument("--config", metavar="FILE", help=f"YAML configuration (default {DEFAULT_CONFIG} if present)")
+    run.add_argument("--interface", "-i", action="append", metavar="IF", help="capture on IF (repeatable)")
+    run.add_argument("--collector", "-c", action="append", metavar="URL",
+                     help="udp://HOST:PORT, tcp://HOST:PORT or file://PATH (repeatable)")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and print the effective settings")
+    check.add_argument("file", help="YAML configuration file")
+    check.set_defaults(func=_check_config)
+
+    add_templates_parser(sub)
+    add_collect_parser(sub)
+
+    demo = sub.add_parser("demo", help="meter a bundled capture, export it to a collector started here, show both")
+    demo.add_argument("capture", nargs="?", help="capture to use instead of the bundled one")
+    demo.set_defaults(func=_demo)
     return parser
 
 

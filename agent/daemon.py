@@ -1,0 +1,195 @@
+"""`espmeter run`: the router agent's main loop.
+
+One select() loop, ExaBGP style: capture handles, the netlink monitor and the signal wake-up pipe
+are its inputs; timers (SA expiry, exports, stats, watchdog) run on every turn, including when no
+packet comes. Signal handlers only set flags (agent.signals); the loop acts on them here.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import Settings, exporter_settings, load_config, merge_cli
+from agent.live import CaptureSettings, LinkMonitor, LiveCapture
+from agent.logsetup import setup_logging
+from agent.meter import Meter
+from agent.privileges import drop_privileges
+from agent.report import sa_json
+from agent.sdnotify import SdNotify, watchdog_interval
+from agent.settings import from_config
+from agent.signals import Signals
+from exporter import Exporter, ExportSettings
+from exporter.records import MeteringStats
+
+log = logging.getLogger("espmeter")
+
+TICK_S = 0.5  # timer resolution of the loop; also the longest select() sleep
+RETRY_S = 5.0  # retry opening interfaces that are missing or failed, besides link events
+
+
+@dataclass(slots=True)
+class RunOptions:
+    config: str | None
+    interfaces: list[str] | None
+    collectors: list[str] | None
+
+
+class Agent:
+    def __init__(self, options: RunOptions, clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.clock = clock
+        self.cfg = self._load()
+        setup_logging(self.cfg.log.level, self.cfg.log.format)
+        self.notify = SdNotify()
+        self.signals = Signals()
+        self.capture = LiveCapture(self._interfaces(self.cfg), self._capture_settings(self.cfg))
+        self.links = LinkMonitor()
+        self.exporter = self._exporter(self.cfg)
+        self.meter = Meter(from_config(self.cfg), self.exporter, local_addrs=self.capture.local_addresses())
+        self.last_drops = 0
+
+    # -- configuration -------------------------------------------------------------------------
+    def _load(self) -> Settings:
+        cfg = load_config(self.options.config)
+        return merge_cli(cfg, self.options.interfaces, self.options.collectors)
+
+    @staticmethod
+    def _interfaces(cfg: Settings) -> list[tuple[str, str]]:
+        return [(i.name, i.direction) for i in cfg.interfaces]
+
+    @staticmethod
+    def _capture_settings(cfg: Settings) -> CaptureSettings:
+        return CaptureSettings(cfg.snaplen, cfg.buffer_size_mb, cfg.filter)
+
+    @staticmethod
+    def _exporter(cfg: Settings) -> Exporter:
+        return Exporter(ExportSettings(**exporter_settings(cfg)))
+
+    def reload(self) -> None:
+        """SIGHUP: new settings; SA state is kept, templates are re-sent, changed parts reopened."""
+        self.notify.reloading()
+        try:
+            cfg = self._load()
+        except Exception as e:  # a bad new config keeps the running one
+            log.error("reload failed, keeping the running configuration: %s", e)
+            self.notify.ready()
+            return
+        old, self.cfg = self.cfg, cfg
+        setup_logging(cfg.log.level, cfg.log.format)
+        settings = from_config(cfg)
+        self.meter.settings = settings
+        self.meter.table.settings = settings.table
+        self.meter.producer.biflow = settings.biflow
+        self.meter.producer.names = dict(settings.tunnel_names)
+        if exporter_settings(old) != exporter_settings(cfg):
+            self.meter.producer.flush()
+            self.exporter.close()
+            self.exporter = self._exporter(cfg)
+            self.meter.producer.sink = self.exporter
+        else:
+            self.exporter.resend_templates()
+        if self._interfaces(old) != self._interfaces(cfg) or self._capture_settings(old) != self._capture_settings(cfg):
+            self.capture.close()
+            self.capture = LiveCapture(self._interfaces(cfg), self._capture_settings(cfg))
+        log.info("configuration reloaded")
+        self.notify.ready()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.signals.install()
+        if self.cfg.user:
+            drop_privileges(self.cfg.user)
+        self.notify.ready()
+        log.info("espmeter running: %d interface(s), %d collector(s)",
+                 len(self.cfg.interfaces), len(self.cfg.collectors))
+        watchdog = watchdog_interval()
+        next_watchdog = next_tick = next_retry = self.clock()
+        meter = self.meter
+        while True:
+            fds = [*self.capture.fds(), self.signals.fileno(), self.links.fileno()]
+            try:
+                readable, _, _ = select.select(fds, [], [], TICK_S)
+            except InterruptedError:
+                readable = []
+            for fd in readable:
+                if fd == self.links.fileno():
+                    self._links()
+                elif fd != self.signals.fileno():
+                    for batch in self.capture.read(fd):
+                        meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+            events = self.signals.take()
+            if "stop" in events:
+                return self.shutdown()
+            if "reload" in events:
+                self.reload()
+            if "dump" in events:
+                self.dump()
+            now = self.clock()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + TICK_S
+            if now >= next_retry:
+                self.capture.open_missing()
+                next_retry = now + RETRY_S
+            if watchdog and now >= next_watchdog:
+                self.notify.watchdog()
+                next_watchdog = now + watchdog
+
+    def _tick(self, now: float) -> None:
+        meter = self.meter
+        meter.now = max(meter.now, now)
+        drops = self.capture.poll_drops()
+        if drops > self.last_drops:
+            log.warning("capture dropped %d packets in the kernel (%d in total): not tunnel loss",
+                        drops - self.last_drops, drops)
+            self.last_drops = drops
+        meter.capture_drops = drops
+        meter.tick(now)
+        self.exporter.export_stats(self._stats())
+        self.exporter.tick()
+
+    def _stats(self) -> MeteringStats:
+        return self.meter.stats(self.cfg.observation_domain)
+
+    def _links(self) -> None:
+        up, gone, addr_changed = self.links.events()
+        for name in gone:
+            if name in self.capture.interfaces:
+                log.warning("interface %s went away; capture resumes when it returns", name)
+                self.capture.close_interface(name)
+        for name in up:
+            ic = self.capture.interfaces.get(name)
+            if ic is not None and not ic.handles:
+                self.capture.open_missing()
+        if addr_changed:
+            self.meter.local_addrs = self.capture.local_addresses()
+
+    def dump(self) -> None:
+        """SIGUSR1: the SA table in the log, one line per SA."""
+        names = self.meter.producer.names
+        for sa in list(self.meter.table.sas.values()):
+            j = sa_json(sa, names)
+            log.info("SA %s -> %s spi 0x%08x packets %d lost %d/%d reordered %d dup %d late %d tunnel %s%s",
+                     j["src"], j["dst"], j["spi"], j["packets"], j["lost"], j["expected"], j["reordered"],
+                     j["duplicates"], j["late"], j["tunnel"], " (sent here)" if j["local"] else "")
+
+    def shutdown(self) -> int:
+        """SIGTERM/SIGINT: every open SA is exported with forced end, then the exporter is flushed."""
+        self.notify.stopping()
+        log.info("stopping: exporting every open record")
+        now = self.clock()
+        self.meter.capture_drops = self.capture.poll_drops()
+        self.meter.finish(now)
+        self.exporter.export_stats(self._stats())
+        self.exporter.close()  # sends the final statistics, flushes, waits for TCP delivery
+        self.capture.close()
+        self.links.close()
+        return 0
+
+
+def run(options: RunOptions) -> int:
+    return Agent(options).run()
