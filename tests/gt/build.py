@@ -248,7 +248,7 @@ class _Walk:
 
     def gap_age(self, seq: int, now: int) -> int:
         """How long `seq` has been missing: since the first higher number was accepted."""
-        return now - min(t for s, t in self.accepted_at.items() if s > seq)
+        return now - min((t for s, t in self.accepted_at.items() if s > seq), default=now)
 
     def accept(self, seq: int, now: int) -> None:
         insort(self.accepted, seq)

@@ -129,8 +129,8 @@ def ipv6_opts(next_header: int) -> bytes:
 
 
 def ipv6_routing(next_header: int) -> bytes:
-    """Routing header, experimental type 253, segments left 0 (nothing to process)."""
-    return struct.pack("!BBBB4x", next_header, 0, 253, 0)
+    """Segment routing header (type 4) with one segment and segments left 0: 24 bytes to skip."""
+    return struct.pack("!BBBBBBH", next_header, 2, 4, 0, 0, 0, 0) + ip_bytes("2001:db8:ffff::1")
 
 
 def ipv6_fragment(next_header: int, offset_units: int, more: bool, ident: int) -> bytes:
