@@ -86,6 +86,7 @@ class Nfcapd:
         return f"udp://127.0.0.1:{self.port}"
 
     def stop(self) -> Path:
+        time.sleep(1.0)  # let nfcapd drain its socket: it exits on SIGTERM without reading what is queued
         _stop(self.proc)
         self.files = sorted(Path(p) for p in glob.glob(str(self.flowdir / "**" / "nfcapd.2*"), recursive=True))
         assert self.files, f"nfcapd wrote no file in {self.flowdir}: {os.listdir(self.flowdir)}"
@@ -218,18 +219,25 @@ class Capture:
 
 @contextlib.contextmanager
 def loopback_capture(tmp_path: Path) -> Iterator[Capture]:
-    """tcpdump -i lo on one free UDP port (needs root). Nothing listens: tshark decodes the capture."""
-    port = free_port()
+    """dumpcap on lo for one free UDP port (needs root), with a sink socket so no ICMP comes back.
+
+    (tcpdump in this environment reports packets "received by filter" but writes none; dumpcap works.)
+    """
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    port = sink.getsockname()[1]
     pcap = tmp_path / "ipfix.pcap"
-    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-n", "-w", str(pcap), "udp", "port", str(port)],
+    proc = subprocess.Popen(["dumpcap", "-q", "-i", "lo", "-f", f"udp port {port}", "-w", str(pcap)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        # tcpdump says "listening on lo" on stderr once the capture is live
         line = proc.stderr.readline()
-        assert "listening" in line, line
+        assert "Capturing on" in line, line
+        time.sleep(0.5)
         yield Capture(port, pcap, proc)
     finally:
         _stop(proc, signal.SIGINT)
+        sink.close()
 
 
 def ipfix_dump(path: Path) -> str:
