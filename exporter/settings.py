@@ -42,5 +42,6 @@ class ExportSettings:
         if self.tcp_buffer_messages < 1 or self.tcp_reconnect_max_s <= 0 or self.stats_interval_s <= 0:
             raise ValueError("tcp_buffer_messages, tcp_reconnect_max_s and stats_interval_s must be positive")
         for url in self.collectors:
-            parse_collector(url)
+            if parse_collector(url).port == 0 and not url.startswith("file:"):
+                raise ValueError(f"collector {url!r}: port 0")
         return self

@@ -102,7 +102,7 @@ def parse_collector(url: str) -> CollectorURL:
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"collector {url!r}: bad port ({exc})") from None
-    if not parts.hostname or not port:
+    if not parts.hostname or port is None:
         raise ValueError(f"collector {url!r}: expected {scheme}://HOST:PORT")
     return CollectorURL(scheme, parts.hostname, port, "", url)
 
