@@ -83,9 +83,15 @@ class Meter:
         esp = 0
         now = self.now
         octets = 0
+        due = self._due()
         for sec, usec, off, caplen in _META.iter_unpack(meta):
             now = sec + usec * 1e-6
             octets += caplen
+            if now >= due:  # timers run on capture time, so offline and live records agree
+                self.classes[d.ESP] += esp
+                esp = 0
+                self.tick(now)
+                due = self._due()
             if fast and caplen >= 42:
                 eth, verihl, total, frag, proto = unpack(buf, off + 12)
                 if eth == 0x0800 and verihl == 0x45 and proto == 50 and not frag & 0x3FFF and total >= 28:
@@ -102,6 +108,7 @@ class Meter:
                         esp += 1
                         continue
             slow(buf, off, caplen, now, linktype, ifindex, direction)
+            due = self._due()
         self.classes[d.ESP] += esp
         self.octets += octets
         self.now = now
@@ -195,6 +202,11 @@ class Meter:
         """Before a record is taken: gaps older than the reorder time become final in this interval."""
         if sa.gaps:
             sa.finalize_by_time(now, self.settings.table.tracker.reorder_time)
+
+    def _due(self) -> float:
+        """When the next SA timer is due (the head of the schedule)."""
+        schedule = self.table.schedule
+        return schedule[0][0] if schedule else float("inf")
 
     def tick(self, now: float) -> None:
         self.frags.expire(now)
