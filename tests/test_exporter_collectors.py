@@ -107,6 +107,7 @@ def test_nfcapd_sequence_failures_from_options_records(tmp_path):
     assert failures == 1, failures
 
 
+@pytest.mark.root
 def test_udp_template_refresh_by_message_count(tmp_path):
     with loopback_capture(tmp_path) as cap:
         exp = Exporter(ExportSettings(collectors=[cap.url], template_refresh_messages=5, mtu=512))
