@@ -78,7 +78,8 @@ class Meter:
         self.frames += n
         sas = self.table.sas
         slow = self._frame
-        fast = self.settings.fast_path and linktype == d.DLT_EN10MB and ifindex is None
+        fast = self.settings.fast_path and linktype == d.DLT_EN10MB
+        obs = None if ifindex is None else (ifindex, None, None)  # as Frame.obs of an untagged frame
         unpack = _ETH_IP4_ESP.unpack_from
         esp = 0
         now = self.now
@@ -95,7 +96,7 @@ class Meter:
             if fast and caplen >= 42:
                 eth, verihl, total, frag, proto = unpack(buf, off + 12)
                 if eth == 0x0800 and verihl == 0x45 and proto == 50 and not frag & 0x3FFF and total >= 28:
-                    sa = sas.get((None, buf[off + 26:off + 38]))
+                    sa = sas.get((obs, buf[off + 26:off + 38]))
                     if (sa is not None and sa.active and not sa.trial and not sa.gaps and sa.held < 0
                             and _SEQ(buf, off + 38)[0] == (sa.last + 1) & _LOW):
                         sa.last += 1
