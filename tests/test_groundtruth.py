@@ -295,3 +295,10 @@ def test_every_scenario_is_covered() -> None:
     """A scenario added to tests/gt must get a ground-truth test here."""
     source = Path(__file__).read_text()
     assert [name for name in registry() if f'"{name}"' not in source] == []
+
+
+def test_mixed_perturbations(tmp_path: Path) -> None:
+    """All perturbations at once on 40 SAs (IPv4/IPv6, ESP/UDP): the counters must not interfere."""
+    actual = check("mixed", tmp_path)
+    for field in ("lost", "reordered", "duplicates", "late", "implausible", "incomplete"):
+        assert totals(actual, field) > 0, field

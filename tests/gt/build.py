@@ -191,6 +191,8 @@ class Scenario:
                 "capture": {"file": file, "linktype": self.linktype, "frames": len(emitted), "classes": classes}}
 
     def _sa_expected(self, idx: int, spec: SASpec, frames: list[Emitted]) -> dict[str, Any]:
+        if not frames:
+            raise AmbiguousScenario(f"SA {spec.key()} has no observed datagram: it would not be reported")
         if self.snaplen is not None and any(e.bears_header and len(e.data) - spec.payload > self.snaplen
                                             for e in frames):
             raise AmbiguousScenario("snaplen must keep ESP headers whole")
@@ -219,6 +221,9 @@ class Scenario:
                     raise AmbiguousScenario("a restart must follow its predecessor, from beyond the window to <=1024")
 
     def _pairing(self, sas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        declared = {frozenset(p) for p in self.pairs}
+        if not declared == greedy_pairs(sas, same_point=True) == greedy_pairs(sas, same_point=False):
+            raise AmbiguousScenario("declared pairs differ from 'closest first seen' pairing (per point or not)")
         tunnels = []
         for tid, (i, j) in enumerate(self.pairs):
             if sas[i]["first_seen"] == sas[j]["first_seen"]:
@@ -229,6 +234,34 @@ class Scenario:
             tunnels.append({"id": tid, "name": None, "a": sas[fwd]["src"], "b": sas[fwd]["dst"],
                             "sas": [fwd, rev], "spis": [sas[fwd]["spi"], sas[rev]["spi"]]})
         return tunnels
+
+
+def greedy_pairs(sas: list[dict[str, Any]], same_point: bool) -> set[frozenset[int]]:
+    """The stated pairing rule, used only to prove a scenario's declared pairs are unambiguous."""
+
+    def key(sa: dict[str, Any], reverse: bool) -> tuple:
+        ends = (sa["dst"], sa["src"], sa["dport"], sa["sport"]) if reverse else (sa["src"], sa["dst"], sa["sport"],
+                                                                                 sa["dport"])
+        point = (sa["interface"], sa["vlan"], sa["inner_vlan"]) if same_point else ()
+        return (sa["encap"], *ends, *point)
+
+    index: dict[tuple, list[int]] = {}
+    for i, sa in enumerate(sas):
+        index.setdefault(key(sa, False), []).append(i)
+    edges = sorted((round(abs(sas[i]["first_seen"] - sas[j]["first_seen"]) * 1e6), i, j)
+                   for i, sa in enumerate(sas) for j in index.get(key(sa, True), []) if i < j)
+    seen: set[tuple[int, int]] = set()
+    for dist, i, j in edges:
+        if (dist, i) in seen or (dist, j) in seen:
+            raise AmbiguousScenario("two pairing candidates first seen equally close")
+        seen |= {(dist, i), (dist, j)}
+    used: set[int] = set()
+    pairs = set()
+    for _, i, j in edges:
+        if i not in used and j not in used:
+            used |= {i, j}
+            pairs.add(frozenset((i, j)))
+    return pairs
 
 
 @dataclass
@@ -285,9 +318,9 @@ def _step(w: _Walk, item: Item, now: int, nxt: Item | None) -> None:
     if item.kind == "ok":
         if seq <= high:
             raise AmbiguousScenario(f"in-order datagram {seq} not above {high}")
-        if item.jump:
-            if nxt is None or nxt.kind != "ok" or not seq < nxt.seq <= seq + WINDOW // 2:
-                raise AmbiguousScenario("a confirmed jump needs the next datagram to follow it closely")
+        if high >= 0 and seq - high > IMPLAUSIBLE // 2:
+            if seq - high <= 2 * IMPLAUSIBLE or nxt is None or nxt.kind != "ok" or not seq < nxt.seq <= seq + 64:
+                raise AmbiguousScenario("a jump must be far beyond the limit and confirmed by the next datagram")
             w.counts["implausible"] += 1
         w.accept(seq, now)
     elif item.kind == "reordered":

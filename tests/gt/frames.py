@@ -6,8 +6,7 @@ can be derived from what was asked for, not from parsing these bytes back.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -51,14 +50,13 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-@functools.lru_cache(maxsize=65536)
 def ip_version(addr: str) -> int:
-    return ipaddress.ip_address(addr).version
+    return 6 if ":" in addr else 4
 
 
-@functools.lru_cache(maxsize=65536)
 def ip_bytes(addr: str) -> bytes:
-    return ipaddress.ip_address(addr).packed
+    """Packed address; inet_pton is fast enough for tens of thousands of frames."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ refused with `AmbiguousScenario` instead of guessed.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from . import frames as fr
@@ -35,6 +36,10 @@ class FragPlan:
     count: int = 3
     lost: frozenset[int] = frozenset()
     order: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.order is not None and sorted(self.order) != list(range(self.count)):
+            raise AmbiguousScenario("a fragment order must list every fragment once (use `lost` to drop some)")
 
     def emitted(self) -> list[int]:
         order = self.order if self.order is not None else tuple(range(self.count))
@@ -77,6 +82,7 @@ class SASpec:
     frags: dict[int, FragPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.src, self.dst = str(ipaddress.ip_address(self.src)), str(ipaddress.ip_address(self.dst))
         if self.encap == "udp" and (self.sport is None or self.dport is None):
             self.sport, self.dport = 4500, 4500
         if self.start_seq >= 2**32:
@@ -105,7 +111,6 @@ class Item:
 
     seq: int
     kind: str = "ok"  # ok | reordered | dup | late | implausible | trunc
-    jump: bool = False
     frag: FragPlan | None = None
 
     @property
@@ -143,10 +148,6 @@ def _move(order: list[Item], seq: int, k: int, kind: str) -> None:
 def plan_items(spec: SASpec) -> list[Item]:
     """Emission order of one SA's datagrams after all perturbations."""
     order = [Item(s) for s in spec.base_seqs if s not in spec.drops]
-    prev = None
-    for it in order:
-        it.jump = prev is not None and it.seq - prev > IMPLAUSIBLE
-        prev = it.seq
     for seq, k in sorted(spec.delays.items()):
         _move(order, seq, k, "reordered")
     for seq, k in sorted(spec.lates.items()):

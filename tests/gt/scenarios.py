@@ -283,9 +283,44 @@ def snaplen() -> Scenario:
     return sc
 
 
+def _mixed_spec(rng: random.Random, sc: Scenario, t: int, count: int) -> SASpec:
+    """Every perturbation at once, each in its own 100-number block so none sits on another's threshold."""
+    base = 5000
+    spec = SASpec(v6(t + 1, 1) if t % 4 == 3 else v4(t + 1, 1), v6(t + 1, 2) if t % 4 == 3 else v4(t + 1, 2),
+                  0x3000 + t, link=sc.link(), encap="udp" if t % 2 else "esp", start_seq=base, count=count,
+                  payload=200, start_us=t * 37)
+    for block in range(1, count // 100 - 1):
+        b = base + block * 100
+        spec.drops |= {b + o for o in range(60, 100) if rng.random() < 0.04}
+        kind = block % 10
+        if kind == 1:
+            spec.delays[b + 10] = rng.randint(1, 80)
+        elif kind == 3:
+            spec.dups[b + 20] = rng.randint(0, 3)
+        elif kind == 5:
+            lost = rng.choice([frozenset(), frozenset({0}), frozenset({1})])
+            n = rng.randint(2, 3)
+            spec.frags[b + 30] = FragPlan(n, lost=lost, order=tuple(range(n))[::-1] if block % 20 else None)
+        elif kind == 7 and block % 20 == 7:
+            spec.jumps[b + 40] = 10**7 + rng.randint(0, 1000)
+        elif kind == 9 and block == 9:
+            spec.lates[b + 50] = 1500
+    return spec
+
+
+def mixed(tunnels: int = 20, count: int = 3000) -> Scenario:
+    """Loss, reordering, duplicates, fragments, late and implausible datagrams together on many SAs."""
+    sc = Scenario("mixed")
+    rng = random.Random(11)
+    for t in range(tunnels):
+        sc.add_tunnel(_mixed_spec(rng, sc, t, count), 0x4000 + t, drops={s for s in range(5002, 5000 + count)
+                                                                           if rng.random() < 0.01})
+    return sc
+
+
 def registry() -> dict[str, Callable[[], Scenario]]:
     """Fresh name -> constructor mapping (no shared mutable module state)."""
     return {f.__name__: f for f in (
         no_loss, random_loss, burst_loss, reorder, dup_loss, fragments_all, fragments_nonfirst_lost,
         fragments_first_lost, fragments_out_of_order, nat_t, rekey, esn_wrap, restart, implausible, ipv6_ext,
-        vlan, sll, sll2, sll2_two_interfaces, raw, null, mid_sa, many_sas, late, malformed, pcapng, snaplen)}
+        vlan, sll, sll2, sll2_two_interfaces, raw, null, mid_sa, many_sas, late, malformed, pcapng, snaplen, mixed)}
