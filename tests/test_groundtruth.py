@@ -20,6 +20,14 @@ Readings of the contract where it leaves room (what a network engineer would exp
 - `tunnels[].name` is null: `read` has no configuration naming tunnels.  Tunnel ids are arbitrary and
   matched through the SAs; the order of `sas[]`, `tunnels[]` and `ike[]` is not part of the contract.
 - `ike[].octets` sum IP total lengths like SA octets; NAT keepalives are neither IKE nor ESP.
+- SLL/SLL2 packet type 4 (outgoing) is direction "out", 0 (to us) is "in"; `interface` is the SLL2
+  ifindex and null for every other link type (a file knows no interface otherwise).
+- ARP, unknown ethertypes, TCP and ICMP are `other`; an IPv4 header with IHL < 5 or a total length
+  below its header length is `malformed`.
+- A late datagram is final because it is behind the window, or because its gap is older than the
+  reorder time even inside the window (500 positions at 5 ms = 2.5 s); either way its number is lost.
+- With ESN, loss and reordering across the 2**32 wrap are inferred from the 64-bit number: a low
+  wire value after a wrap is not a restart.
 - Pairing across interfaces or VLANs is never needed to get the expected answer: scenarios keep the
   right partner on the same observation point and first seen closest in time; a restarted SA (two
   generations) is left unpaired.
@@ -198,8 +206,11 @@ def test_rekey_overlapping_generations(tmp_path: Path) -> None:
 
 
 def test_esn_wrap(tmp_path: Path) -> None:
-    sa = find(check("esn_wrap", tmp_path), spi=0xE1)[0]
+    actual = check("esn_wrap", tmp_path)
+    sa = find(actual, spi=0xE1)[0]
     assert (sa["first_seq"], sa["last_seq"], sa["lost"], sa["generation"]) == (2**32 - 50, 2**32 + 49, 0, 0)
+    lossy = find(actual, spi=0xE3)[0]
+    assert (lossy["last_seq"], lossy["lost"], lossy["reordered"], lossy["generation"]) == (2**32 + 99, 2, 2, 0)
 
 
 def test_sequence_restart(tmp_path: Path) -> None:
@@ -261,9 +272,12 @@ def test_thousands_of_sas(tmp_path: Path) -> None:
     assert len(find(actual, spi=0x5000)) == 5  # the same SPI towards five different spokes
 
 
-def test_late_packet(tmp_path: Path) -> None:
-    sa = find(check("late", tmp_path), spi=0xD01)[0]
-    assert (sa["late"], sa["lost"], sa["reordered"], sa["datagrams"]) == (1, 1, 0, 3000)
+def test_late_packets(tmp_path: Path) -> None:
+    actual = check("late", tmp_path)
+    behind_window = find(actual, spi=0xD01)[0]
+    assert (behind_window["late"], behind_window["lost"], behind_window["reordered"]) == (1, 1, 0)
+    too_old = find(actual, spi=0xD03)[0]
+    assert (too_old["late"], too_old["lost"], too_old["reordered"], too_old["max_reorder_extent"]) == (1, 1, 1, 300)
 
 
 def test_malformed_and_truncated_frames(tmp_path: Path) -> None:
@@ -282,9 +296,12 @@ def test_snaplen_cut_payloads(tmp_path: Path) -> None:
     assert find(actual, spi=0xF01)[0]["octets"] == 99 * (20 + 8 + 300)
 
 
-def test_not_a_capture(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [b"this is not a capture\n" * 10, b"", None])
+def test_not_a_capture(tmp_path: Path, content: bytes | None) -> None:
+    """Text, an empty file, a missing file: exit 2, one line on stderr, nothing on stdout."""
     path = tmp_path / "notes.txt"
-    path.write_text("this is not a capture\n" * 10)
+    if content is not None:
+        path.write_bytes(content)
     result = run_read(path)
     assert result.returncode == 2
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1

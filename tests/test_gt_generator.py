@@ -106,6 +106,15 @@ def test_link_and_ip_encodings(tmp_path: Path, name: str, fields: tuple[str, ...
     assert {"\t".join(r) for r in tshark_fields(path, *fields)} == values
 
 
+@pytest.mark.parametrize("name", ["fragments_out_of_order", "nat_t", "ipv6_ext", "null", "sll2", "mixed"])
+def test_esp_header_where_the_generator_says(name: str) -> None:
+    """SPI and low 32 sequence bits sit right before `header_end` (what snaplen checks rely on)."""
+    sc = registry()[name]()
+    for e in sc.build():
+        if e.header_end and e.item is not None:
+            assert struct.unpack_from("!I", e.data, e.header_end - 4)[0] == e.item.seq & 0xFFFFFFFF
+
+
 def test_esn_wire_numbers_wrap(tmp_path: Path) -> None:
     path, _ = written(tmp_path, "esn_wrap")
     seqs = [int(r[0]) for r in tshark_fields(path, "esp.sequence", display="esp.spi == 0xe1")]

@@ -133,18 +133,20 @@ class Scenario:
             caplen = len(frame) - spec.payload - 2 if item.kind == "trunc" else None
             cls = "truncated" if item.kind == "trunc" else "esp"
             return [Emitted(ts, self._next(), spec.link, frame, cls, caplen, idx if item.observed else None, item,
-                            fr.ip_total_length(pkt), True)]
+                            fr.ip_total_length(pkt), True, len(frame) - spec.payload)]
         if spec.spacing_us < 100 or item.kind == "trunc":
             raise AmbiguousScenario("fragments need >=100us spacing and cannot be truncated")
         ext = tuple(e for e in spec.v6_ext if e in (fr.PROTO_HOPOPT, fr.PROTO_ROUTING))
         ident = (spec.spi * 7 + item.seq) & 0xFFFF
-        pieces = fr.fragments(spec.src, spec.dst, proto, body, item.frag.sizes(len(body)), ident,
-                              spec.v4_options, ext)
+        sizes = item.frag.sizes(len(body))
+        pieces = fr.fragments(spec.src, spec.dst, proto, body, sizes, ident, spec.v4_options, ext)
         out = []
         for n, i in enumerate(item.frag.emitted()):
             cls = "esp" if item.observed else "orphan_fragment"
-            out.append(Emitted(ts + n * 10, self._next(), spec.link, spec.link.frame(pieces[i]), cls, None,
-                               idx if item.observed else None, item, fr.ip_total_length(pieces[i]), i == 0))
+            frame = spec.link.frame(pieces[i])
+            header_end = len(frame) - sizes[0] + len(body) - spec.payload if i == 0 else 0
+            out.append(Emitted(ts + n * 10, self._next(), spec.link, frame, cls, None,
+                               idx if item.observed else None, item, fr.ip_total_length(pieces[i]), i == 0, header_end))
         return out
 
     def build(self) -> list[Emitted]:
@@ -193,8 +195,7 @@ class Scenario:
     def _sa_expected(self, idx: int, spec: SASpec, frames: list[Emitted]) -> dict[str, Any]:
         if not frames:
             raise AmbiguousScenario(f"SA {spec.key()} has no observed datagram: it would not be reported")
-        if self.snaplen is not None and any(e.bears_header and len(e.data) - spec.payload > self.snaplen
-                                            for e in frames):
+        if self.snaplen is not None and any(e.header_end > self.snaplen for e in frames):
             raise AmbiguousScenario("snaplen must keep ESP headers whole")
         stats = sequence_stats([(e.item, e.ts_us) for e in frames if e.bears_header and e.item is not None])
         src, dst, spi, sport, dport, vlan, inner_vlan, interface, generation = spec.key()

@@ -136,6 +136,7 @@ class Emitted:
     item: Item | None = None
     octets: int = 0
     bears_header: bool = False
+    header_end: int = 0  # frame offset just past the ESP sequence number (0: no ESP header here)
 
 
 def _move(order: list[Item], seq: int, k: int, kind: str) -> None:

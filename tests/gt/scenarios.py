@@ -135,8 +135,12 @@ def rekey() -> Scenario:
 
 
 def esn_wrap() -> Scenario:
+    """Numbers crossing 2**32 on the wire: a plain wrap, and one with loss and reordering across it."""
     sc = Scenario("esn_wrap")
     sc.add_tunnel(SASpec(v4(1, 1), v4(1, 2), 0xE1, link=sc.link(), start_seq=2**32 - 50, count=100), 0xE2)
+    wrap = 2**32
+    sc.add_sa(SASpec(v4(2, 1), v4(2, 2), 0xE3, link=sc.link(), start_seq=wrap - 100, count=200, start_us=10,
+                     drops={wrap - 1, wrap}, delays={wrap - 3: 4, wrap + 5: 2}))
     return sc
 
 
@@ -245,11 +249,14 @@ def many_sas(tunnels: int = 1500, packets: int = 20) -> Scenario:
 
 
 def late() -> Scenario:
-    """A datagram delayed by 2000 positions (2 s at 1 ms) behind a 1024 window: late, its number lost."""
+    """Late datagrams: behind the 1024 window (2000 positions), or in it but older than the 2 s reorder time."""
     sc = Scenario("late")
     base = 100_000
     sc.add_tunnel(SASpec(v4(1, 1), v4(1, 2), 0xD01, link=sc.link(), start_seq=base, count=3000,
                          lates={base + 500: 2000}), 0xD02, count=50)
+    # Inside the window but older than the reorder time (500 x 5 ms = 2.5 s): late.  300 x 5 ms: reordered.
+    sc.add_sa(SASpec(v4(2, 1), v4(2, 2), 0xD03, link=sc.link(), start_seq=base, count=1000, spacing_us=5 * MS,
+                     start_us=3, lates={base + 100: 500}, delays={base + 600: 300}))
     return sc
 
 
