@@ -38,6 +38,9 @@ LINKTYPES = {
     DLT_LOOP: "loop", DLT_LINUX_SLL: "sll", DLT_IPV4: "ipv4", DLT_IPV6: "ipv6", DLT_LINUX_SLL2: "sll2",
 }
 
+# libpcap reports DLT_RAW (12 on Linux) for files whose header says LINKTYPE_RAW (101)
+LINKTYPE_OF_DLT = {DLT_RAW: DLT_LINKTYPE_RAW}
+
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, TextIO
 
+from agent.decode import LINKTYPE_OF_DLT
 from agent.meter import Meter
 from agent.records import tunnel_name
 from agent.sa import SA
@@ -66,7 +67,7 @@ def document(meter: Meter, source: str, linktype: int, error: str | None = None)
         }
     capture: dict[str, Any] = {
         "file": source,
-        "linktype": linktype,
+        "linktype": LINKTYPE_OF_DLT.get(linktype, linktype),  # as the capture file header says
         "frames": meter.frames,
         "classes": dict(meter.classes),
     }
