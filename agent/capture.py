@@ -8,6 +8,7 @@ non-blocking and selected on `getfd()`: with the libpcap bundled in the pcapy-ng
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,10 +61,13 @@ class OfflineSource:
                 self.handle.setfilter(bpf)
         except pcapy.PcapError as e:
             raise CaptureError(f"{path}: {e}") from None
+        self.path = path
+        self.bpf = bpf
         self.linktype = self.handle.datalink()
         self.batch = batch
         self.size = os.path.getsize(path)
         self.done = False
+        self.consumed = 0  # frames returned so far
         self.error: str | None = None
 
     def read(self) -> Batch | None:
@@ -72,14 +76,36 @@ class OfflineSource:
         try:
             buf, meta = self.handle.next_batch(self.batch)
         except pcapy.PcapError as e:
-            # a damaged file: the frames before the damage were already returned
             self.error = str(e)
             self.done = True
-            return None
+            return self._salvage()
         if not meta:
             self.done = True
             return None
+        self.consumed += len(meta) // 16
         return Batch(buf, meta, self.linktype)
+
+    def _salvage(self) -> Batch | None:
+        """The batch hit damage and lost its good frames too: re-read them one by one up to the damage."""
+        handle = pcapy.open_offline(self.path)
+        if self.bpf:
+            handle.setfilter(self.bpf)
+        buf = bytearray()
+        meta = bytearray()
+        try:
+            for _ in range(self.consumed):
+                handle.next()
+            while True:
+                hdr, data = handle.next()
+                if not hdr:
+                    break
+                sec, usec = hdr.getts()
+                meta += struct.pack("=IIII", sec, usec, len(buf), len(data))
+                buf += data
+        except pcapy.PcapError:
+            pass
+        handle.close()
+        return Batch(bytes(buf), bytes(meta), self.linktype) if meta else None
 
     def close(self) -> None:
         self.handle.close()
