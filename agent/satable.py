@@ -19,7 +19,7 @@ from agent.sa import SA, SAKey
 from agent.tracker import TrackerSettings, Verdict
 from exporter.records import END_ACTIVE, END_FORCED, END_IDLE, END_RESOURCES
 
-PROBATION_RUN = 4  # accepted datagrams with no gap that make an SA established
+PROBATION_RUN = 4  # accepted datagrams (each plausible after the previous) that make an SA established
 EVICTION_SAMPLE = 64  # schedule entries examined to find the longest-idle SA when the table is full
 
 
@@ -81,7 +81,7 @@ class SATable:
         elif verdict is Verdict.RESTART:
             sa = self._new_generation(sa, now)
             sa.observe(seq, now, s)
-        if sa.trial and sa.datagrams - sa.duplicates - sa.late >= PROBATION_RUN and not sa.gaps:
+        if sa.trial and sa.datagrams - sa.duplicates - sa.late >= PROBATION_RUN:
             sa.trial = False
             self.probation.pop(sa.key, None)
         return sa

@@ -1,0 +1,90 @@
+"""An SPI flood (one-packet SAs between random addresses) cannot evict the real tunnels or grow the table."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import defaultdict
+
+from agent.meter import Meter, MeterSettings
+from agent.satable import TableSettings
+from exporter.records import END_RESOURCES, BiflowRecord, SARecord
+
+ETH = b"\x02" * 12 + b"\x08\x00"
+
+
+def esp_frame(src: bytes, dst: bytes, spi: int, seq: int) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 32, 0, 0, 64, 50, 0, src, dst)
+    return ETH + ip + struct.pack("!II", spi, seq) + bytes(32)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.records: list[SARecord] = []
+
+    def export(self, records: list[SARecord | BiflowRecord]) -> None:
+        self.records.extend(r for r in records if isinstance(r, SARecord))
+
+
+def run(flood: int, seed: int = 5) -> tuple[Meter, Sink, int]:
+    real_rng, flood_rng = random.Random(seed), random.Random(seed + 1)  # same real traffic either way
+    tunnels = [(bytes([10, 0, t, 1]), bytes([10, 0, t, 2]), 0x1000 + t) for t in range(20)]
+    seqs: dict[int, int] = defaultdict(int)
+    real = []
+    for _ in range(20 * 2000):
+        t = real_rng.randrange(20)
+        seqs[t] += 1
+        if real_rng.random() < 0.99:  # 1 % loss on the real tunnels
+            src, dst, spi = tunnels[t]
+            real.append(esp_frame(src, dst, spi, seqs[t]))
+    frames = []
+    share = flood / (flood + len(real))
+    it = iter(real)
+    while len(frames) < flood + len(real):
+        if flood_rng.random() < share:
+            r = flood_rng
+            frames.append(esp_frame(r.randbytes(4), r.randbytes(4), r.getrandbits(32) | 1, r.getrandbits(32)))
+        else:
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            frames.append(nxt)
+    frames.extend(it)
+    settings = MeterSettings(table=TableSettings(max_sas=2000, probation_sas=500))
+    sink = Sink()
+    meter = Meter(settings, sink)
+    peak = 0
+    for start in range(0, len(frames), 4096):
+        chunk = frames[start:start + 4096]
+        buf = bytearray()
+        meta = bytearray()
+        for j, f in enumerate(chunk):
+            meta += struct.pack("=IIII", 1000, (start + j) % 1_000_000, len(buf), len(f))
+            buf += f
+        meter.feed(bytes(buf), bytes(meta), 1)
+        peak = max(peak, len(meter.table.sas))
+    meter.finish()
+    return meter, sink, peak
+
+
+def per_spi(sink: Sink, spis: set[int]) -> dict[int, tuple[int, int, int]]:
+    out: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in sink.records:
+        if r.spi in spis:
+            o = out[r.spi]
+            o[0] += r.packets
+            o[1] += r.lost
+            o[2] += r.expected
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def test_spi_flood_keeps_real_tunnels_and_bounds_the_table() -> None:
+    real = {0x1000 + t for t in range(20)}
+    quiet, quiet_sink, _ = run(0)
+    flooded, flood_sink, peak = run(100_000)
+    assert peak <= 2000
+    assert flooded.table.evictions > 90_000
+    assert per_spi(flood_sink, real) == per_spi(quiet_sink, real)
+    assert all(r.end_reason != END_RESOURCES for r in flood_sink.records if r.spi in real)
+    evicted = sum(1 for r in flood_sink.records if r.end_reason == END_RESOURCES)
+    assert evicted == flooded.table.evictions
