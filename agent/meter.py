@@ -97,7 +97,7 @@ class Meter:
                 eth, verihl, total, frag, proto = unpack(buf, off + 12)
                 if eth == 0x0800 and verihl == 0x45 and proto == 50 and not frag & 0x3FFF and total >= 28:
                     sa = sas.get((obs, buf[off + 26:off + 38]))
-                    if (sa is not None and sa.active and not sa.trial and not sa.gaps and sa.held < 0
+                    if (sa is not None and sa.last + 1 < sa.fseq and now <= sa.ftime
                             and _SEQ(buf, off + 38)[0] == (sa.last + 1) & _LOW):
                         sa.last += 1
                         sa.datagrams += 1
@@ -202,7 +202,9 @@ class Meter:
     def _finalize(self, sa: SA, now: float) -> None:
         """Before a record is taken: gaps older than the reorder time become final in this interval."""
         if sa.gaps:
-            sa.finalize_by_time(now, self.settings.table.tracker.reorder_time)
+            t = self.settings.table.tracker
+            sa.finalize_by_time(now, t.reorder_time)
+            sa.fast_limits(t.window, t.reorder_time)
 
     def _due(self) -> float:
         """When the next SA timer is due (the head of the schedule)."""

@@ -6,6 +6,7 @@ import ipaddress
 
 from agent.tracker import SeqTracker
 
+NO_LIMIT = 1 << 80  # above any 64-bit sequence number
 SAKey = tuple  # (obs, ident): obs = (ifindex, vlan, inner_vlan) or None; ident = addresses [+ ports] + SPI
 
 
@@ -16,6 +17,7 @@ class SA(SeqTracker):
         "key", "ident", "obs", "udp", "generation", "direction",
         "packets", "octets", "incomplete", "first_seen", "last_seen",
         "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local", "due",
+        "fseq", "ftime",
         "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
         "x_incomplete", "x_last",
     )
@@ -41,9 +43,26 @@ class SA(SeqTracker):
         self.held_seen = 0.0
         self.local = False  # sent by this box: no path loss is measurable here
         self.due = 0.0  # when the export schedule next looks at this SA
+        self.fseq = -1  # the in-order fast path applies while last + 1 < fseq and now <= ftime
+        self.ftime = 0.0
         self.x_packets = self.x_octets = self.x_datagrams = self.x_lost = 0
         self.x_reordered = self.x_duplicates = self.x_late = self.x_incomplete = 0
         self.x_last = -1
+
+    def fast_limits(self, window: int, reorder_time: float) -> None:
+        """Until where the next in-order datagram needs no tracker work (see Meter.feed).
+
+        With an open gap, only until its lowest number would fall behind the window or its age would
+        pass the reorder time: then the slow path must finalise it. Held numbers, probation and
+        dormancy always take the slow path.
+        """
+        if not self.active or self.trial or self.held >= 0 or self.last < 0:
+            self.fseq, self.ftime = -1, 0.0
+        elif self.gaps:
+            g = self.gaps[0]
+            self.fseq, self.ftime = g[0] + window, g[2] + reorder_time
+        else:
+            self.fseq, self.ftime = NO_LIMIT, float("inf")
 
     # -- identity, decoded from the key on demand (not on the packet path) ----------------------
     @property

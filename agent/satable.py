@@ -64,6 +64,7 @@ class SATable:
         del self.dormant[sa.key]
         sa.active = True
         sa.interval_start = now
+        sa.fast_limits(self.settings.tracker.window, self.settings.tracker.reorder_time)
         self._schedule(sa, now)
         if sa.peer is None:
             self.pairer.add(sa)
@@ -84,6 +85,7 @@ class SATable:
         if sa.trial and sa.datagrams - sa.duplicates - sa.late >= PROBATION_RUN:
             sa.trial = False
             self.probation.pop(sa.key, None)
+        sa.fast_limits(s.window, s.reorder_time)
         return sa
 
     def _new_generation(self, old: SA, now: float) -> SA:
@@ -97,7 +99,7 @@ class SATable:
         old.last_seen = old.held_seen
         old.finish()
         self.export(old, END_FORCED, now)
-        old.active = False
+        self._deactivate(old)
         new = SA(old.key, old.udp, restart_time, old.direction, old.generation + 1)
         new.packets, new.octets = 1, old.held_octets
         new.local = old.local
@@ -136,7 +138,7 @@ class SATable:
             if sa.active:
                 sa.finish()
                 self.export(sa, END_FORCED, now)
-                sa.active = False
+                self._deactivate(sa)
         self.schedule.clear()
 
     def all_sas(self) -> list[SA]:
@@ -153,10 +155,15 @@ class SATable:
         sa.due = due
         heapq.heappush(self.schedule, (due, next(self.serial), sa))
 
+    @staticmethod
+    def _deactivate(sa: SA) -> None:
+        sa.active = False
+        sa.fseq = -1
+
     def _end(self, sa: SA, reason: int, now: float) -> None:
         sa.finish()
         self.export(sa, reason, now)
-        sa.active = False
+        self._deactivate(sa)
         self.probation.pop(sa.key, None)
         self.pairer.remove(sa)
         self.dormant[sa.key] = sa
@@ -190,7 +197,7 @@ class SATable:
         if sa.active:
             sa.finish()
             self.export(sa, END_RESOURCES, now)
-            sa.active = False
+            self._deactivate(sa)
         self.evictions += 1
         self._forget(sa)
 
