@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pcapy
 
-BATCH = 4096
+BATCH = 65536
 
 # What espmeter needs, and nothing it could miss: ESP, UDP 500/4500, and every non-first fragment
 # (its ports are in the first one), behind up to two VLAN tags, for IPv4 and IPv6. IPv6 extension
