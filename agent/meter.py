@@ -121,7 +121,7 @@ class Meter:
         for k, key in enumerate(g.keys):
             sa = sas.get((obs, key))
             if sa is None or sa.fseq < 0 or int(g.first_seq[k]) != (sa.last + 1) & _LOW:
-                left.append(g.members[k])
+                left.append(g.members(k))
                 continue
             c = int(g.count[k])
             tmax = float(g.max_time[k])
