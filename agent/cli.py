@@ -8,7 +8,6 @@ import os
 import sys
 
 from agent.capture import CaptureError
-from exporter.cli_support import add_collect_parser, add_templates_parser
 
 DEFAULT_CONFIG = "/etc/espmeter/espmeter.yaml"
 
@@ -17,11 +16,20 @@ EXIT_DAMAGED = 3  # the capture was damaged part-way: the frames before the dama
 
 
 def _read(args: argparse.Namespace) -> int:
+    from agent.meter import MeterSettings
     from agent.offline import meter_file
     from agent.report import write_table
-    from agent.settings import meter_settings
 
-    settings, export = meter_settings(args.config)
+    settings, export = MeterSettings(), {}
+    if args.config:  # the configuration machinery (pydantic) is loaded only when asked for
+        from agent.config import ConfigError
+        from agent.settings import meter_settings
+
+        try:
+            settings, export = meter_settings(args.config)
+        except ConfigError as e:
+            print(f"espmeter: {e}", file=sys.stderr)
+            return EXIT_USAGE
     exporter = None
     if args.collector:
         from exporter import Exporter, ExportSettings
@@ -96,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and print the effective settings")
     check.add_argument("file", help="YAML configuration file")
     check.set_defaults(func=_check_config)
+
+    from exporter.cli_support import add_collect_parser, add_templates_parser
 
     add_templates_parser(sub)
     add_collect_parser(sub)

@@ -20,7 +20,7 @@ from agent import vector
 from agent.fragments import FragEntry, FragmentTable
 from agent.records import Producer, RecordSink
 from agent.sa import SA, esp_ident, udp_ident
-from agent.satable import SATable, TableSettings
+from agent.satable import PROBATION_RUN, SATable, TableSettings
 from exporter.records import MeteringStats
 
 _META = struct.Struct("=IIII")  # pcapy next_batch: sec, usec, offset, caplen (native endian)
@@ -103,42 +103,98 @@ class Meter:
             if end - pos < self.settings.vector_min:
                 self._feed_frames(buf, segment.tobytes(), d.DLT_EN10MB, ifindex, direction, count_octets=False)
             else:
-                rest = self._apply_runs(buf, segment, times[pos:end], ifindex)
-                if len(rest):
-                    self._feed_frames(buf, segment[rest].tobytes(), d.DLT_EN10MB, ifindex, direction,
-                                      count_octets=False)
+                self._apply_runs(buf, segment, times[pos:end], ifindex, direction)
                 self.now = max(self.now, float(times[end - 1]))
             pos = end
 
-    def _apply_runs(self, buf: bytes, segment: np.ndarray, times: np.ndarray, ifindex: int | None) -> np.ndarray:
-        """Apply every run that continues its SA exactly; returns the frame indexes left over, in order."""
+    def _apply_runs(self, buf: bytes, segment: np.ndarray, times: np.ndarray, ifindex: int | None,
+                    direction: str | None) -> None:
+        """One segment in three phases that keep every SA's frames in capture order.
+
+        1. frame by frame, in capture order: everything that is not a candidate run, plus the first
+           frames of SAs that are new, dormant or on probation (so SAs are created, and paired, in
+           capture order);
+        2. each SA's runs in bulk while they continue it; a run after a forward jump starts with one
+           datagram through the tracker (it opens the gap), the rest of it is bulk;
+        3. frame by frame, in capture order: what phase 2 could not take (a backward step, a held
+           number), i.e. the tail of those SAs' frames in this segment.
+        """
         g = vector.analyse(buf, segment[:, 2], segment[:, 3], times)
         sas = self.table.sas
         obs = None if ifindex is None else (ifindex, None, None)
-        left = [g.rest]
-        esp = 0
-        t = self.settings.table.tracker
+        nruns = len(g.run_start)
+        heads = [g.rest]
+        skips = []
         for k, key in enumerate(g.keys):
             sa = sas.get((obs, key))
-            if sa is None or sa.fseq < 0 or int(g.first_seq[k]) != (sa.last + 1) & _LOW:
-                left.append(g.members(k))
-                continue
-            c = int(g.count[k])
-            tmax = float(g.max_time[k])
-            # the per-frame path would finalise old gaps on the way (by time, then by window); the run
-            # itself is accepted either way, so doing it once for the whole run gives the same state
-            if tmax > sa.ftime:
-                sa.finalize_by_time(tmax, t.reorder_time)
-            sa.advance_run(c, t.window)
-            if sa.last + 1 >= sa.fseq or tmax > sa.ftime:
-                sa.fast_limits(t.window, t.reorder_time)
-            sa.datagrams += c
-            sa.packets += c
-            sa.octets += int(g.octets[k])
-            sa.last_seen = float(g.last_time[k])
-            esp += c
+            if sa is None or sa.fseq < 0:
+                head = g.frames_from(int(g.group_runs[k]), 0, k)[:PROBATION_RUN]
+                heads.append(head)
+                skips.append((k, len(head)))
+        self._frames_at(buf, segment, heads, ifindex, direction)
+        skip_of = dict(skips)
+        tails = []
+        esp = 0
+        t = self.settings.table.tracker
+        observe = self.table.observe_slow
+        # plain lists: element access on them is several times cheaper than on numpy arrays
+        group_runs, run_start, count = g.group_runs.tolist(), g.run_start.tolist(), g.count.tolist()
+        first_seq, max_time, last_time = g.first_seq.tolist(), g.max_time.tolist(), g.last_time.tolist()
+        times, octets, csum = g.times.tolist(), g.octets.tolist(), g.csum.tolist()
+        for k, key in enumerate(g.keys):
+            r, r_end = group_runs[k], group_runs[k + 1] if k + 1 < len(g.keys) else nruns
+            o = skip_of.get(k, 0)  # frames of run r already taken (phase 1 or a jump's first datagram)
+            while o and r < r_end and o >= count[r]:
+                o -= count[r]
+                r += 1
+            sa = sas.get((obs, key))
+            while sa is not None and r < r_end and sa.fseq >= 0:
+                at = run_start[r] + o  # position in g.order of the run's next frame
+                end_at = run_start[r] + count[r]
+                step = (first_seq[r] + o - sa.last - 1) & _LOW
+                if step:
+                    if step >= 1 << 31:
+                        break  # backwards (reordering, duplicates, late numbers): frame by frame
+                    ts, fo = times[at], octets[at]
+                    sa = observe(sa, (first_seq[r] + o) & _LOW, fo, ts)  # opens the gap or holds
+                    sa.packets += 1
+                    sa.octets += fo
+                    sa.last_seen = ts
+                    esp += 1
+                    at, o = at + 1, o + 1
+                    if sa.fseq < 0:
+                        break
+                    if at == end_at:
+                        r, o = r + 1, 0
+                        continue
+                c = end_at - at
+                tmax = max_time[r]
+                # the per-frame path would finalise old gaps on the way (by time, then by window); the
+                # run is accepted either way, so doing it once for the whole run gives the same state
+                if tmax > sa.ftime:
+                    sa.finalize_by_time(tmax, t.reorder_time)
+                sa.advance_run(c, t.window)
+                if sa.last + 1 >= sa.fseq or tmax > sa.ftime:
+                    sa.fast_limits(t.window, t.reorder_time)
+                sa.datagrams += c
+                sa.packets += c
+                sa.octets += csum[end_at] - csum[at]
+                sa.last_seen = last_time[r]
+                esp += c
+                r, o = r + 1, 0
+            if r < r_end:
+                tails.append(g.frames_from(r, o, k))
         self.classes[d.ESP] += esp
-        return np.sort(np.concatenate(left)) if len(left) > 1 else left[0]
+        self._frames_at(buf, segment, tails, ifindex, direction)
+
+    def _frames_at(self, buf: bytes, segment: np.ndarray, parts: list[np.ndarray], ifindex: int | None,
+                   direction: str | None) -> None:
+        """The given frames of the segment, frame by frame in capture order."""
+        parts = [p for p in parts if len(p)]
+        if parts:
+            frames = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+            self._feed_frames(buf, segment[frames].tobytes(), d.DLT_EN10MB, ifindex, direction,
+                              count_octets=False)
 
     def _feed_frames(self, buf: bytes, meta: bytes, linktype: int, ifindex: int | None, direction: str | None,
                      count_octets: bool = True) -> None:

@@ -25,21 +25,29 @@ _UDP_KEY = struct.Struct("!IIII")  # src, dst, ports, SPI: agent.sa.udp_ident
 
 @dataclass(slots=True)
 class Groups:
-    """Per-SA runs found in one segment; `rest` holds the frame indexes left to the per-frame path."""
+    """The candidate frames of one segment grouped per SA, and each group cut into runs of +1 steps.
+
+    Group k's runs are `group_runs[k]:group_runs[k + 1]`; run r's frames are
+    `order[run_start[r]:run_start[r] + count[r]]`. `rest` holds the frames left to the per-frame path.
+    """
 
     keys: list[bytes]
+    group_runs: np.ndarray
+    order: np.ndarray
+    run_start: np.ndarray
     first_seq: np.ndarray
     count: np.ndarray
-    octets: np.ndarray
     last_time: np.ndarray  # of the run's last frame (last_seen)
     max_time: np.ndarray  # against the SA's reorder-time limit
-    order: np.ndarray  # frame indexes grouped per SA; run k is order[start[k]:end[k]]
-    start: np.ndarray
-    end: np.ndarray
+    octets: np.ndarray  # per position in `order`: IP total length
+    times: np.ndarray  # per position in `order`
+    csum: np.ndarray  # cumulative octets: frames [i, j) of `order` carry csum[j] - csum[i]
     rest: np.ndarray
 
-    def members(self, k: int) -> np.ndarray:
-        return self.order[self.start[k]:self.end[k]]
+    def frames_from(self, r: int, skip: int, k: int) -> np.ndarray:
+        """Frames of group k from run r on, skipping the first `skip` frames of run r."""
+        end = self.run_start[self.group_runs[k + 1]] if k + 1 < len(self.keys) else len(self.order)
+        return self.order[self.run_start[r] + skip:end]
 
 
 class Words:
@@ -68,7 +76,7 @@ class Words:
 
 def _empty(n: int) -> Groups:
     none = np.empty(0, np.int64)
-    return Groups([], none, none, none, none, none, none, none, none, np.arange(n))
+    return Groups([], none, none, none, none, none, none, none, none, none, none, np.arange(n))  # 11 fields
 
 
 def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndarray) -> Groups:
@@ -111,26 +119,30 @@ def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndar
     brk = start.copy()  # a new run starts at each SA and after each step that is not +1
     brk[1:] |= ((q[1:] - q[:-1]) & _LOW) != 1
     starts = np.nonzero(start)[0]
-    run_starts = np.nonzero(brk)[0]
-    ends = np.append(run_starts, len(order))[np.searchsorted(run_starts, starts, side="right")]
-    # an SA split by a collision appears twice: only its first group may take the fast path
+    run_start = np.nonzero(brk)[0]
     firsts = order[starts]
-    dup = np.zeros(len(starts), dtype=bool)
+    # an SA split by a hash collision shows as two groups: both go to the per-frame path
     key = addrs[firsts] * _MIX ^ sub[firsts]
-    _, first_of = np.unique(key, return_index=True)
-    dup[:] = True
-    dup[first_of] = False
-    group = np.cumsum(start) - 1
-    in_run = np.arange(len(order)) < ends[group]
-    in_run &= ~dup[group]
+    _, first_of, seen = np.unique(key, return_index=True, return_counts=True)
+    split = np.zeros(len(starts), dtype=bool)
+    split[first_of[seen > 1]] = True
+    split |= np.isin(key, key[first_of[seen > 1]])
+    group_runs = np.searchsorted(run_start, starts)
+    run_end = np.append(run_start[1:], len(order))
+    octs = total[order].astype(np.int64)
+    csum = np.concatenate(([0], np.cumsum(octs)))
+    t = times[order]
+    g = Groups(
+        keys=[_UDP_KEY.pack(int(s_), int(d_), int(p_), int(i_)) if u else _ESP_KEY.pack(int(s_), int(d_), int(i_))
+              for s_, d_, p_, i_, u in zip(src[firsts], dst[firsts], ports[firsts], spi[firsts], udp[firsts],
+                                           strict=True)],
+        group_runs=group_runs, order=order, run_start=run_start, first_seq=q[run_start],
+        count=run_end - run_start, last_time=t[run_end - 1], max_time=np.maximum.reduceat(t, run_start),
+        octets=octs, times=t, csum=csum, rest=np.empty(0, np.int64),
+    )
+    for k in np.nonzero(split)[0]:
+        g.keys[k] = b""  # never an SA key: the meter leaves the whole group to the per-frame path
     covered = np.zeros(n, dtype=bool)
-    covered[order[in_run]] = True
-    csum = np.concatenate(([0], np.cumsum(total[order].astype(np.int64))))
-    tmax = np.maximum.reduceat(np.where(in_run, times[order], -np.inf), starts)
-    keep = ~dup
-    starts, ends, firsts, tmax = starts[keep], ends[keep], firsts[keep], tmax[keep]
-    keys = [_UDP_KEY.pack(int(s_), int(d_), int(p_), int(i_)) if u else _ESP_KEY.pack(int(s_), int(d_), int(i_))
-            for s_, d_, p_, i_, u in zip(src[firsts], dst[firsts], ports[firsts], spi[firsts], udp[firsts],
-                                         strict=True)]
-    return Groups(keys, q[starts], ends - starts, csum[ends] - csum[starts], times[order[ends - 1]], tmax,
-                  order, starts, ends, np.nonzero(~covered)[0])
+    covered[order] = True
+    g.rest = np.nonzero(~covered)[0]
+    return g
