@@ -20,15 +20,18 @@ BATCH = 65536
 # (its ports are in the first one), behind up to two VLAN tags, for IPv4 and IPv6. IPv6 extension
 # headers cannot be walked in BPF, so any IPv6 packet whose next header is not TCP/ICMPv6 is let
 # through and decided in Python.
-_L3 = (
+# VLAN tags only exist on Ethernet: libpcap refuses `vlan` on other link types (SLL, PPP, raw IP).
+L3_FILTER = (
     "(ip and (ip proto 50 or udp port 500 or udp port 4500 or ip[6:2] & 0x1fff != 0))"
     " or (ip6 and not ip6 proto 6 and not ip6 proto 58)"
 )
-PREFILTER = f"({_L3}) or (vlan and (({_L3}) or (vlan and ({_L3}))))"
+PREFILTER = f"({L3_FILTER}) or (vlan and (({L3_FILTER}) or (vlan and ({L3_FILTER}))))"
+DLT_EN10MB = 1
 
 
-def build_filter(user: str | None) -> str:
-    return f"({PREFILTER}) and ({user})" if user else PREFILTER
+def build_filter(user: str | None, linktype: int = DLT_EN10MB) -> str:
+    base = PREFILTER if linktype == DLT_EN10MB else L3_FILTER
+    return f"({base}) and ({user})" if user else base
 
 
 @dataclass(slots=True)

@@ -87,7 +87,7 @@ class LiveCapture:
                 p.set_timeout(100)
                 p.activate()
                 p.setdirection(pcap_dir)
-                p.setfilter(build_filter(s.user_filter))
+                p.setfilter(build_filter(s.user_filter, p.datalink()))
                 p.setnonblock(1)
                 handles.append(Handle(ic.name, ifindex, label, p, p.datalink(), p.getfd()))
         except pcapy.PcapError as e:

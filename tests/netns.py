@@ -73,10 +73,10 @@ def veth_pair() -> Iterator[VethPair]:
 class AgentProcess:
     """`espmeter run` in a namespace; its stderr log goes to a file the test can read."""
 
-    def __init__(self, ns: str, args: list[str], log: Path) -> None:
+    def __init__(self, ns: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self.handle = log.open("w")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.cli", "run", *args],
             stdout=self.handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)

@@ -8,7 +8,12 @@ exports to a file:// collector. Its records, decoded and summed per SA, must equ
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import signal
+import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,3 +116,50 @@ def test_interface_deleted_and_recreated(tmp_path: Path) -> None:
     for key, figures in want.items():  # the new link is a new observation point: new SAs, same figures
         assert got[key] == {k: 2 * v for k, v in figures.items()}
     assert len({r["ingressInterface"] for r in records if "IPSecSPI" in r}) == 2
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_drops_privileges_notifies_systemd_and_idles(tmp_path: Path) -> None:
+    """As root with `user: nobody`: runs as nobody with only CAP_NET_RAW, sends READY/RELOADING/STOPPING,
+    and an idle link costs (almost) no CPU: the loop sleeps in select(), it does not spin."""
+    public = Path(tempfile.mkdtemp(prefix="espm-notify-"))  # reachable by `nobody`, as /run/systemd is
+    public.chmod(0o755)
+    sock_path = public / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    sock_path.chmod(0o777)
+    notify.settimeout(20)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    with veth_pair() as pair:
+        cfg = tmp_path / "espmeter.yaml"
+        cfg.write_text(f"interfaces: [{pair.capture_if}]\ncollectors: ['udp://127.0.0.1:9']\nuser: nobody\n")
+        agent = AgentProcess(pair.capture_ns, ["--config", str(cfg)], tmp_path / "agent.log",
+                             env={"NOTIFY_SOCKET": str(sock_path)})
+        try:
+            assert b"READY=1" in notify.recv(4096)
+            pid = agent.proc.pid
+            status = _proc_status(pid)
+            assert status["Uid"].split() == [str(nobody)] * 4
+            assert int(status["CapEff"], 16) == 1 << 13 and int(status["CapPrm"], 16) == 1 << 13
+            cpu0 = _cpu_seconds(pid)
+            time.sleep(3.0)
+            assert _cpu_seconds(pid) - cpu0 < 0.3, "the idle loop must not spin"
+            agent.signal(signal.SIGHUP)
+            assert b"RELOADING=1" in notify.recv(4096)
+            assert b"READY=1" in notify.recv(4096)
+            agent.signal(signal.SIGTERM)
+            assert b"STOPPING=1" in notify.recv(4096)
+            assert agent.stop() == 0, agent.log.read_text()
+        finally:
+            agent.kill()
+            notify.close()
+            shutil.rmtree(public)
