@@ -17,6 +17,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from enum import IntEnum
 
+_NONE: tuple = ()
 _WRAP = 1 << 32
 _HALF = 1 << 31
 _LOW_MASK = _WRAP - 1
@@ -64,8 +65,10 @@ class SeqTracker:
         self.first = -1
         self.last = -1
         self.started = 0.0
-        self.gaps: list[list] = []  # pending missing ranges [lo, hi, opened_at], ascending
-        self.finals: list[list] = []  # finalised missing ranges [lo, hi] still inside the window
+        # pending missing ranges [lo, hi, opened_at] and finalised ones [lo, hi] still inside the window,
+        # ascending; a shared empty tuple until the first gap, so a clean SA allocates no list at all
+        self.gaps: list[list] | tuple = _NONE
+        self.finals: list[list] | tuple = _NONE
         self.held = -1  # implausible number awaiting confirmation
         self.held_time = 0.0
         self.datagrams = 0
@@ -133,7 +136,10 @@ class SeqTracker:
     def _advance(self, n: int, now: float, window: int) -> None:
         last = self.last
         if n > last + 1:
-            self.gaps.append([last + 1, n - 1, now])
+            if self.gaps:
+                self.gaps.append([last + 1, n - 1, now])
+            else:
+                self.gaps = [[last + 1, n - 1, now]]
         self.last = n
         if self.iv_min < 0:
             self.iv_min = n
@@ -170,7 +176,7 @@ class SeqTracker:
             return Verdict.LATE
         extent = self._accepted_above(n)
         if n + 1 <= self.first - 1:
-            self.gaps.insert(0, [n + 1, self.first - 1, self.started])
+            self.gaps = [[n + 1, self.first - 1, self.started], *self.gaps]
         self.first = n
         self._count_reordered(n, extent)
         return Verdict.REORDERED
@@ -253,7 +259,10 @@ class SeqTracker:
         while gaps and now - gaps[0][2] > reorder_time:
             lo, hi, _ = gaps.pop(0)
             self.lost += hi - lo + 1
-            self.finals.append([lo, hi])
+            if self.finals:
+                self.finals.append([lo, hi])
+            else:
+                self.finals = [[lo, hi]]
 
     def finish(self) -> None:
         """The SA ended: every pending gap is lost, an unconfirmed held number is late.
@@ -261,10 +270,12 @@ class SeqTracker:
         The finalised ranges are kept (bounded by the window) so that an SA which comes back after
         an idle end still tells late arrivals from duplicates.
         """
+        finals = list(self.finals)
         for lo, hi, _ in self.gaps:
             self.lost += hi - lo + 1
-            self.finals.append([lo, hi])
-        self.gaps = []
+            finals.append([lo, hi])
+        self.gaps = _NONE
+        self.finals = finals or _NONE
         if self.held >= 0:
             self.held = -1
             self.late += 1
