@@ -34,9 +34,11 @@ class VethPair:
         out = self.run(ns, "cat", f"/sys/class/net/{ifname}/ifindex").stdout
         return int(out)
 
-    def replay(self, pcap: str, pps: int | None = None) -> None:
-        """tcpreplay into the sender side; the frames arrive on the capture side."""
-        speed = ["--pps", str(pps)] if pps else ["--topspeed"]
+    def replay(self, pcap: str, pps: int | None = None, realtime: bool = False) -> None:
+        """tcpreplay into the sender side; the frames arrive on the capture side.
+
+        `realtime` keeps the capture's own timing (for figures that depend on the reorder time)."""
+        speed = [] if realtime else ["--pps", str(pps)] if pps else ["--topspeed"]
         self.run(self.sender_ns, "tcpreplay", "-q", "-i", self.sender_if, *speed, pcap)
 
     def recreate_capture_if(self) -> None:
