@@ -29,6 +29,8 @@ log = logging.getLogger("espmeter")
 
 TICK_S = 0.5  # timer resolution of the loop; also the longest select() sleep
 RETRY_S = 5.0  # retry opening interfaces that are missing or failed, besides link events
+COALESCE_FRAMES = 8192  # after a wake-up with fewer frames than this, wait COALESCE_S before reading again
+COALESCE_S = 0.02
 
 
 @dataclass(slots=True)
@@ -115,12 +117,15 @@ class Agent:
                 readable, _, _ = select.select(fds, [], [], TICK_S)
             except InterruptedError:
                 readable = []
+            frames = 0
             for fd in readable:
                 if fd == self.links.fileno():
                     self._links()
-                elif fd != self.signals.fileno():
-                    for batch in self.capture.read(fd):
-                        meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+                elif fd != self.signals.fileno() and (batch := self.capture.read(fd)) is not None:
+                    meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+                    frames += len(batch.meta) // 16
+            if 0 < frames < COALESCE_FRAMES:
+                time.sleep(COALESCE_S)  # let the ring fill: fewer, larger batches cost less per frame
             events = self.signals.take()
             if "stop" in events:
                 return self.shutdown()

@@ -125,12 +125,13 @@ class Meter:
         nruns = len(g.run_start)
         heads = [g.rest]
         skips = []
-        for k, key in enumerate(g.keys):
-            sa = sas.get((obs, key))
+        found = [sas.get((obs, key)) for key in g.keys]
+        for k, sa in enumerate(found):
             if sa is None or sa.fseq < 0:
                 head = g.frames_from(int(g.group_runs[k]), 0, k)[:PROBATION_RUN]
                 heads.append(head)
                 skips.append((k, len(head)))
+                found[k] = None  # phase 1 may create, replace or end it: look it up again
         self._frames_at(buf, segment, heads, ifindex, direction)
         skip_of = dict(skips)
         tails = []
@@ -147,7 +148,7 @@ class Meter:
             while o and r < r_end and o >= count[r]:
                 o -= count[r]
                 r += 1
-            sa = sas.get((obs, key))
+            sa = found[k] or sas.get((obs, key))
             while sa is not None and r < r_end and sa.fseq >= 0:
                 at = run_start[r] + o  # position in g.order of the run's next frame
                 end_at = run_start[r] + count[r]
@@ -171,10 +172,14 @@ class Meter:
                 tmax = max_time[r]
                 # the per-frame path would finalise old gaps on the way (by time, then by window); the
                 # run is accepted either way, so doing it once for the whole run gives the same state
-                if tmax > sa.ftime:
-                    sa.finalize_by_time(tmax, t.reorder_time)
-                sa.advance_run(c, t.window)
-                if sa.last + 1 >= sa.fseq or tmax > sa.ftime:
+                if not sa.gaps:  # the common case, inline: no gap to finalise, no limit to move
+                    if sa.iv_min < 0:
+                        sa.iv_min = sa.last + 1
+                    sa.last += c
+                else:
+                    if tmax > sa.ftime:
+                        sa.finalize_by_time(tmax, t.reorder_time)
+                    sa.advance_run(c, t.window)
                     sa.fast_limits(t.window, t.reorder_time)
                 sa.datagrams += c
                 sa.packets += c

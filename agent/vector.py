@@ -12,15 +12,12 @@ path in capture order, so results are identical (tests/test_fastpath.py).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 _LOW = 0xFFFFFFFF
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-_ESP_KEY = struct.Struct("!III")  # src, dst, SPI: agent.sa.esp_ident
-_UDP_KEY = struct.Struct("!IIII")  # src, dst, ports, SPI: agent.sa.udp_ident
 
 
 @dataclass(slots=True)
@@ -79,6 +76,17 @@ def _empty(n: int) -> Groups:
     return Groups([], none, none, none, none, none, none, none, none, none, none, np.arange(n))  # 11 fields
 
 
+def _keys(src: np.ndarray, dst: np.ndarray, ports: np.ndarray, spi: np.ndarray, udp: np.ndarray) -> list[bytes]:
+    """SA identifiers as agent.sa builds them (esp_ident / udp_ident), sliced from one packed array."""
+    rows = np.empty((len(src), 4), dtype=">u4")
+    rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = src, dst, spi, ports
+    esp_blob = rows[:, :3].tobytes()
+    rows[:, 2], rows[:, 3] = ports, spi
+    udp_blob = rows.tobytes()
+    return [udp_blob[16 * i:16 * i + 16] if u else esp_blob[12 * i:12 * i + 12]
+            for i, u in enumerate(udp.tolist())]
+
+
 def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndarray) -> Groups:
     """Group the frames of one segment; see the module docstring for what qualifies."""
     n = len(offsets)
@@ -133,9 +141,7 @@ def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndar
     csum = np.concatenate(([0], np.cumsum(octs)))
     t = times[order]
     g = Groups(
-        keys=[_UDP_KEY.pack(int(s_), int(d_), int(p_), int(i_)) if u else _ESP_KEY.pack(int(s_), int(d_), int(i_))
-              for s_, d_, p_, i_, u in zip(src[firsts], dst[firsts], ports[firsts], spi[firsts], udp[firsts],
-                                           strict=True)],
+        keys=_keys(src[firsts], dst[firsts], ports[firsts], spi[firsts], udp[firsts]),
         group_runs=group_runs, order=order, run_start=run_start, first_seq=q[run_start],
         count=run_end - run_start, last_time=t[run_end - 1], max_time=np.maximum.reduceat(t, run_start),
         octets=octs, times=t, csum=csum, rest=np.empty(0, np.int64),

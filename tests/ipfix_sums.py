@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import defaultdict
 from typing import Any
 
 from exporter.collect import read_file
+from tests.conftest import run_read
 
 # read --json key -> (forward IE name, reverse IE name in biflow records)
 DELTAS = {
@@ -27,9 +25,7 @@ SAKey = tuple[str, str, int, Any, Any]
 
 
 def read_json(path: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "read", "--json", path, *args],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    return run_read(path, *args).json()
 
 
 def truth(doc: dict[str, Any]) -> dict[SAKey, dict[str, int]]:

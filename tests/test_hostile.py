@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import random
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -14,14 +12,10 @@ from hypothesis import strategies as st
 
 from agent import decode as d
 from agent.meter import Meter, MeterSettings
+from tests.conftest import run_read
 from tests.gt.scenarios import registry
 
 SCENARIOS = registry()
-
-
-def _read(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "read", "--json", str(path)],
-                          capture_output=True, text=True)
 
 
 def _pcap_header(snaplen: int = 65535, linktype: int = 1) -> bytes:
@@ -34,7 +28,7 @@ def test_truncated_file_counts_frames_before_the_damage(tmp_path: Path) -> None:
     data = good.read_bytes()
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(data[: len(data) // 2 + 7])
-    res = _read(cut)
+    res = run_read(cut)
     assert res.returncode == 3
     assert res.stderr.count("\n") == 1 and "damaged" in res.stderr
     frames = json.loads(res.stdout)["capture"]["frames"]
@@ -53,7 +47,7 @@ def test_truncated_file_counts_frames_before_the_damage(tmp_path: Path) -> None:
 def test_garbage_after_header(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pcap"
     path.write_bytes(_pcap_header() + random.Random(3).randbytes(5000))
-    res = _read(path)
+    res = run_read(path)
     assert res.returncode == 3 and res.stderr.count("\n") == 1
     assert json.loads(res.stdout)["capture"]["frames"] == 0
 
@@ -64,7 +58,7 @@ def test_not_a_capture_and_empty_and_missing(tmp_path: Path) -> None:
     empty = tmp_path / "empty.pcap"
     empty.write_bytes(b"")
     for path in (text, empty, tmp_path / "missing.pcap"):
-        res = _read(path)
+        res = run_read(path)
         assert res.returncode == 2, res
         assert res.stdout == "" and res.stderr.count("\n") == 1 and str(path) in res.stderr
 
@@ -75,13 +69,13 @@ def test_snaplen_zero_and_frames_longer_than_snaplen(tmp_path: Path) -> None:
     path = tmp_path / "snap0.pcap"
     records = b"".join(struct.pack("<IIII", 1, i, len(frame), 1500) + frame for i in range(3))
     path.write_bytes(_pcap_header(snaplen=0) + records)
-    res = _read(path)
+    res = run_read(path)
     assert res.returncode in (0, 3) and res.stderr.count("\n") <= 1
     doc = json.loads(res.stdout)
     assert sum(doc["capture"]["classes"].values()) == doc["capture"]["frames"]
     small = tmp_path / "small.pcap"
     small.write_bytes(_pcap_header(snaplen=20) + records)
-    res = _read(small)
+    res = run_read(small)
     assert res.returncode in (0, 3)
     doc = json.loads(res.stdout)
     assert sum(doc["capture"]["classes"].values()) == doc["capture"]["frames"]

@@ -8,7 +8,6 @@ exports to a file:// collector. Its records, decoded and summed per SA, must equ
 
 from __future__ import annotations
 
-import os
 import pwd
 import shutil
 import signal
@@ -22,7 +21,7 @@ import pytest
 from exporter.collect import read_file
 from tests.gt.scenarios import registry
 from tests.ipfix_sums import pairs, read_json, sums, truth
-from tests.netns import AgentProcess, veth_pair
+from tests.netns import AgentProcess, cpu_seconds, veth_pair
 
 pytestmark = pytest.mark.root
 SCENARIOS = registry()
@@ -124,11 +123,6 @@ def _proc_status(pid: int) -> dict[str, str]:
     return dict(line.split(":", 1) for line in lines if ":" in line)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_drops_privileges_notifies_systemd_and_idles(tmp_path: Path) -> None:
     """As root with `user: nobody`: runs as nobody with only CAP_NET_RAW, sends READY/RELOADING/STOPPING,
     and an idle link costs (almost) no CPU: the loop sleeps in select(), it does not spin."""
@@ -151,9 +145,9 @@ def test_drops_privileges_notifies_systemd_and_idles(tmp_path: Path) -> None:
             status = _proc_status(pid)
             assert status["Uid"].split() == [str(nobody)] * 4
             assert int(status["CapEff"], 16) == 1 << 13 and int(status["CapPrm"], 16) == 1 << 13
-            cpu0 = _cpu_seconds(pid)
+            cpu0 = cpu_seconds(pid)
             time.sleep(3.0)
-            assert _cpu_seconds(pid) - cpu0 < 0.3, "the idle loop must not spin"
+            assert cpu_seconds(pid) - cpu0 < 0.3, "the idle loop must not spin"
             agent.signal(signal.SIGHUP)
             assert b"RELOADING=1" in notify.recv(4096)
             assert b"READY=1" in notify.recv(4096)
