@@ -30,6 +30,7 @@ def from_config(cfg: Settings) -> MeterSettings:
         max_fragments=cfg.max_fragments,
         biflow=cfg.records == "biflow",
         tunnel_names={str(k): v for k, v in cfg.tunnel_names.items()},
+        vector=cfg.vectorized,
     )
 
 
