@@ -32,7 +32,7 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str]) -> S
     src, dst = sa.src, sa.dst
     sport, dport = sa.ports
     ifindex = sa.ifindex
-    direction = None if sa.direction is None else (DIRECTION_EGRESS if sa.direction == "out" else DIRECTION_INGRESS)
+    direction = _direction(sa)
     accepted = (sa.datagrams - sa.x_datagrams) - (sa.duplicates - sa.x_duplicates) - (sa.late - sa.x_late)
     lost = sa.lost - sa.x_lost
     rec = SARecord(
@@ -71,6 +71,14 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str]) -> S
     sa.x_late, sa.x_incomplete, sa.x_last = sa.late, sa.incomplete, sa.last
     sa.interval_start = now
     return rec
+
+
+def _direction(sa: SA) -> int | None:
+    """flowDirection: egress for SAs this box sends itself (no path loss is measurable here), else
+    what the capture says."""
+    if sa.local or sa.direction == "out":
+        return DIRECTION_EGRESS
+    return DIRECTION_INGRESS if sa.direction == "in" else None
 
 
 def tunnel_name(sa: SA, names: dict[str, str]) -> str | None:

@@ -51,6 +51,13 @@ class VethPair:
         """Delete the capture-side link and make it again (a flapping WAN link)."""
         self.run(self.capture_ns, "ip", "link", "del", self.capture_if)
         time.sleep(0.5)
+        self._link()
+
+    def create_link(self) -> None:
+        """The veth appears now (an interface that did not exist when the agent started)."""
+        self._link()
+
+    def _link(self) -> None:
         sh("ip", "link", "add", self.sender_if, "netns", self.sender_ns, "type", "veth",
            "peer", "name", self.capture_if, "netns", self.capture_ns)
         self._up()
@@ -62,16 +69,16 @@ class VethPair:
 
 
 @contextmanager
-def veth_pair() -> Iterator[VethPair]:
+def veth_pair(link: bool = True) -> Iterator[VethPair]:
+    """Two namespaces and a veth between them; `link=False` leaves the link to `pair.create_link()`."""
     tag = uuid.uuid4().hex[:6]
     pair = VethPair(f"espm-s-{tag}", f"espm-c-{tag}", f"vs{tag}", f"vc{tag}")
     try:
         for ns in (pair.sender_ns, pair.capture_ns):
             sh("ip", "netns", "add", ns)
             sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", pair.sender_if, "netns", pair.sender_ns, "type", "veth",
-           "peer", "name", pair.capture_if, "netns", pair.capture_ns)
-        pair._up()
+        if link:
+            pair._link()
         yield pair
     finally:
         for ns in (pair.sender_ns, pair.capture_ns):

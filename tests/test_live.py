@@ -158,3 +158,49 @@ def test_drops_privileges_notifies_systemd_and_idles(tmp_path: Path) -> None:
             agent.kill()
             notify.close()
             shutil.rmtree(public)
+
+
+def test_interface_that_appears_later(tmp_path: Path) -> None:
+    """Configured before it exists (a PPPoE link not up yet): capture starts when netlink announces it."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["random_loss"]().write(cap)
+    want = truth(read_json(cap))
+    with veth_pair(link=False) as pair:
+        out = tmp_path / "late.ipfix"
+        cfg = tmp_path / "espmeter.yaml"
+        cfg.write_text(f"interfaces: [{pair.capture_if}]\ncollectors: ['file://{out}']\n")
+        agent = AgentProcess(pair.capture_ns, ["--config", str(cfg)], tmp_path / "agent.log")
+        try:
+            agent.wait_for("espmeter running")
+            assert "capturing on" not in agent.log.read_text()
+            pair.create_link()
+            agent.wait_for("capturing on", timeout=3.0)  # the link event, not the 5 s retry
+            pair.replay(cap, pps=20000)
+            time.sleep(0.5)
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+    assert sums(read_file(str(out))) == want
+
+
+def test_sas_sent_by_this_box_are_marked(tmp_path: Path) -> None:
+    """An address of the box appears (netlink event): SAs from it are egress (flowDirection 1) and
+    flagged in the SA table, so nobody reads their 0 % loss as a healthy path."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["random_loss"]().write(cap)
+    with veth_pair() as pair:
+        agent, out = _start(pair, tmp_path)
+        try:
+            pair.run(pair.capture_ns, "ip", "addr", "add", "10.0.1.1/32", "dev", pair.capture_if)
+            time.sleep(1.0)
+            pair.replay(cap, pps=20000)
+            time.sleep(0.5)
+            agent.signal(signal.SIGUSR1)
+            agent.wait_for("(sent here)")
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+    data = [r for r in read_file(str(out)) if "IPSecSPI" in r]
+    local = {r["flowDirection"] for r in data if str(r["sourceIPv4Address"]) == "10.0.1.1"}
+    others = {r["flowDirection"] for r in data if str(r["sourceIPv4Address"]) != "10.0.1.1"}
+    assert local == {1} and others == {0}
