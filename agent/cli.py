@@ -81,7 +81,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo(args.capture)
 
 
-def build_parser() -> argparse.ArgumentParser:
+EXPORTER_COMMANDS = ("templates", "collect")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands; `templates` and `collect` are wired in full only when one of them (or
+    help) is asked for, because their module loads the whole IPFIX stack (a fifth of read's start-up)."""
     parser = argparse.ArgumentParser(prog="espmeter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -105,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="YAML configuration file")
     check.set_defaults(func=_check_config)
 
-    from exporter.cli_support import add_collect_parser, add_templates_parser
+    if command is None or command in EXPORTER_COMMANDS or command.startswith("-"):
+        from exporter.cli_support import add_collect_parser, add_templates_parser
 
-    add_templates_parser(sub)
-    add_collect_parser(sub)
+        add_templates_parser(sub)
+        add_collect_parser(sub)
+    else:
+        sub.add_parser("templates", help="print collector dictionaries for espmeter's IPFIX IEs")
+        sub.add_parser("collect", help="receive IPFIX and print espmeter's records")
 
     demo = sub.add_parser("demo", help="meter a bundled capture, export it to a collector started here, show both")
     demo.add_argument("capture", nargs="?", help="capture to use instead of the bundled one")
@@ -117,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     return args.func(args)
 
 

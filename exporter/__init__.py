@@ -3,11 +3,27 @@
 Public API used by the agent: `ExportSettings`, `Exporter` (export, export_stats, tick,
 resend_templates, close, counters), `exporter.collect` (a small collector) and
 `exporter.dictionaries.render` (collector dictionaries from templates/).
+
+The names are resolved on first use (PEP 562): the meter imports only `exporter.records`, and
+`espmeter read` without a collector should not pay for loading the IPFIX stack.
 """
 
-from .exporter import Exporter
-from .records import BiflowRecord, MeteringStats, SARecord
-from .settings import ExportSettings
-from .transport import CollectorCounters
+from importlib import import_module
+from typing import Any
 
-__all__ = ["BiflowRecord", "CollectorCounters", "ExportSettings", "Exporter", "MeteringStats", "SARecord"]
+_WHERE = {
+    "Exporter": ".exporter",
+    "BiflowRecord": ".records",
+    "MeteringStats": ".records",
+    "SARecord": ".records",
+    "ExportSettings": ".settings",
+    "CollectorCounters": ".transport",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'exporter' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name], __name__), name)
