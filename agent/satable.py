@@ -43,6 +43,7 @@ class SATable:
         self.dormant: dict[SAKey, SA] = {}  # idle-ended SAs, oldest first: evicted before active ones
         self.probation: dict[SAKey, SA] = {}
         self.schedule: list[tuple[float, int, SA]] = []
+        self.stale_entries = 0  # schedule entries of SAs no longer in the table
         self.serial = count()
         self.pairer = Pairer()
         self.history: list[SA] | None = [] if keep_history else None  # read mode: ended generations
@@ -155,6 +156,16 @@ class SATable:
         sa.due = due
         heapq.heappush(self.schedule, (due, next(self.serial), sa))
 
+    def _stale(self) -> None:
+        """An SA left the table with an entry still in the schedule: drop dead entries once they are
+        half the heap, so a flood of evicted SAs is not kept alive by its schedule (amortised O(1))."""
+        self.stale_entries += 1
+        heap = self.schedule
+        if self.stale_entries > 1024 and self.stale_entries * 2 > len(heap):
+            self.schedule = [e for e in heap if e[2].active and e[2].due == e[0] and self.sas.get(e[2].key) is e[2]]
+            heapq.heapify(self.schedule)
+            self.stale_entries = 0
+
     @staticmethod
     def _deactivate(sa: SA) -> None:
         sa.active = False
@@ -202,6 +213,7 @@ class SATable:
         self._forget(sa)
 
     def _forget(self, sa: SA) -> None:
+        self._stale()
         del self.sas[sa.key]
         self.dormant.pop(sa.key, None)
         self.probation.pop(sa.key, None)

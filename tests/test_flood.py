@@ -62,7 +62,7 @@ def run(flood: int, seed: int = 5) -> tuple[Meter, Sink, int]:
             meta += struct.pack("=IIII", 1000, (start + j) % 1_000_000, len(buf), len(f))
             buf += f
         meter.feed(bytes(buf), bytes(meta), 1)
-        peak = max(peak, len(meter.table.sas))
+        peak = max(peak, len(meter.table.sas), len(meter.table.schedule) // 2 - 1024)
     meter.finish()
     return meter, sink, peak
 
@@ -82,7 +82,7 @@ def test_spi_flood_keeps_real_tunnels_and_bounds_the_table() -> None:
     real = {0x1000 + t for t in range(20)}
     quiet, quiet_sink, _ = run(0)
     flooded, flood_sink, peak = run(100_000)
-    assert peak <= 2000
+    assert peak <= 2000  # the table, and its schedule (which must not keep evicted SAs alive)
     assert flooded.table.evictions > 90_000
     assert per_spi(flood_sink, real) == per_spi(quiet_sink, real)
     assert all(r.end_reason != END_RESOURCES for r in flood_sink.records if r.spi in real)
