@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--flood", type=int, default=1_000_000)
     ap.add_argument("--max-sas", type=int, default=20_000)
     ap.add_argument("--probation", type=int, default=5_000)
+    ap.add_argument("--pps", type=int, default=30_000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="espm-flood-"))
     frames, real = build(args.flood)
@@ -88,7 +89,7 @@ def main() -> int:
         try:
             agent.wait_for("capturing on")
             before = rss_kb(agent.proc.pid)
-            pair.replay(str(work / "flood.pcap"), pps=100_000)
+            pair.replay(str(work / "flood.pcap"), pps=args.pps)
             time.sleep(1.0)
             after = rss_kb(agent.proc.pid)
             assert agent.stop() == 0, agent.log.read_text()
