@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.config import Settings, exporter_settings, load_config, merge_cli
+from agent.config import ConfigError, Settings, exporter_settings, load_config, merge_cli
 from agent.live import CaptureSettings, LinkMonitor, LiveCapture
 from agent.logsetup import setup_logging
 from agent.meter import Meter
@@ -56,8 +56,13 @@ class Agent:
 
     # -- configuration -------------------------------------------------------------------------
     def _load(self) -> Settings:
-        cfg = load_config(self.options.config)
-        return merge_cli(cfg, self.options.interfaces, self.options.collectors)
+        cfg = merge_cli(load_config(self.options.config), self.options.interfaces, self.options.collectors)
+        where = self.options.config or "command line"
+        if not cfg.interfaces:
+            raise ConfigError(f"{where}: interfaces: none configured (use --interface IF or `interfaces:`)")
+        if not cfg.collectors:
+            log.warning("no collector configured: metering only (SIGUSR1 logs the SA table)")
+        return cfg
 
     @staticmethod
     def _interfaces(cfg: Settings) -> list[tuple[str, str]]:
