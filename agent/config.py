@@ -146,7 +146,9 @@ class Settings(BaseModel):
     )
     filter: str | None = Field(None, description="Extra BPF expression, and-ed with the ESP filter.")
     snaplen: int = Field(256, ge=96, le=65535, description="Bytes captured per packet.")
-    buffer_size_mb: int = Field(8, ge=1, le=4096, description="Kernel capture buffer per interface, MiB.")
+    buffer_size_mb: int = Field(
+        32, ge=1, le=4096, description="Kernel capture buffer per interface and direction, MiB."
+    )
     # export
     collectors: list[CollectorURL] = Field(
         default_factory=list, description="IPFIX destinations: udp://HOST:PORT, tcp://HOST:PORT, file://PATH."

@@ -29,8 +29,8 @@ log = logging.getLogger("espmeter")
 
 TICK_S = 0.5  # timer resolution of the loop; also the longest select() sleep
 RETRY_S = 5.0  # retry opening interfaces that are missing or failed, besides link events
-COALESCE_FRAMES = 8192  # after a wake-up with fewer frames than this, wait COALESCE_S before reading again
-COALESCE_S = 0.02
+COALESCE_FRAMES = 32768  # after a wake-up with fewer frames than this, wait COALESCE_S before reading again
+COALESCE_S = 0.05
 
 
 @dataclass(slots=True)
