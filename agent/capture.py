@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Protocol
 
 import pcapy
 
@@ -45,11 +44,6 @@ class Batch:
 
 class CaptureError(Exception):
     """The capture cannot be opened or read (not a capture file, no such interface, no permission)."""
-
-
-class Source(Protocol):
-    def read(self) -> Batch | None: ...
-    def close(self) -> None: ...
 
 
 class OfflineSource:

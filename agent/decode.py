@@ -33,10 +33,6 @@ DLT_LINUX_SLL = 113
 DLT_IPV4 = 228
 DLT_IPV6 = 229
 DLT_LINUX_SLL2 = 276
-LINKTYPES = {
-    DLT_NULL: "null", DLT_EN10MB: "ethernet", DLT_RAW: "raw", DLT_RAW_BSD: "raw", DLT_LINKTYPE_RAW: "raw",
-    DLT_LOOP: "loop", DLT_LINUX_SLL: "sll", DLT_IPV4: "ipv4", DLT_IPV6: "ipv6", DLT_LINUX_SLL2: "sll2",
-}
 
 # libpcap reports DLT_RAW (12 on Linux) for files whose header says LINKTYPE_RAW (101)
 LINKTYPE_OF_DLT = {DLT_RAW: DLT_LINKTYPE_RAW}

@@ -48,7 +48,6 @@ class SATable:
         self.pairer = Pairer()
         self.history: list[SA] | None = [] if keep_history else None  # read mode: ended generations
         self.evictions = 0
-        self.generations = 0
 
     # -- packet path --------------------------------------------------------------------------
     def create(self, key: SAKey, udp: bool, now: float, direction: str | None) -> SA:
@@ -110,7 +109,6 @@ class SATable:
         self.pairer.inherit(old, new)
         if self.history is not None:
             self.history.append(old)
-        self.generations += 1
         self._schedule(new, now)
         new.observe(restart_at, restart_time, self.settings.tracker)
         return new

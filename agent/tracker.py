@@ -92,10 +92,6 @@ class SeqTracker:
     def expected(self) -> int:
         return self.last - self.first + 1 if self.last >= 0 else 0
 
-    @property
-    def pending(self) -> int:
-        return sum(g[1] - g[0] + 1 for g in self.gaps)
-
     # -- the per-datagram entry point ------------------------------------------------------
     def observe(self, low: int, now: float, s: TrackerSettings) -> Verdict:
         """Account one ESP datagram whose wire sequence number is `low` (32 bits)."""
