@@ -141,7 +141,8 @@ class Meter:
         # plain lists: element access on them is several times cheaper than on numpy arrays
         group_runs, run_start, count = g.group_runs.tolist(), g.run_start.tolist(), g.count.tolist()
         first_seq, max_time, last_time = g.first_seq.tolist(), g.max_time.tolist(), g.last_time.tolist()
-        times, octets, csum = g.times.tolist(), g.octets.tolist(), g.csum.tolist()
+        run_octets = (g.csum[g.run_start + g.count] - g.csum[g.run_start]).tolist()
+        times, octets, csum = g.times, g.octets, g.csum  # per frame: read only after a jump (rare)
         for k, key in enumerate(g.keys):
             r, r_end = group_runs[k], group_runs[k + 1] if k + 1 < len(g.keys) else nruns
             o = skip_of.get(k, 0)  # frames of run r already taken (phase 1 or a jump's first datagram)
@@ -156,7 +157,7 @@ class Meter:
                 if step:
                     if step >= 1 << 31:
                         break  # backwards (reordering, duplicates, late numbers): frame by frame
-                    ts, fo = times[at], octets[at]
+                    ts, fo = float(times[at]), int(octets[at])
                     sa = observe(sa, (first_seq[r] + o) & _LOW, fo, ts)  # opens the gap or holds
                     sa.packets += 1
                     sa.octets += fo
@@ -183,7 +184,7 @@ class Meter:
                     sa.fast_limits(t.window, t.reorder_time)
                 sa.datagrams += c
                 sa.packets += c
-                sa.octets += csum[end_at] - csum[at]
+                sa.octets += run_octets[r] if at == run_start[r] else int(csum[end_at] - csum[at])
                 sa.last_seen = last_time[r]
                 esp += c
                 r, o = r + 1, 0
