@@ -51,29 +51,61 @@ class Words:
     """Big-endian 32-bit words at `offsets + c`, read through four aligned zero-copy views of the buffer.
 
     Gathering whole words (nine per frame) rather than a frame × byte matrix keeps the cost of the
-    gather below that of the per-frame path it replaces.
+    gather below that of the per-frame path it replaces. The views are little-endian and each result is
+    byte-swapped once: arithmetic on a big-endian dtype would swap again in every operation. When all
+    frames share one alignment (fixed-size frames), a word's index is the frame's index plus a constant.
     """
 
     def __init__(self, buf: bytes, offsets: np.ndarray) -> None:
-        self.views = [np.frombuffer(buf, dtype=">u4", offset=k, count=max(0, (len(buf) - k) // 4))
+        self.views = [np.frombuffer(buf, dtype="<u4", offset=k, count=max(0, (len(buf) - k) // 4))
                       for k in range(4)]
         off = offsets.astype(np.int64)
         self.n = len(off)
-        self.classes = [(mask, off[mask]) for mask in ((off & 3) == j for j in range(4)) if mask.any()]
+        align = off & 3
+        self.single: tuple[int, np.ndarray, int] | None = None
+        if self.n and not (align != align[0]).any():
+            q = off >> 2
+            self.single = (int(align[0]), q, int(q.max()))
+        self.classes = [] if self.single else [
+            (mask, off[mask]) for mask in ((align == j) for j in range(4)) if mask.any()]
 
     def at(self, c: int) -> np.ndarray:
-        out = np.zeros(self.n, dtype=np.uint32)
+        if self.single is not None:
+            j, q, qmax = self.single
+            view = self.views[(j + c) & 3]
+            step = (j + c) >> 2
+            idx = q + step if qmax + step < len(view) else np.minimum(q + step, len(view) - 1)
+            return view[idx].byteswap(inplace=True) if len(view) else np.zeros(self.n, dtype="<u4")
+        out = np.zeros(self.n, dtype="<u4")
         for mask, off in self.classes:
             k = int(off[0] + c) & 3
             view = self.views[k]
             if len(view):
                 out[mask] = view[np.minimum((off + c - k) >> 2, len(view) - 1)]
-        return out
+        return out.byteswap(inplace=True)
 
 
 def _empty(n: int) -> Groups:
     none = np.empty(0, np.int64)
     return Groups([], none, none, none, none, none, none, none, none, none, none, np.arange(n))  # 11 fields
+
+
+def _group_order(h: np.ndarray) -> np.ndarray:
+    """Indexes that group equal hashes, in frame order within a group.
+
+    A stable sort on the top 16 bits is a radix sort (an order of magnitude cheaper than sorting 64-bit
+    keys); the few buckets that hold more than one hash are then sorted on the whole hash. Sorting on
+    the whole hash keeps bucket order, since the bucket is its top bits.
+    """
+    bucket = (h >> np.uint64(48)).astype(np.uint16)
+    order = np.argsort(bucket, kind="stable")
+    hs, bs = h[order], bucket[order]
+    mixed = (hs[1:] != hs[:-1]) & (bs[1:] == bs[:-1])
+    if mixed.any():
+        at = np.isin(bs, bs[1:][mixed])
+        sub = order[at]
+        order[at] = sub[np.argsort(h[sub], kind="stable")]
+    return order
 
 
 def _keys(src: np.ndarray, dst: np.ndarray, ports: np.ndarray, spi: np.ndarray, udp: np.ndarray) -> list[bytes]:
@@ -119,7 +151,7 @@ def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndar
         ci = ci[~np.isin(addrs[ci], addrs[risky])]
     if not len(ci):
         return _empty(n)
-    order = ci[np.argsort(addrs[ci] * _MIX ^ sub[ci], kind="stable")]
+    order = ci[_group_order(addrs[ci] * _MIX ^ sub[ci])]
     a, s = addrs[order], sub[order]
     start = np.ones(len(order), dtype=bool)
     start[1:] = (a[1:] != a[:-1]) | (s[1:] != s[:-1])  # exact: a hash collision only splits a group
