@@ -19,7 +19,7 @@ from agent import decode as d
 from agent import vector
 from agent.fragments import FragEntry, FragmentTable
 from agent.records import Producer, RecordSink
-from agent.sa import SA, esp_ident, udp_ident
+from agent.sa import NEVER, SA, esp_ident, udp_ident
 from agent.satable import PROBATION_RUN, SATable, TableSettings
 from exporter.records import MeteringStats
 
@@ -94,7 +94,7 @@ class Meter:
         n, pos = len(m), 0
         while pos < n:
             due = self._due()
-            late = np.nonzero(times[pos:] >= due)[0] if due != float("inf") else ()
+            late = np.nonzero(times[pos:] >= due)[0] if due != NEVER else ()
             end = pos + int(late[0]) if len(late) else n
             if end == pos:
                 self.tick(float(times[pos]))
@@ -339,7 +339,7 @@ class Meter:
     def _due(self) -> float:
         """When the next SA timer is due (the head of the schedule)."""
         schedule = self.table.schedule
-        return schedule[0][0] if schedule else float("inf")
+        return schedule[0][0] if schedule else NEVER
 
     def tick(self, now: float) -> None:
         self.frags.expire(now)

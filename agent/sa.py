@@ -7,6 +7,7 @@ import ipaddress
 from agent.tracker import SeqTracker
 
 NO_LIMIT = 1 << 80  # above any 64-bit sequence number
+NEVER = float("inf")  # one shared object: a float per SA would cost 24 bytes each
 SAKey = tuple  # (obs, ident): obs = (ifindex, vlan, inner_vlan) or None; ident = addresses [+ ports] + SPI
 
 
@@ -49,6 +50,10 @@ class SA(SeqTracker):
         self.x_reordered = self.x_duplicates = self.x_late = self.x_incomplete = 0
         self.x_last = -1
 
+    def __lt__(self, other: SA) -> bool:
+        """Tie-break for schedule entries with the same due time (no serial number per entry)."""
+        return id(self) < id(other)
+
     def fast_limits(self, window: int, reorder_time: float) -> None:
         """Until where the next in-order datagram needs no tracker work (see Meter.feed).
 
@@ -62,7 +67,7 @@ class SA(SeqTracker):
             g = self.gaps[0]
             self.fseq, self.ftime = g[0] + window, g[2] + reorder_time
         else:
-            self.fseq, self.ftime = NO_LIMIT, float("inf")
+            self.fseq, self.ftime = NO_LIMIT, NEVER
 
     # -- identity, decoded from the key on demand (not on the packet path) ----------------------
     @property

@@ -2,7 +2,7 @@
 
 `sas` maps key → SA (active or dormant: an SA ended by the idle timeout keeps its sequence state,
 so a quiet tunnel that speaks again continues its numbering instead of starting a new "flow").
-`schedule` is a heap of (due, serial, SA); an SA has one live entry, stale ones are skipped.
+`schedule` is a heap of (due, SA); an SA has one live entry, stale ones are skipped.
 New SAs are on probation (their own smaller bound) until they show a run of packets in sequence,
 so a flood of one-packet SPIs evicts other probationers, never the established tunnels.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import count
 
 from agent.pairing import Pairer
 from agent.sa import SA, SAKey
@@ -42,9 +41,8 @@ class SATable:
         self.sas: dict[SAKey, SA] = {}
         self.dormant: dict[SAKey, SA] = {}  # idle-ended SAs, oldest first: evicted before active ones
         self.probation: dict[SAKey, SA] = {}
-        self.schedule: list[tuple[float, int, SA]] = []
+        self.schedule: list[tuple[float, SA]] = []
         self.stale_entries = 0  # schedule entries of SAs no longer in the table
-        self.serial = count()
         self.pairer = Pairer()
         self.history: list[SA] | None = [] if keep_history else None  # read mode: ended generations
         self.evictions = 0
@@ -119,7 +117,7 @@ class SATable:
         s = self.settings
         heap = self.schedule
         while heap and heap[0][0] <= now:
-            due, _, sa = heapq.heappop(heap)
+            due, sa = heapq.heappop(heap)
             if not sa.active or sa.due != due or self.sas.get(sa.key) is not sa:
                 continue
             if now - sa.last_seen >= s.idle_timeout:
@@ -152,7 +150,7 @@ class SATable:
         if due <= now:
             due = now + min(s.idle_timeout, s.active_timeout)
         sa.due = due
-        heapq.heappush(self.schedule, (due, next(self.serial), sa))
+        heapq.heappush(self.schedule, (due, sa))
 
     def _stale(self) -> None:
         """An SA left the table with an entry still in the schedule: drop dead entries once they are
@@ -160,7 +158,7 @@ class SATable:
         self.stale_entries += 1
         heap = self.schedule
         if self.stale_entries > 1024 and self.stale_entries * 2 > len(heap):
-            self.schedule = [e for e in heap if e[2].active and e[2].due == e[0] and self.sas.get(e[2].key) is e[2]]
+            self.schedule = [e for e in heap if e[1].active and e[1].due == e[0] and self.sas.get(e[1].key) is e[1]]
             heapq.heapify(self.schedule)
             self.stale_entries = 0
 
@@ -190,16 +188,16 @@ class SATable:
     def _longest_idle(self) -> SA:
         """Approximately the least recently seen active SA, from the front of the schedule."""
         heap = self.schedule
-        sample: list[tuple[float, int, SA]] = []
+        sample: list[tuple[float, SA]] = []
         while heap and len(sample) < EVICTION_SAMPLE:
             entry = heapq.heappop(heap)
-            sa = entry[2]
+            sa = entry[1]
             if sa.active and sa.due == entry[0] and self.sas.get(sa.key) is sa:
                 sample.append(entry)
         for entry in sample:
             heapq.heappush(heap, entry)
         if sample:
-            return min(sample, key=lambda e: e[2].last_seen)[2]
+            return min(sample, key=lambda e: e[1].last_seen)[1]
         return min((sa for sa in self.sas.values() if sa.active), key=lambda sa: sa.last_seen)
 
     def _evict(self, sa: SA, now: float) -> None:

@@ -88,3 +88,23 @@ def test_spi_flood_keeps_real_tunnels_and_bounds_the_table() -> None:
     assert all(r.end_reason != END_RESOURCES for r in flood_sink.records if r.spi in real)
     evicted = sum(1 for r in flood_sink.records if r.end_reason == END_RESOURCES)
     assert evicted == flooded.table.evictions
+
+
+def test_full_table_evicts_the_longest_idle_established_sa() -> None:
+    """No probationer to drop: the established SA seen longest ago is ended (reason 5), the rest stay."""
+    settings = MeterSettings(table=TableSettings(max_sas=20, probation_sas=1000))
+    sink = Sink()
+    meter = Meter(settings, sink)
+    frames = []
+    for t in range(30):  # 30 SAs, one after the other, 5 in-order packets each: all leave probation
+        frames += [esp_frame(bytes([10, 1, t, 1]), bytes([10, 1, t, 2]), 0x100 + t, n) for n in range(1, 6)]
+    buf, meta = bytearray(), bytearray()
+    for i, f in enumerate(frames):
+        meta += struct.pack("=IIII", 1000, i * 10, len(buf), len(f))
+        buf += f
+    meter.feed(bytes(buf), bytes(meta), 1)
+    assert len(meter.table.sas) <= 20 and meter.table.evictions == 10
+    meter.finish()
+    evicted = sorted(r.spi for r in sink.records if r.end_reason == END_RESOURCES)
+    assert evicted == [0x100 + t for t in range(10)]  # the oldest ten
+    assert sum(r.packets for r in sink.records) == 150  # nothing lost: evicted SAs were exported
