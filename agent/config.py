@@ -27,7 +27,6 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_PATH = "/etc/espmeter/espmeter.yaml"
 COLLECTOR_HELP = "expected udp://HOST:PORT, tcp://HOST:PORT or file://PATH"
 
 # PENs whose low 16 bits collide with enterprises nfdump 1.7 knows; it keeps only 16 bits.

@@ -90,6 +90,7 @@ class Agent:
         settings = from_config(cfg)
         self.meter.settings = settings
         self.meter.table.settings = settings.table
+        self.meter.frags.timeout, self.meter.frags.max_entries = settings.fragment_timeout, settings.max_fragments
         self.meter.producer.biflow = settings.biflow
         self.meter.producer.names = dict(settings.tunnel_names)
         if exporter_settings(old) != exporter_settings(cfg):
@@ -100,8 +101,10 @@ class Agent:
         else:
             self.exporter.resend_templates()
         if self._interfaces(old) != self._interfaces(cfg) or self._capture_settings(old) != self._capture_settings(cfg):
+            drops = self.capture.poll_drops()
             self.capture.close()
             self.capture = LiveCapture(self._interfaces(cfg), self._capture_settings(cfg))
+            self.capture.drops = drops  # a total since start: it must not go back to zero
         log.info("configuration reloaded")
         self.notify.ready()
 

@@ -115,12 +115,13 @@ def _ethernet(f: Frame, buf: bytes, off: int, end: int) -> tuple[int, int]:
     if end - off < 14:
         f.cls = TRUNCATED
         return -1, 0
-    return _vlan_tags(f, buf, off + 12, end)
+    return _vlan_tags(f, buf, off + 12, end, _u16(buf, off + 12)[0])
 
 
-def _vlan_tags(f: Frame, buf: bytes, at: int, end: int) -> tuple[int, int]:
-    """`at` points at an ethertype; up to two 802.1Q/802.1ad tags are read."""
-    ethertype = _u16(buf, at)[0]
+def _vlan_tags(f: Frame, buf: bytes, at: int, end: int, ethertype: int) -> tuple[int, int]:
+    """`ethertype` is the link layer's protocol field and `at` where a tag's TPID would sit (the tag
+    control field follows at at+2); up to two 802.1Q/802.1ad tags are read. SLL2 keeps its protocol field
+    at the front of its header, so there `at` is the two bytes before the payload, not the field itself."""
     tags = 0
     while ethertype in VLAN_TPIDS:
         if tags == 2:
@@ -145,7 +146,7 @@ def _sll(f: Frame, buf: bytes, off: int, end: int) -> tuple[int, int]:
         f.cls = TRUNCATED
         return -1, 0
     f.direction = "out" if _u16(buf, off)[0] == SLL_OUTGOING else "in"
-    return _vlan_tags(f, buf, off + 14, end)
+    return _vlan_tags(f, buf, off + 14, end, _u16(buf, off + 14)[0])
 
 
 def _sll2(f: Frame, buf: bytes, off: int, end: int) -> tuple[int, int]:
@@ -156,7 +157,7 @@ def _sll2(f: Frame, buf: bytes, off: int, end: int) -> tuple[int, int]:
     f.ifindex = ifindex
     f.direction = "out" if pkttype == SLL_OUTGOING else "in"
     if proto in VLAN_TPIDS:
-        return _vlan_tags(f, buf, off, end)
+        return _vlan_tags(f, buf, off + 18, end, proto)
     return off + 20, proto
 
 

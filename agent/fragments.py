@@ -48,7 +48,6 @@ class FragmentTable:
         self.max_entries = max_entries
         self.on_expire = on_expire
         self.entries: dict[FragKey, FragEntry] = {}
-        self.evicted = 0
 
     def first(self, key: FragKey, owner: Any, offset_len: int, more: bool, now: float) -> FragEntry | None:
         """The first fragment arrived: returns the entry (with held fragments to move to owner)."""
@@ -92,6 +91,5 @@ class FragmentTable:
             if len(self.entries) >= self.max_entries:
                 oldest = next(iter(self.entries))
                 self.on_expire(self.entries.pop(oldest))
-                self.evicted += 1
             entry = self.entries[key] = FragEntry(created=now)
         return entry

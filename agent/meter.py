@@ -68,7 +68,7 @@ class Meter:
         self.classes = dict.fromkeys(d.CLASSES, 0)
         self.frames = 0
         self.octets = 0  # captured octets of all frames
-        self.pending_fragments = 0  # non-first fragments whose class is not known yet
+        self.ike_evictions = 0
         self.local_addrs = local_addrs or set()
         self.capture_drops = 0
         self.now = 0.0
@@ -284,6 +284,9 @@ class Meter:
         pair = (f.obs, f.src, f.dst) if f.src <= f.dst else (f.obs, f.dst, f.src)
         ike = self.ike.get(pair)
         if ike is None:
+            if len(self.ike) >= self.settings.table.max_sas:  # spoofed UDP 500 must not grow it forever
+                del self.ike[next(iter(self.ike))]
+                self.ike_evictions += 1
             ike = self.ike[pair] = IkePair(f.src, f.dst, first_seen=now)
         ike.packets += 1
         ike.octets += f.ip_len
@@ -295,7 +298,6 @@ class Meter:
         entry = self.frags.first((f.obs, f.src, f.dst, f.proto, f.frag_id), owner, f.frag_len, f.frag_more, now)
         if entry is not None and entry.held_packets:
             self._attribute(owner, entry.held_packets, entry.held_octets, now)
-            self.pending_fragments -= entry.held_packets
 
     def _later_fragment(self, f: d.Frame, now: float) -> None:
         if f.proto not in (d.PROTO_ESP, d.PROTO_UDP):
@@ -303,9 +305,7 @@ class Meter:
             return
         key = (f.obs, f.src, f.dst, f.proto, f.frag_id)
         owner = self.frags.later(key, f.frag_off, f.frag_len, f.frag_more, f.ip_len, now)
-        if owner is None:
-            self.pending_fragments += 1
-        else:
+        if owner is not None:
             self._attribute(owner, 1, f.ip_len, now)
 
     def _attribute(self, owner: object, packets: int, octets: int, now: float) -> None:
@@ -324,7 +324,6 @@ class Meter:
     def _fragment_expired(self, entry: FragEntry) -> None:
         if entry.owner is None:
             self.classes[d.ORPHAN] += entry.held_packets
-            self.pending_fragments -= entry.held_packets
         elif isinstance(entry.owner, SA) and not entry.complete:
             entry.owner.incomplete += 1
 

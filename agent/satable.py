@@ -80,7 +80,7 @@ class SATable:
         elif verdict is Verdict.RESTART:
             sa = self._new_generation(sa, now)
             sa.observe(seq, now, s)
-        if sa.trial and sa.datagrams - sa.duplicates - sa.late >= PROBATION_RUN:
+        if sa.trial and sa.accepted >= PROBATION_RUN:
             sa.trial = False
             self.probation.pop(sa.key, None)
         sa.fast_limits(s.window, s.reorder_time)
@@ -214,5 +214,11 @@ class SATable:
         self.dormant.pop(sa.key, None)
         self.probation.pop(sa.key, None)
         self.pairer.remove(sa)
+        survivor = sa.peer
+        if survivor is not None and survivor.peer is sa:
+            # the partner stays; when the evicted SA's key comes back, the two can pair again
+            survivor.peer = survivor.tunnel_id = None
+            if self.sas.get(survivor.key) is survivor and survivor.active:
+                self.pairer.add(survivor)
         if self.history is not None:
             self.history.append(sa)

@@ -181,7 +181,13 @@ def run_collector(listen: str, json_lines: bool, out: TextIO, stop: Callable[[],
                     buf += chunk
                     while len(buf) >= 4:
                         length = struct.unpack_from("!H", buf, 2)[0]
-                        if length < 16 or len(buf) < length:
+                        if length < 16:  # not IPFIX: the stream cannot be resynchronised, drop it
+                            sel.unregister(sock)
+                            sock.close()
+                            streams.pop(sock, None)
+                            decoders.pop(sock, None)
+                            break
+                        if len(buf) < length:
                             break
                         message = bytes(buf[:length])
                         del buf[:length]

@@ -108,3 +108,24 @@ def test_full_table_evicts_the_longest_idle_established_sa() -> None:
     evicted = sorted(r.spi for r in sink.records if r.end_reason == END_RESOURCES)
     assert evicted == [0x100 + t for t in range(10)]  # the oldest ten
     assert sum(r.packets for r in sink.records) == 150  # nothing lost: evicted SAs were exported
+
+
+def test_partner_of_an_evicted_sa_pairs_again() -> None:
+    """A tunnel's SA is evicted while its partner keeps sending; when it comes back, the two pair again."""
+    meter = Meter(MeterSettings(table=TableSettings(max_sas=8, probation_sas=1000)), Sink())
+    a, b = bytes([10, 2, 0, 1]), bytes([10, 2, 0, 2])
+    frames = [esp_frame(a, b, 0xA, n) for n in range(1, 6)] + [esp_frame(b, a, 0xB, n) for n in range(1, 6)]
+    seq_b = 5
+    for t in range(10):  # other tunnels fill the table; B keeps talking, A is silent
+        frames += [esp_frame(bytes([10, 3, t, 1]), bytes([10, 3, t, 2]), 0x300 + t, n) for n in range(1, 6)]
+        seq_b += 1
+        frames.append(esp_frame(b, a, 0xB, seq_b))
+    frames += [esp_frame(a, b, 0xA, n) for n in range(6, 11)]  # A speaks again
+    buf, meta = bytearray(), bytearray()
+    for i, f in enumerate(frames):
+        meta += struct.pack("=IIII", 1000, i * 10, len(buf), len(f))
+        buf += f
+    meter.feed(bytes(buf), bytes(meta), 1)
+    sas = {sa.spi: sa for sa in meter.table.sas.values()}
+    assert sas[0xA].peer is sas[0xB] and sas[0xB].peer is sas[0xA]
+    assert sas[0xA].tunnel_id == sas[0xB].tunnel_id is not None
