@@ -133,7 +133,8 @@ def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndar
     sport, dport, ulen = w34 >> 16, w34 & 0xFFFF, w38 >> 16
     udp = (plain & (proto == 17) & (caplens >= 50) & ((sport == 4500) | (dport == 4500))
            & (ulen >= 16) & (ulen + 20 <= total))
-    spi_udp = np.where(udp, w.at(42), 0)
+    any_udp = bool(udp.any())  # the two ESP-in-UDP words are gathered only when there is such a frame
+    spi_udp = np.where(udp, w.at(42), 0) if any_udp else np.zeros(len(udp), dtype=np.uint32)
     udp &= spi_udp != 0
     cand = esp | udp
     src, dst = w.at(26), w.at(30)
@@ -141,7 +142,7 @@ def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndar
     spi = np.where(udp, spi_udp, w34)
     ports = np.where(udp, w34, 0)  # never 0 for ESP-in-UDP (one port is 4500): the encapsulations differ
     sub = (spi.astype(np.uint64) << np.uint64(32)) | ports
-    seq = np.where(udp, w.at(46), w38).astype(np.int64)
+    seq = (np.where(udp, w.at(46), w38) if any_udp else w38).astype(np.int64)
 
     # an SA with any other IPv4 ESP/UDP frame between the same addresses in this segment (options,
     # fragments, IKE, ...) keeps its whole segment on the per-frame path, in order
@@ -151,7 +152,8 @@ def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndar
         ci = ci[~np.isin(addrs[ci], addrs[risky])]
     if not len(ci):
         return _empty(n)
-    order = ci[_group_order(addrs[ci] * _MIX ^ sub[ci])]
+    hashes = addrs * _MIX ^ sub
+    order = ci[_group_order(hashes[ci])]
     a, s = addrs[order], sub[order]
     start = np.ones(len(order), dtype=bool)
     start[1:] = (a[1:] != a[:-1]) | (s[1:] != s[:-1])  # exact: a hash collision only splits a group
@@ -162,11 +164,9 @@ def analyse(buf: bytes, offsets: np.ndarray, caplens: np.ndarray, times: np.ndar
     run_start = np.nonzero(brk)[0]
     firsts = order[starts]
     # an SA split by a hash collision shows as two groups: both go to the per-frame path
-    key = addrs[firsts] * _MIX ^ sub[firsts]
+    key = hashes[firsts]
     _, first_of, seen = np.unique(key, return_index=True, return_counts=True)
-    split = np.zeros(len(starts), dtype=bool)
-    split[first_of[seen > 1]] = True
-    split |= np.isin(key, key[first_of[seen > 1]])
+    split = np.isin(key, key[first_of[seen > 1]])
     group_runs = np.searchsorted(run_start, starts)
     run_end = np.append(run_start[1:], len(order))
     octs = total[order].astype(np.int64)
