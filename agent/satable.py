@@ -62,6 +62,8 @@ class SATable:
         del self.dormant[sa.key]
         sa.active = True
         sa.interval_start = now
+        if sa.trial:  # still unproven: back under the probation bound
+            self.probation[sa.key] = sa
         sa.fast_limits(self.settings.tracker.window, self.settings.tracker.reorder_time)
         self._schedule(sa, now)
         if sa.peer is None:

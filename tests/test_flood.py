@@ -129,3 +129,13 @@ def test_partner_of_an_evicted_sa_pairs_again() -> None:
     sas = {sa.spi: sa for sa in meter.table.sas.values()}
     assert sas[0xA].peer is sas[0xB] and sas[0xB].peer is sas[0xA]
     assert sas[0xA].tunnel_id == sas[0xB].tunnel_id is not None
+
+
+def test_a_returning_unproven_sa_is_on_probation_again() -> None:
+    """One packet, idle end, one packet again: still unproven, so it counts against the probation bound."""
+    meter = Meter(MeterSettings(table=TableSettings(idle_timeout=1.0, active_timeout=60.0)), Sink())
+    for t, seq in ((1000, 1), (1003, 2)):  # 3 s apart: the SA ends idle in between
+        f = esp_frame(bytes([10, 4, 0, 1]), bytes([10, 4, 0, 2]), 0x44, seq)
+        meter.feed(f, struct.pack("=IIII", t, 0, 0, len(f)), 1)
+    sa = next(iter(meter.table.sas.values()))
+    assert sa.active and sa.trial and sa.key in meter.table.probation
