@@ -17,6 +17,7 @@ from agent.config import ConfigError, Settings, exporter_settings, load_config, 
 from agent.live import CaptureSettings, LinkMonitor, LiveCapture
 from agent.logsetup import setup_logging
 from agent.meter import Meter
+from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
 from agent.report import sa_json
 from agent.sdnotify import SdNotify, watchdog_interval
@@ -50,8 +51,9 @@ class Agent:
         self.signals = Signals()
         self.capture = LiveCapture(self._interfaces(self.cfg), self._capture_settings(self.cfg))
         self.links = LinkMonitor()
-        self.exporter = self._exporter(self.cfg)
-        self.meter = Meter(from_config(self.cfg), self.exporter, local_addrs=self.capture.local_addresses())
+        self.outputs = Outputs()
+        self.meter = Meter(from_config(self.cfg), self.outputs, local_addrs=self.capture.local_addresses())
+        self.outputs.configure(self._outputs(self.cfg))
         self.last_drops = 0
 
     # -- configuration -------------------------------------------------------------------------
@@ -73,8 +75,13 @@ class Agent:
         return CaptureSettings(cfg.snaplen, cfg.buffer_size_mb, cfg.filter)
 
     @staticmethod
-    def _exporter(cfg: Settings) -> Exporter:
-        return Exporter(ExportSettings(**exporter_settings(cfg)))
+    def _outputs(cfg: Settings) -> list[OutputSpec]:
+        """The outputs `cfg` asks for; each is built only when it starts (or its settings change)."""
+        specs = []
+        if cfg.collectors:
+            export = exporter_settings(cfg)
+            specs.append(OutputSpec("ipfix", export, lambda: Exporter(ExportSettings(**export))))
+        return specs
 
     def reload(self) -> None:
         """SIGHUP: new settings; SA state is kept, templates are re-sent, changed parts reopened."""
@@ -93,13 +100,8 @@ class Agent:
         self.meter.frags.timeout, self.meter.frags.max_entries = settings.fragment_timeout, settings.max_fragments
         self.meter.producer.biflow = settings.biflow
         self.meter.producer.names = dict(settings.tunnel_names)
-        if exporter_settings(old) != exporter_settings(cfg):
-            self.meter.producer.flush()
-            self.exporter.close()
-            self.exporter = self._exporter(cfg)
-            self.meter.producer.sink = self.exporter
-        else:
-            self.exporter.resend_templates()
+        self.meter.producer.flush()  # pending records go to the outputs they were made for
+        self.outputs.configure(self._outputs(cfg))
         if self._interfaces(old) != self._interfaces(cfg) or self._capture_settings(old) != self._capture_settings(cfg):
             drops = self.capture.poll_drops()
             self.capture.close()
@@ -162,8 +164,8 @@ class Agent:
             self.last_drops = drops
         meter.capture_drops = drops
         meter.tick(now)
-        self.exporter.export_stats(self._stats())
-        self.exporter.tick()
+        self.outputs.export_stats(self._stats())
+        self.outputs.tick()
 
     def _stats(self) -> MeteringStats:
         return self.meter.stats(self.cfg.observation_domain)
@@ -197,8 +199,8 @@ class Agent:
         now = self.clock()
         self.meter.capture_drops = self.capture.poll_drops()
         self.meter.finish(now)
-        self.exporter.export_stats(self._stats())
-        self.exporter.close()  # sends the final statistics, flushes, waits for TCP delivery
+        self.outputs.export_stats(self._stats())
+        self.outputs.close()  # IPFIX: sends the final statistics, flushes, waits for TCP delivery
         self.capture.close()
         self.links.close()
         return 0

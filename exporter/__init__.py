@@ -1,7 +1,7 @@
 """espmeter exporter: IPFIX messages (python-ipfix), templates, transports, collector dictionaries.
 
-Public API used by the agent: `ExportSettings`, `Exporter` (export, export_stats, tick,
-resend_templates, close, counters), `exporter.collect` (a small collector) and
+Public API used by the agent: `ExportSettings`, `Exporter` (an `agent.outputs.Output`: export,
+export_stats, export_loss_events, tick, reload, close, counters), `exporter.collect` (a small collector) and
 `exporter.dictionaries.render` (collector dictionaries from templates/).
 
 The names are resolved on first use (PEP 562): the meter imports only `exporter.records`, and
@@ -14,6 +14,7 @@ from typing import Any
 _WHERE = {
     "Exporter": ".exporter",
     "BiflowRecord": ".records",
+    "LossEvent": ".records",
     "MeteringStats": ".records",
     "SARecord": ".records",
     "ExportSettings": ".settings",

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from .encoding import RecordEncoder, encode_all
 from .infomodel import InfoModel
-from .records import BiflowRecord, MeteringStats, SARecord
+from .records import BiflowRecord, LossEvent, MeteringStats, SARecord
 from .session import Session
 from .settings import ExportSettings
 from .transport import CollectorCounters, FileTransport, TcpTransport, Transport, UdpTransport, parse_collector
@@ -18,7 +18,8 @@ log = logging.getLogger("espmeter.exporter")
 
 
 class Exporter:
-    """IPFIX exporter for espmeter records. Not thread-safe: call it from one thread."""
+    """IPFIX exporter for espmeter records, an `agent.outputs.Output`. Not thread-safe: call it from one
+    thread."""
 
     def __init__(self, settings: ExportSettings, clock: Callable[[], float] = time.time):
         self.settings = settings.validate()
@@ -63,6 +64,9 @@ class Exporter:
         for session in self._sessions:
             session.send(encoded)
 
+    def export_loss_events(self, events: Sequence[LossEvent]) -> None:
+        """Loss is in the records' lost counts; IPFIX carries no per-event records (yet)."""
+
     def export_stats(self, stats: MeteringStats) -> None:
         """Remember the latest totals; they go out now if `stats_interval_s` has passed, else on tick()."""
         self._stats = stats
@@ -84,7 +88,8 @@ class Exporter:
             session.tick()
         self._maybe_send_stats()
 
-    def resend_templates(self) -> None:
+    def reload(self) -> None:
+        """Same settings after a configuration reload: re-send the templates."""
         for session in self._sessions:
             session.refresh()
 

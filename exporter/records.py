@@ -73,6 +73,31 @@ class BiflowRecord:
     reverse: SARecord
 
 
+@dataclass(frozen=True, slots=True)
+class LossEvent:
+    """A maximal run of consecutive lost (final) sequence numbers [first, last] of one SA.
+
+    `after`/`before`: arrival times (epoch s) of datagrams first-1 and last+1; the loss happened
+    between them. The SA is named as in its records (interface = ingress or egress ifindex).
+    """
+
+    src: IPAddress
+    dst: IPAddress
+    spi: int
+    encap: int
+    sport: int | None
+    dport: int | None
+    ifindex: int | None
+    first: int
+    last: int
+    after: float
+    before: float
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
 @dataclass(slots=True)
 class MeteringStats:
     """Totals since start for the metering-process statistics options records."""
