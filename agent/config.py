@@ -166,8 +166,7 @@ class Settings(BaseModel):
     reorder_window: int = Field(1024, ge=32, le=65536, description="Sequence numbers tracked per SA.")
     reorder_time_s: float = Field(2.0, gt=0, description="Wait this long for a late packet before loss.")
     jump_limit: int = Field(1_000_000, ge=1, description="Sequence jump treated as SA restart, not loss.")
-    max_sas: int = Field(100_000, ge=1, description="Maximum SAs tracked at once.")
-    probation_sas: int = Field(10_000, ge=0, description="Unconfirmed new SAs tracked at once.")
+    max_sas: int = Field(250_000, ge=1, description="Maximum SAs tracked at once; when full, unconfirmed SAs go first.")
     fragment_timeout_s: int = Field(30, ge=1, description="Drop incomplete IP fragments after this long.")
     max_fragments: int = Field(10000, ge=0, description="Maximum IP fragments held for reassembly.")
     vectorized: bool = Field(

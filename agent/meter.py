@@ -92,9 +92,15 @@ class Meter:
         times = m[:, 0].astype(np.float64) + m[:, 1].astype(np.float64) * 1e-6
         self.octets += int(m[:, 3].sum(dtype=np.int64))
         n, pos = len(m), 0
+        # A timer set inside a segment (a new SA, a reschedule) is due at least this long after the frame
+        # that set it, so a segment ends before any such timer: no export is due within a segment.
+        t = self.settings.table
+        horizon = min(t.idle_timeout, t.active_timeout)
         while pos < n:
             due = self._due()
-            late = np.nonzero(times[pos:] >= due)[0] if due != NEVER else ()
+            rest = times[pos:]
+            limit = np.minimum(np.minimum.accumulate(rest) + horizon, due)
+            late = np.nonzero(rest >= limit)[0]
             end = pos + int(late[0]) if len(late) else n
             if end == pos:
                 self.tick(float(times[pos]))
@@ -126,6 +132,11 @@ class Meter:
         heads = [g.rest]
         skips = []
         found = [sas.get((obs, key)) for key in g.keys]
+        if len(sas) + found.count(None) >= self.settings.table.max_sas:
+            # the table may fill up: which SA an eviction takes depends on the exact order of every
+            # frame before it, so this segment goes frame by frame
+            self._feed_frames(buf, segment.tobytes(), d.DLT_EN10MB, ifindex, direction, count_octets=False)
+            return
         for k, sa in enumerate(found):
             if sa is None or sa.fseq < 0:
                 head = g.frames_from(int(g.group_runs[k]), 0, k)[:PROBATION_RUN]
@@ -159,6 +170,8 @@ class Meter:
                         break  # backwards (reordering, duplicates, late numbers): frame by frame
                     ts, fo = float(times[at]), int(octets[at])
                     sa = observe(sa, (first_seq[r] + o) & _LOW, fo, ts)  # opens the gap or holds
+                    if sa.iv_seen < 0:
+                        sa.iv_seen = ts
                     sa.packets += 1
                     sa.octets += fo
                     sa.last_seen = ts
@@ -171,6 +184,8 @@ class Meter:
                         continue
                 c = end_at - at
                 tmax = max_time[r]
+                if sa.iv_seen < 0:
+                    sa.iv_seen = float(times[at])
                 # the per-frame path would finalise old gaps on the way (by time, then by window); the
                 # run is accepted either way, so doing it once for the whole run gives the same state
                 if not sa.gaps:  # the common case, inline: no gap to finalise, no limit to move
@@ -233,8 +248,10 @@ class Meter:
                         sa.packets += 1
                         sa.octets += total
                         sa.last_seen = now
-                        if sa.iv_min < 0:
+                        if sa.iv_min < 0:  # first accepted number of the interval: maybe its first arrival
                             sa.iv_min = sa.last
+                            if sa.iv_seen < 0:
+                                sa.iv_seen = now
                         esp += 1
                         continue
             slow(buf, off, caplen, now, linktype, ifindex, direction)
@@ -274,6 +291,8 @@ class Meter:
         elif not sa.active:
             table.reactivate(sa, now)
         sa = table.observe_slow(sa, f.seq, f.ip_len, now)
+        if sa.iv_seen < 0:
+            sa.iv_seen = now
         sa.packets += 1
         sa.octets += f.ip_len
         sa.last_seen = now
@@ -310,6 +329,8 @@ class Meter:
 
     def _attribute(self, owner: object, packets: int, octets: int, now: float) -> None:
         if isinstance(owner, SA):
+            if owner.iv_seen < 0:
+                owner.iv_seen = now
             owner.packets += packets
             owner.octets += octets
             owner.last_seen = max(owner.last_seen, now)

@@ -15,6 +15,7 @@ from agent.sa import SA
 from exporter.records import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
+    END_ACTIVE,
     ENCAP_ESP,
     ENCAP_UDP,
     BiflowRecord,
@@ -26,8 +27,12 @@ class RecordSink(Protocol):
     def export(self, records: list[SARecord | BiflowRecord]) -> None: ...
 
 
-def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str]) -> SARecord:
-    """Delta record of `sa` since its previous export; advances the export snapshot."""
+def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], longest: float) -> SARecord:
+    """Delta record of `sa` since its previous export; advances the export snapshot.
+
+    Start and end are the first and last arrival in the interval; a record without arrivals (loss that
+    became final, an idle end) spans the interval itself, at most `longest` (the active timeout).
+    """
     first_seq, last_seq, extent = sa.take_interval(sa.x_last)
     src, dst = sa.src, sa.dst
     sport, dport = sa.ports
@@ -35,9 +40,14 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str]) -> S
     direction = _direction(sa)
     accepted = (sa.datagrams - sa.x_datagrams) - (sa.duplicates - sa.x_duplicates) - (sa.late - sa.x_late)
     lost = sa.lost - sa.x_lost
+    if sa.iv_seen >= 0:
+        start, end = sa.iv_seen, max(sa.last_seen, sa.iv_seen)
+    else:
+        start = sa.interval_start
+        end = max(start, min(now, start + longest))
     rec = SARecord(
-        start_ms=int(sa.interval_start * 1000),
-        end_ms=int(max(sa.last_seen, sa.interval_start) * 1000),
+        start_ms=int(start * 1000),
+        end_ms=int(end * 1000),
         src=src,
         dst=dst,
         spi=sa.spi,
@@ -70,7 +80,14 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str]) -> S
     sa.x_lost, sa.x_reordered, sa.x_duplicates = sa.lost, sa.reordered, sa.duplicates
     sa.x_late, sa.x_incomplete, sa.x_last = sa.late, sa.incomplete, sa.last
     sa.interval_start = now
+    sa.iv_seen = -1.0
     return rec
+
+
+def _quiet(sa: SA) -> bool:
+    """Nothing arrived and nothing became final since the previous export: an active-timeout record
+    would be all zeros, so none is sent (the SA's end record is sent even when empty)."""
+    return sa.iv_seen < 0 and sa.lost == sa.x_lost and sa.incomplete == sa.x_incomplete
 
 
 def _direction(sa: SA) -> int | None:
@@ -103,21 +120,27 @@ class Producer:
         self.finalize = finalize
         self.pending: list[SARecord | BiflowRecord] = []
 
-    def __call__(self, sa: SA, end_reason: int, now: float) -> None:
+    def __call__(self, sa: SA, end_reason: int, now: float, longest: float) -> None:
         if self.finalize is not None:
             self.finalize(sa, now)
         peer = sa.peer
         if not self.biflow or peer is None:
-            self.pending.append(take_record(sa, end_reason, now, self.names))
+            if end_reason == END_ACTIVE and _quiet(sa):
+                sa.interval_start = now
+            else:
+                self.pending.append(take_record(sa, end_reason, now, self.names, longest))
             return
         if self.finalize is not None and peer.active:
             self.finalize(peer, now)
-        a, b = (sa, peer) if (sa.first_seen, id(sa)) <= (peer.first_seen, id(peer)) else (peer, sa)
-        start = min(a.interval_start, b.interval_start)
-        fwd = take_record(a, end_reason, now, self.names)
-        rev = take_record(b, end_reason, now, self.names)
-        fwd.start_ms = rev.start_ms = int(start * 1000)
-        fwd.end_ms = rev.end_ms = max(fwd.end_ms, rev.end_ms)
+        if end_reason == END_ACTIVE and _quiet(sa) and _quiet(peer):
+            sa.interval_start = peer.interval_start = now
+            return
+        a, b = (peer, sa) if peer < sa else (sa, peer)
+        fwd = take_record(a, end_reason, now, self.names, longest)
+        rev = take_record(b, end_reason, now, self.names, longest)
+        sides = [r for r in (fwd, rev) if r.packets] or [fwd, rev]  # a silent side has no arrival times
+        fwd.start_ms = rev.start_ms = min(r.start_ms for r in sides)
+        fwd.end_ms = rev.end_ms = max(r.end_ms for r in sides)
         self.pending.append(BiflowRecord(forward=fwd, reverse=rev))
 
     def flush(self) -> None:

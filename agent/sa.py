@@ -17,7 +17,7 @@ class SA(SeqTracker):
     __slots__ = (
         "key", "ident", "obs", "udp", "generation", "direction",
         "packets", "octets", "incomplete", "first_seen", "last_seen",
-        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local", "due",
+        "peer", "tunnel_id", "active", "trial", "interval_start", "iv_seen", "held_octets", "held_seen", "local", "due",
         "fseq", "ftime",
         "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
         "x_incomplete", "x_last",
@@ -40,6 +40,7 @@ class SA(SeqTracker):
         self.active = True
         self.trial = True  # on probation until a run of datagrams in sequence (see SATable)
         self.interval_start = now
+        self.iv_seen = now  # first arrival of the export interval; -1 until there is one
         self.held_octets = 0  # size and previous last_seen of a held datagram (moved on a restart)
         self.held_seen = 0.0
         self.local = False  # sent by this box: no path loss is measurable here
@@ -51,8 +52,9 @@ class SA(SeqTracker):
         self.x_last = -1
 
     def __lt__(self, other: SA) -> bool:
-        """Tie-break for schedule entries with the same due time (no serial number per entry)."""
-        return id(self) < id(other)
+        """Tie-break for schedule entries with the same due time (no serial number per entry), and the
+        order of a tunnel's two SAs: first seen first, then by identity, so every run orders alike."""
+        return (self.first_seen, self.ident, self.generation) < (other.first_seen, other.ident, other.generation)
 
     def fast_limits(self, window: int, reorder_time: float) -> None:
         """Until where the next in-order datagram needs no tracker work (see Meter.feed).

@@ -3,8 +3,9 @@
 `sas` maps key → SA (active or dormant: an SA ended by the idle timeout keeps its sequence state,
 so a quiet tunnel that speaks again continues its numbering instead of starting a new "flow").
 `schedule` is a heap of (due, SA); an SA has one live entry, stale ones are skipped.
-New SAs are on probation (their own smaller bound) until they show a run of packets in sequence,
-so a flood of one-packet SPIs evicts other probationers, never the established tunnels.
+New SAs are on probation until they show a run of packets in sequence. Nothing is evicted while the
+table has room; when it is full, probationers go first (oldest first, counted, not exported one by
+one), so a flood of one-packet SPIs evicts its own kind, never the established tunnels.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ class TableSettings:
     tracker: TrackerSettings = TrackerSettings()
     active_timeout: float = 60.0
     idle_timeout: float = 30.0
-    max_sas: int = 100_000
-    probation_sas: int = 10_000
+    max_sas: int = 250_000
 
 
-ExportFn = Callable[[SA, int, float], None]  # (sa, flowEndReason, now)
+ExportFn = Callable[[SA, int, float, float], None]  # (sa, flowEndReason, now, active timeout)
 
 
 class SATable:
@@ -46,6 +46,8 @@ class SATable:
         self.pairer = Pairer()
         self.history: list[SA] | None = [] if keep_history else None  # read mode: ended generations
         self.evictions = 0
+        self.unconfirmed_sas = 0  # probationers evicted from a full table: summarised, not exported
+        self.unconfirmed_datagrams = 0
 
     # -- packet path --------------------------------------------------------------------------
     def create(self, key: SAKey, udp: bool, now: float, direction: str | None) -> SA:
@@ -97,8 +99,10 @@ class SATable:
         old.packets -= 1
         old.octets -= old.held_octets
         old.last_seen = old.held_seen
+        if old.packets == old.x_packets:  # the held datagram was the interval's only arrival
+            old.iv_seen = -1.0
         old.finish()
-        self.export(old, END_FORCED, now)
+        self.export(old, END_FORCED, restart_time, self.settings.active_timeout)  # it ended there
         self._deactivate(old)
         new = SA(old.key, old.udp, restart_time, old.direction, old.generation + 1)
         new.packets, new.octets = 1, old.held_octets
@@ -125,7 +129,7 @@ class SATable:
             if now - sa.last_seen >= s.idle_timeout:
                 self._end(sa, END_IDLE, now)
             elif now - sa.interval_start >= s.active_timeout:
-                self.export(sa, END_ACTIVE, now)
+                self.export(sa, END_ACTIVE, now, self.settings.active_timeout)
                 sa.interval_start = now
                 self._schedule(sa, now)
             else:
@@ -136,7 +140,7 @@ class SATable:
         for sa in list(self.sas.values()):
             if sa.active:
                 sa.finish()
-                self.export(sa, END_FORCED, now)
+                self.export(sa, END_FORCED, now, self.settings.active_timeout)
                 self._deactivate(sa)
         self.schedule.clear()
 
@@ -171,21 +175,31 @@ class SATable:
 
     def _end(self, sa: SA, reason: int, now: float) -> None:
         sa.finish()
-        self.export(sa, reason, now)
+        self.export(sa, reason, now, self.settings.active_timeout)
         self._deactivate(sa)
         self.probation.pop(sa.key, None)
         self.pairer.remove(sa)
         self.dormant[sa.key] = sa
 
     def _make_room(self, now: float) -> None:
-        s = self.settings
-        if len(self.probation) >= s.probation_sas:
-            self._evict(self.probation[next(iter(self.probation))], now)
-        while len(self.sas) >= s.max_sas:
-            if self.dormant:
+        """A full table drops, in this order: the oldest probationer, the oldest dormant SA, the
+        established SA seen longest ago."""
+        while len(self.sas) >= self.settings.max_sas:
+            if self.probation:
+                self._drop_unconfirmed(self.probation[next(iter(self.probation))])
+            elif self.dormant:
                 self._forget(self.dormant[next(iter(self.dormant))])
             else:
                 self._evict(self._longest_idle(), now)
+
+    def _drop_unconfirmed(self, sa: SA) -> None:
+        """An unproven SA leaves a full table: what it has not exported yet is counted, not exported."""
+        if sa.active:
+            self.unconfirmed_sas += 1
+            self.unconfirmed_datagrams += sa.datagrams - sa.x_datagrams
+            self._deactivate(sa)
+        self.evictions += 1
+        self._forget(sa, keep=False)
 
     def _longest_idle(self) -> SA:
         """Approximately the least recently seen active SA, from the front of the schedule."""
@@ -205,12 +219,12 @@ class SATable:
     def _evict(self, sa: SA, now: float) -> None:
         if sa.active:
             sa.finish()
-            self.export(sa, END_RESOURCES, now)
+            self.export(sa, END_RESOURCES, now, self.settings.active_timeout)
             self._deactivate(sa)
         self.evictions += 1
         self._forget(sa)
 
-    def _forget(self, sa: SA) -> None:
+    def _forget(self, sa: SA, keep: bool = True) -> None:
         self._stale()
         del self.sas[sa.key]
         self.dormant.pop(sa.key, None)
@@ -222,5 +236,5 @@ class SATable:
             survivor.peer = survivor.tunnel_id = None
             if self.sas.get(survivor.key) is survivor and survivor.active:
                 self.pairer.add(survivor)
-        if self.history is not None:
+        if keep and self.history is not None:
             self.history.append(sa)

@@ -22,7 +22,6 @@ def from_config(cfg: Settings) -> MeterSettings:
         active_timeout=float(cfg.active_timeout_s),
         idle_timeout=float(cfg.idle_timeout_s),
         max_sas=cfg.max_sas,
-        probation_sas=cfg.probation_sas,
     )
     return MeterSettings(
         table=table,

@@ -4,7 +4,7 @@ tunnels, replayed into a veth pair while `espmeter run` captures with a bounded 
 Reports the agent's RSS before and after the flood and the SA evictions, and checks that the real
 tunnels' exported figures equal `espmeter read --json` of a capture holding only them. Needs root.
 
-    python bench/flood.py [--flood 1000000] [--max-sas 20000] [--probation 5000]
+    python bench/flood.py [--flood 1000000] [--max-sas N (default: the agent default)] [--pps 100000]
 """
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ def rss_kb(pid: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flood", type=int, default=1_000_000)
-    ap.add_argument("--max-sas", type=int, default=20_000)
-    ap.add_argument("--probation", type=int, default=5_000)
+    ap.add_argument("--max-sas", type=int, default=None)
     ap.add_argument("--pps", type=int, default=30_000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="espm-flood-"))
@@ -84,7 +83,7 @@ def main() -> int:
     with veth_pair() as pair:
         cfg = work / "espmeter.yaml"
         cfg.write_text(f"interfaces: [{pair.capture_if}]\ncollectors: ['file://{out}']\nbuffer_size_mb: 64\n"
-                       f"max_sas: {args.max_sas}\nprobation_sas: {args.probation}\n")
+                       + (f"max_sas: {args.max_sas}\n" if args.max_sas else ""))
         agent = AgentProcess(pair.capture_ns, ["--config", str(cfg)], work / "agent.log")
         try:
             agent.wait_for("capturing on")

@@ -59,7 +59,7 @@ def main() -> int:
     with veth_pair() as pair:
         cfg = work / "espmeter.yaml"
         cfg.write_text(f"interfaces: [{pair.capture_if}]\ncollectors: ['file://{out}']\n"
-                       "active_timeout_s: 5\nidle_timeout_s: 3\nmax_sas: 1000\nprobation_sas: 500\n")
+                       "active_timeout_s: 5\nidle_timeout_s: 3\nmax_sas: 1000\n")
         agent = AgentProcess(pair.capture_ns, ["--config", str(cfg)], work / "agent.log")
         try:
             agent.wait_for("capturing on")

@@ -40,7 +40,7 @@ def test_defaults() -> None:
     assert (s.template_refresh_s, s.template_refresh_messages, s.records) == (300, 100, "sa")
     assert (s.active_timeout_s, s.idle_timeout_s) == (60, 30)
     assert (s.reorder_window, s.reorder_time_s, s.jump_limit) == (1024, 2.0, 1_000_000)
-    assert (s.max_sas, s.probation_sas, s.fragment_timeout_s, s.max_fragments) == (100_000, 10_000, 30, 10000)
+    assert (s.max_sas, s.fragment_timeout_s, s.max_fragments) == (250_000, 30, 10000)
     assert (s.tcp_buffer_messages, s.stats_interval_s) == (10000, 60)
     assert s.tunnel_names == {} and s.user is None
     assert (s.log.level, s.log.format) == ("info", "text")
