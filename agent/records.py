@@ -15,9 +15,9 @@ from agent.sa import SA
 from exporter.records import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
-    END_ACTIVE,
     ENCAP_ESP,
     ENCAP_UDP,
+    END_ACTIVE,
     BiflowRecord,
     SARecord,
 )
