@@ -70,6 +70,8 @@ def document(meter: Meter, source: str, linktype: int, error: str | None = None)
         "linktype": LINKTYPE_OF_DLT.get(linktype, linktype),  # as the capture file header says
         "frames": meter.frames,
         "classes": dict(meter.classes),
+        "unconfirmed_sas": meter.table.unconfirmed_sas,
+        "unconfirmed_datagrams": meter.table.unconfirmed_datagrams,
     }
     if error:
         capture["error"] = error

@@ -122,6 +122,7 @@ def compare_capture(expected: dict, actual: dict) -> None:
     assert actual["linktype"] == expected["linktype"]
     assert actual["classes"] == expected["classes"]
     assert actual["frames"] == expected["frames"] == sum(actual["classes"].values())
+    assert actual["unconfirmed_sas"] == actual["unconfirmed_datagrams"] == 0
 
 
 def check(scenario: str | Scenario, tmp_path: Path) -> dict[str, Any]:
