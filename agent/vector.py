@@ -57,8 +57,8 @@ class Words:
     """
 
     def __init__(self, buf: bytes, offsets: np.ndarray) -> None:
-        self.views = [np.frombuffer(buf, dtype="<u4", offset=k, count=max(0, (len(buf) - k) // 4))
-                      for k in range(4)]
+        self.views = [np.frombuffer(buf, dtype="<u4", offset=k, count=(len(buf) - k) // 4)
+                      if len(buf) >= k + 4 else np.empty(0, dtype="<u4") for k in range(4)]
         off = offsets.astype(np.int64)
         self.n = len(off)
         align = off & 3

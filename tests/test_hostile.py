@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agent import decode as d
 from agent.meter import Meter, MeterSettings
+from agent.report import document
 from tests.conftest import run_read
 from tests.gt.scenarios import registry
 
@@ -122,15 +123,21 @@ def test_fuzzed_frames_never_crash_and_all_land_in_one_class(mutations: list, fa
             if pos < len(frame):
                 frame[pos] = value
         by_link.setdefault(linktype, []).append(bytes(frame))
-    meter = Meter(MeterSettings(fast_path=fast), keep_history=True)
-    for linktype, frames in by_link.items():
-        buf, meta = _batch(frames)
-        meter.feed(buf, meta, d.DLT_RAW if linktype == d.DLT_LINKTYPE_RAW else linktype)
-    meter.finish()
-    assert meter.frames == sum(len(f) for f in by_link.values())
-    assert sum(meter.classes.values()) == meter.frames
-    for sa in meter.table.all_sas():
-        assert sa.lost + (sa.datagrams - sa.duplicates - sa.late) == sa.expected
+    # vector_min=1: every batch, however small, takes the numpy run path when fast
+    settings = MeterSettings(vector_min=1) if fast else MeterSettings(fast_path=False, vector=False)
+    docs = []
+    for s in (settings, MeterSettings(fast_path=False, vector=False)):
+        meter = Meter(s, keep_history=True)
+        for linktype, frames in by_link.items():
+            buf, meta = _batch(frames)
+            meter.feed(buf, meta, d.DLT_RAW if linktype == d.DLT_LINKTYPE_RAW else linktype)
+        meter.finish()
+        assert meter.frames == sum(len(f) for f in by_link.values())
+        assert sum(meter.classes.values()) == meter.frames
+        for sa in meter.table.all_sas():
+            assert sa.lost + (sa.datagrams - sa.duplicates - sa.late) == sa.expected
+        docs.append(document(meter, "fuzz", 0))
+    assert docs[0] == docs[1]
 
 
 def test_unknown_link_type_is_malformed() -> None:
