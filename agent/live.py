@@ -31,7 +31,7 @@ MAX_BATCHES_PER_WAKEUP = 64  # keep timers and other interfaces served under a f
 @dataclass(frozen=True, slots=True)
 class CaptureSettings:
     snaplen: int = 256
-    buffer_size_mb: int = 32
+    buffer_size_mb: int = 8
     user_filter: str | None = None
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exporter.collect import read_file  # noqa: E402
 from tests.ipfix_sums import read_json, sums, truth  # noqa: E402
-from tests.netns import AgentProcess, veth_pair  # noqa: E402
+from tests.netns import AgentProcess, rss_kb, veth_pair  # noqa: E402
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 
@@ -61,11 +61,6 @@ def build(flood: int, tunnels: int = 50, per: int = 2000, seed: int = 3) -> tupl
             frames.append(nxt)
     frames.extend(it)
     return frames, real
-
-
-def rss_kb(pid: int) -> int:
-    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
-    return int(line.split()[1])
 
 
 def main() -> int:

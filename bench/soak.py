@@ -25,7 +25,7 @@ from exporter.collect import read_file  # noqa: E402
 from tests.gt.build import Scenario  # noqa: E402
 from tests.gt.scenario import SASpec  # noqa: E402
 from tests.ipfix_sums import read_json, sums, truth  # noqa: E402
-from tests.netns import AgentProcess, cpu_seconds, veth_pair  # noqa: E402
+from tests.netns import AgentProcess, cpu_seconds, rss_kb, veth_pair  # noqa: E402
 
 
 def capture(path: Path, round_no: int, tunnels: int) -> None:
@@ -38,13 +38,6 @@ def capture(path: Path, round_no: int, tunnels: int) -> None:
                       drops={s for s in range(2, 150) if rng.random() < 0.01})
         sc.add_tunnel(spec, spi + 1, drops={s for s in range(2, 150) if rng.random() < 0.01})
     sc.write(path)
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> int:
