@@ -36,7 +36,7 @@ def _error(tmp_path: Path, text: str) -> str:
 def test_defaults() -> None:
     s = load_config(None)
     assert s.interfaces == [] and s.collectors == [] and s.filter is None
-    assert (s.snaplen, s.buffer_size_mb, s.observation_domain, s.pen, s.mtu) == (256, 32, 1, 32473, 1400)
+    assert (s.snaplen, s.buffer_size_mb, s.observation_domain, s.pen, s.mtu) == (256, 8, 1, 32473, 1400)
     assert (s.template_refresh_s, s.template_refresh_messages, s.records) == (300, 100, "sa")
     assert (s.active_timeout_s, s.idle_timeout_s) == (60, 30)
     assert (s.reorder_window, s.reorder_time_s, s.jump_limit) == (1024, 2.0, 1_000_000)
