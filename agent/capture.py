@@ -46,23 +46,32 @@ class CaptureError(Exception):
     """The capture cannot be opened or read (not a capture file, no such interface, no permission)."""
 
 
+STDIN = "-"  # as in `tcpdump -r -`: libpcap reads the capture from standard input
+
+
 class OfflineSource:
-    """A pcap or pcapng file; `read()` returns None at the end of the file."""
+    """A pcap or pcapng file, or standard input (`-`); `read()` returns None at the end of the file."""
 
     def __init__(self, path: str, bpf: str | None = None, batch: int = BATCH) -> None:
-        if not os.path.isfile(path):
+        if path != STDIN and os.path.isdir(path):
+            raise CaptureError(f"{path}: is a directory, not a capture file")
+        if path != STDIN and not os.path.isfile(path):
             raise CaptureError(f"{path}: no such file")
         try:
             self.handle = pcapy.open_offline(path)
+        except pcapy.PcapError as e:
+            raise CaptureError(f"{path}: {e}") from None
+        try:
             if bpf:
                 self.handle.setfilter(bpf)
         except pcapy.PcapError as e:
-            raise CaptureError(f"{path}: {e}") from None
+            self.handle.close()
+            raise CaptureError(f"BPF filter {bpf!r}: {e}") from None
         self.path = path
         self.bpf = bpf
         self.linktype = self.handle.datalink()
         self.batch = batch
-        self.size = os.path.getsize(path)
+        self.size = None if path == STDIN else os.path.getsize(path)  # bytes, for the progress bar
         self.done = False
         self.consumed = 0  # frames returned so far
         self.error: str | None = None
@@ -83,7 +92,11 @@ class OfflineSource:
         return Batch(buf, meta, self.linktype)
 
     def _salvage(self) -> Batch | None:
-        """The batch hit damage and lost its good frames too: re-read them one by one up to the damage."""
+        """The batch hit damage and lost its good frames too: re-read them one by one up to the damage.
+
+        Standard input cannot be read twice: there the frames of the damaged batch are not counted."""
+        if self.path == STDIN:
+            return None
         handle = pcapy.open_offline(self.path)
         if self.bpf:
             handle.setfilter(self.bpf)

@@ -8,11 +8,13 @@ import os
 import sys
 
 from agent.capture import CaptureError
+from agent.logsetup import flush_suppressed, setup_logging
 
 DEFAULT_CONFIG = "/etc/espmeter/espmeter.yaml"
 
 EXIT_USAGE = 2  # bad arguments, unreadable capture, bad configuration
 EXIT_DAMAGED = 3  # the capture was damaged part-way: the frames before the damage were counted
+EXIT_UNDELIVERED = 4  # read: some IPFIX messages could not be delivered to a collector
 
 
 def _read(args: argparse.Namespace) -> int:
@@ -33,26 +35,41 @@ def _read(args: argparse.Namespace) -> int:
     exporter = None
     if args.collector:
         from exporter import Exporter, ExportSettings
+        from exporter.transport import check_resolvable
 
-        exporter = Exporter(ExportSettings(**{**export, "collectors": args.collector}))
+        try:
+            for url in args.collector:  # a one-shot read cannot wait for DNS: an unknown name is an error
+                check_resolvable(url)
+            exporter = Exporter(ExportSettings(**{**export, "collectors": args.collector}))
+        except ValueError as e:
+            print(f"espmeter: {e}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         result = meter_file(args.capture, settings, exporter, args.bpf)
     except CaptureError as e:
         print(f"espmeter: {e}", file=sys.stderr)
         return EXIT_USAGE
+    undelivered = None
     if exporter is not None:
         exporter.export_stats(result.meter.stats(export.get("observation_domain", 1)))
         exporter.close()
+        flush_suppressed(final=True)
+        undelivered = exporter.undelivered()
     if args.json:
         json.dump(result.doc, sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")
     else:
         write_table(result.doc, sys.stdout)
+    sys.stdout.flush()
+    if args.bpf and not result.meter.frames:
+        print(f"espmeter: {args.capture}: no frame matches --bpf {args.bpf!r}", file=sys.stderr)
+    if undelivered:
+        print(f"espmeter: not delivered: {undelivered}", file=sys.stderr)
     if result.error:
         print(f"espmeter: {args.capture}: damaged capture, stopped after {result.meter.frames} frames: "
               f"{result.error}", file=sys.stderr)
         return EXIT_DAMAGED
-    return 0
+    return EXIT_UNDELIVERED if undelivered else 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,7 +95,27 @@ def _check_config(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from agent.demo import demo
 
-    return demo(args.capture)
+    try:
+        return demo(args.capture)
+    except CaptureError as e:
+        print(f"espmeter demo: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+class _Version(argparse.Action):
+    """`--version`; the package metadata is looked up only when asked (it costs start-up time)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"espmeter {version('espmeter')}")
+        except PackageNotFoundError:  # a source tree that was never installed
+            print("espmeter (not installed)")
+        parser.exit()
 
 
 EXPORTER_COMMANDS = ("templates", "collect")
@@ -88,10 +125,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """All subcommands; `templates` and `collect` are wired in full only when one of them (or
     help) is asked for, because their module loads the whole IPFIX stack (a fifth of read's start-up)."""
     parser = argparse.ArgumentParser(prog="espmeter", description=__doc__)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
 
     read = sub.add_parser("read", help="meter a pcap/pcapng capture and print the tunnel table or JSON")
-    read.add_argument("capture", help="pcap or pcapng file")
+    read.add_argument("capture", help="pcap or pcapng file, - for standard input")
     read.add_argument("--json", action="store_true", help="one JSON object on stdout (docs/read-json.md)")
     read.add_argument("--bpf", metavar="EXPR", help="BPF expression to pre-filter the capture")
     read.add_argument("--collector", action="append", metavar="URL",
@@ -128,7 +166,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    return args.func(args)
+    if args.command != "run":  # run sets up logging from its configuration
+        setup_logging()
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `espmeter read X | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    return code
 
 
 if __name__ == "__main__":

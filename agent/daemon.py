@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from agent.config import ConfigError, Settings, exporter_settings, load_config, merge_cli
 from agent.live import CaptureSettings, LinkMonitor, LiveCapture
-from agent.logsetup import setup_logging
+from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.meter import Meter
 from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
@@ -160,12 +160,13 @@ class Agent:
         drops = self.capture.poll_drops()
         if drops > self.last_drops:
             log.warning("capture dropped %d packets in the kernel (%d in total): not tunnel loss",
-                        drops - self.last_drops, drops)
+                        drops - self.last_drops, drops, extra=limited("capture drops"))
             self.last_drops = drops
         meter.capture_drops = drops
         meter.tick(now)
         self.outputs.export_stats(self._stats())
         self.outputs.tick()
+        flush_suppressed()
 
     def _stats(self) -> MeteringStats:
         return self.meter.stats(self.cfg.observation_domain)
@@ -203,6 +204,7 @@ class Agent:
         self.outputs.close()  # IPFIX: sends the final statistics, flushes, waits for TCP delivery
         self.capture.close()
         self.links.close()
+        flush_suppressed(final=True)
         return 0
 
 

@@ -45,10 +45,14 @@ class JournalFormatter(logging.Formatter):
 
 
 class PlainFormatter(logging.Formatter):
-    """``level name: message`` for a terminal."""
+    """``2026-12-01T09:30:00.123Z LEVEL name: message`` for a terminal or a file (UTC: no journal adds time)."""
 
     def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging API)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -96,20 +100,51 @@ def setup_logging(
     stream: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> logging.Logger:
-    """Configure the ``espmeter`` logger (idempotent: a reload replaces the handler, never adds one)."""
+    """Configure the ``espmeter`` logger (idempotent: a reload replaces the handler, never adds one).
+
+    The same handler takes the root logger's warnings (libraries, Python warnings) and uncaught
+    exceptions, so every line on stderr has the chosen format. Rate limiting (RateLimitFilter)
+    keeps its state across a reload."""
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)
     handler.setFormatter(make_formatter(fmt, stream, os.environ if environ is None else environ))
     logger = logging.getLogger(LOGGER_NAME)
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-    logger.addHandler(handler)
+    limiter = next((f for h in logger.handlers for f in h.filters if isinstance(f, RateLimitFilter)), None)
+    handler.addFilter(limiter or RateLimitFilter(RateLimiter()))
+    root = logging.getLogger()
+    for target in (logger, root):
+        for old in [h for h in target.handlers if target is logger or _limited(h)]:  # root: only ours
+            target.removeHandler(old)
+        target.addHandler(handler)
     logger.setLevel(_LEVELS[level])
     logger.propagate = False
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
     return logger
 
 
+def _limited(handler: logging.Handler) -> bool:
+    return any(isinstance(f, RateLimitFilter) for f in handler.filters)
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger(LOGGER_NAME).critical("uncaught exception: %s", value, exc_info=(kind, value, tb))
+
+
 # --------------------------------------------------------------------------- rate limiting
+
+RATELIMIT_KEY = "ratelimit_key"
+LIMIT_PER_KEY = 1  # lines per key and interval: the first, then one summary per interval with the count
+LIMIT_INTERVAL_S = 60.0
+
+
+def limited(key: str) -> dict[str, str]:
+    """``extra=`` of a log call whose line can repeat (a dead collector, a bad packet): see RateLimitFilter."""
+    return {RATELIMIT_KEY: key}
 
 
 @dataclass
@@ -128,8 +163,8 @@ class RateLimiter:
 
     def __init__(
         self,
-        limit: int = 10,
-        interval_s: float = 60.0,
+        limit: int = LIMIT_PER_KEY,
+        interval_s: float = LIMIT_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 1024,
     ) -> None:
@@ -162,14 +197,23 @@ class RateLimiter:
         return window
 
     def expired(self) -> list[tuple[Hashable, int, int]]:
-        """(key, suppressed, level) of finished windows that suppressed something; forgets them."""
+        """(key, suppressed, level) of finished windows that suppressed something.
+
+        Such a key stays limited for another interval (the summary was its line of this one);
+        a key whose window suppressed nothing is forgotten."""
         now = self._clock()
-        done = [k for k, w in self._windows.items() if now - w.start >= self.interval_s]
         result = []
-        for key in done:
+        for key in [k for k, w in self._windows.items() if now - w.start >= self.interval_s]:
             window = self._windows.pop(key)
             if window.suppressed:
                 result.append((key, window.suppressed, window.level))
+                self._windows[key] = _Window(start=now, admitted=self.limit, level=window.level)
+        return result
+
+    def drain(self) -> list[tuple[Hashable, int, int]]:
+        """(key, suppressed, level) of every window that suppressed something, finished or not (at exit)."""
+        result = [(k, w.suppressed, w.level) for k, w in self._windows.items() if w.suppressed]
+        self._windows.clear()
         return result
 
 
@@ -177,52 +221,11 @@ def suppressed_message(count: int, key: Hashable) -> str:
     return f"suppressed {count} similar message{'s' if count != 1 else ''} ({key})"
 
 
-class RateLimitedLogger:
-    """Wraps a Logger for per-packet problems: ``rl.warning(key, msg, *args)``.
-
-    Call :meth:`flush` periodically (e.g. each stats interval) so a burst that
-    simply stops still gets its summary line.
-    """
-
-    def __init__(self, logger: logging.Logger, limiter: RateLimiter) -> None:
-        self.logger, self.limiter = logger, limiter
-
-    def log(self, level: int, key: Hashable, msg: str, *args: object) -> bool:
-        """True when the message was emitted."""
-        if not self.logger.isEnabledFor(level):
-            return False
-        allowed, carried = self.limiter.admit(key, level)
-        if carried:
-            self.logger.log(level, suppressed_message(carried, key), extra={"limited_key": str(key)})
-        if allowed:
-            self.logger.log(level, msg, *args, extra={"limited_key": str(key)})
-        return allowed
-
-    def debug(self, key: Hashable, msg: str, *args: object) -> bool:
-        return self.log(logging.DEBUG, key, msg, *args)
-
-    def info(self, key: Hashable, msg: str, *args: object) -> bool:
-        return self.log(logging.INFO, key, msg, *args)
-
-    def warning(self, key: Hashable, msg: str, *args: object) -> bool:
-        return self.log(logging.WARNING, key, msg, *args)
-
-    def error(self, key: Hashable, msg: str, *args: object) -> bool:
-        return self.log(logging.ERROR, key, msg, *args)
-
-    def flush(self) -> int:
-        """Emit summaries of finished windows; returns how many lines were written."""
-        expired = self.limiter.expired()
-        for key, count, level in expired:
-            self.logger.log(level, suppressed_message(count, key), extra={"limited_key": str(key)})
-        return len(expired)
-
-
 class RateLimitFilter(logging.Filter):
-    """Handler/logger filter for records logged with ``extra={"ratelimit_key": KEY}``.
+    """Handler filter for records logged with ``extra=limited(KEY)``: the one rate limiter of the agent.
 
-    Records without the key pass untouched; an admitted record after a suppressed
-    burst carries the summary in its message.
+    Records without the key pass untouched; an admitted record after a suppressed burst carries the
+    summary in its message. :meth:`flush` writes the summaries of bursts that simply stopped.
     """
 
     def __init__(self, limiter: RateLimiter) -> None:
@@ -230,7 +233,7 @@ class RateLimitFilter(logging.Filter):
         self.limiter = limiter
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = getattr(record, "ratelimit_key", None)
+        key = getattr(record, RATELIMIT_KEY, None)
         if key is None:
             return True
         allowed, carried = self.limiter.admit(key, record.levelno)
@@ -238,3 +241,21 @@ class RateLimitFilter(logging.Filter):
             record.msg = f"{record.getMessage()} ({suppressed_message(carried, key)} before this)"
             record.args = None
         return allowed
+
+    def flush(self, handler: logging.Handler, final: bool = False) -> int:
+        """Summaries of finished windows (of all windows when `final`); returns the lines written."""
+        summaries = self.limiter.drain() if final else self.limiter.expired()
+        for key, count, level in summaries:
+            record = logging.LogRecord(LOGGER_NAME, level, __file__, 0, suppressed_message(count, key), None, None)
+            handler.handle(record)  # record has no key: not limited again
+        return len(summaries)
+
+
+def flush_suppressed(final: bool = False) -> int:
+    """Write pending summaries of the agent's log handler: every tick, and with `final` before exit."""
+    written = 0
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        for f in handler.filters:
+            if isinstance(f, RateLimitFilter):
+                written += f.flush(handler, final)
+    return written

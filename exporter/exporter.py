@@ -59,6 +59,12 @@ class Exporter:
         """Per collector URL: messages, records, octets, send_errors, not_sent_* (live objects)."""
         return {s.transport.url: s.counters for s in self._sessions}
 
+    def undelivered(self) -> str | None:
+        """After close(): what could not be delivered, one clause per collector, or None when all was."""
+        parts = [f"{url}: {c.not_sent_records} records in {c.not_sent_messages} messages not sent"
+                 for url, c in self.counters.items() if c.not_sent_records or c.not_sent_messages]
+        return "; ".join(parts) or None
+
     def export(self, records: Sequence[SARecord | BiflowRecord]) -> None:
         encoded = encode_all(self.encoder, records)
         for session in self._sessions:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 from ipfix import template as ipfix_template
 
+from agent.logsetup import limited
+
 from .encoding import EncodedRecord, RecordEncoder
 from .message import ExportMessage, MessageBuilder, restamp
 from .records import MeteringStats
@@ -113,7 +115,7 @@ class Session:
         self.counters.not_sent_packets += rec.packets
         self.counters.not_sent_octets += rec.octets
         log.error("IPFIX record for template %d does not fit in MTU %d; dropped", rec.template.tid,
-                  self._builder.mtu)
+                  self._builder.mtu, extra=limited(f"IPFIX template {rec.template.tid} over MTU"))
 
     # --- public --------------------------------------------------------------------------------------
 

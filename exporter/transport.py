@@ -21,9 +21,12 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from agent.logsetup import limited
+
 from .message import restamp
 
 log = logging.getLogger("espmeter.exporter")
+RETRY_S = 1.0  # UDP: a collector without a route (or a name that does not resolve) is tried again this often
 
 Clock = Callable[[], float]
 # A reliable transport calls this on every new connection; the argument is the sequence number the
@@ -114,49 +117,99 @@ def _resolve(host: str, port: int, socktype: int) -> tuple[int, tuple]:
     return infos[0][0], infos[0][4]
 
 
+def check_resolvable(url: str) -> None:
+    """ValueError unless URL parses and its host resolves now (a one-shot `read` cannot wait for DNS)."""
+    target = parse_collector(url)
+    if target.scheme == "file":
+        return
+    try:
+        _resolve(target.host, target.port, socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"collector {url!r}: cannot resolve {target.host!r}: {exc.strerror}") from None
+
+
 class UdpTransport:
-    """Connected, non-blocking UDP socket: ICMP port unreachable comes back as a send error."""
+    """Connected, non-blocking UDP socket: ICMP port unreachable comes back as a send error.
+
+    The socket is made on first use and again every RETRY_S while that fails (no route yet at boot,
+    DNS not up): the agent starts and meters anyway, and what could not be sent is counted.
+    """
 
     reliable = False
 
-    def __init__(self, target: CollectorURL, on_drop: DropHook | None = None):
+    def __init__(self, target: CollectorURL, on_drop: DropHook | None = None, *, retry_s: float = RETRY_S,
+                 clock: Clock = time.monotonic):
         self.url = target.url
         self.counters = CollectorCounters()
+        self._target = target
         self._on_drop = on_drop
-        family, self._addr = _resolve(target.host, target.port, socket.SOCK_DGRAM)
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        self._sock.connect(self._addr)
-        self._error_logged = False
+        self._retry_s = retry_s
+        self._clock = clock
+        self._sock: socket.socket | None = None
+        self._next_attempt = 0.0
+        self._closed = False
+        self._unreachable = False  # the last attempt to make the socket failed (logged)
+
+    def _open(self) -> bool:
+        if self._sock is not None:
+            return True
+        if self._closed or self._clock() < self._next_attempt:
+            return False
+        sock = None
+        try:
+            family, addr = _resolve(self._target.host, self._target.port, socket.SOCK_DGRAM)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect(addr)  # ENETUNREACH when there is no route yet
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            self._next_attempt = self._clock() + self._retry_s
+            self._unreachable = True
+            log.warning("IPFIX collector %s: unreachable: %s (metering goes on; records are counted as not "
+                        "sent until it is reachable, tried every %.0f s)", self.url, _reason(exc), self._retry_s,
+                        extra=limited(f"IPFIX collector {self.url} unreachable"))
+            return False
+        self._sock = sock
+        if self._unreachable:
+            log.info("IPFIX collector %s: reachable, sending (%d messages not sent before)", self.url,
+                     self.counters.not_sent_messages)
+            self._unreachable = False
+        return True
 
     def send(self, message: bytes) -> None:
-        if self._sock is None:
-            self._fail(message, OSError(errno.EBADF, "transport closed"))
+        if not self._open():
+            self._fail(message)
             return
+        assert self._sock is not None
         try:
             self._sock.send(message)
         except OSError as exc:  # ECONNREFUSED (ICMP), ENOBUFS, EAGAIN...: count it, keep going
-            self._fail(message, exc)
+            log.warning("IPFIX collector %s: send failed: %s (counting, will keep sending)", self.url, exc,
+                        extra=limited(f"IPFIX collector {self.url} send failed"))
+            self._fail(message)
             return
         self.counters.sent(message)
-        self._error_logged = False
 
-    def _fail(self, message: bytes, exc: OSError) -> None:
+    def _fail(self, message: bytes) -> None:
         self.counters.send_errors += 1
         self.counters.not_sent(message)
-        if not self._error_logged:
-            log.warning("IPFIX collector %s: send failed: %s (counting, will keep sending)", self.url, exc)
-            self._error_logged = True
         if self._on_drop:
             self._on_drop(message)
 
     def tick(self) -> None:
-        return None
+        self._open()
 
     def close(self, timeout: float = 5.0) -> None:
+        self._closed = True
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _reason(exc: OSError) -> str:
+    """`Network is unreachable`, `Name or service not known`: the errno text without the number."""
+    return exc.strerror or str(exc)
 
 
 class TcpTransport:
@@ -189,7 +242,6 @@ class TcpTransport:
         self._offset = 0
         self._backoff = reconnect_min_s
         self._next_attempt = 0.0
-        self._failures_logged = 0
 
     @property
     def connected(self) -> bool:
@@ -201,6 +253,8 @@ class TcpTransport:
 
     def send(self, message: bytes) -> None:
         if len(self._pending) >= self._bound:
+            log.warning("IPFIX collector %s: buffer full (%d messages): new records are counted as not sent",
+                        self.url, self._bound, extra=limited(f"IPFIX collector {self.url} buffer full"))
             self.counters.not_sent(message)
             if self._on_drop:
                 self._on_drop(message)
@@ -237,15 +291,14 @@ class TcpTransport:
         self._greeting.clear()  # a new connection gets a new greeting
         self._out, self._offset = b"", 0
         self._next_attempt = self._clock() + self._backoff
-        if self._failures_logged < 3 or self._backoff >= self._max_s:
-            log.warning("IPFIX collector %s: %s; reconnecting in %.1fs", self.url, exc, self._backoff)
-        self._failures_logged += 1
+        log.warning("IPFIX collector %s: %s; reconnecting in %.1fs (%d messages buffered)", self.url,
+                    _reason(exc), self._backoff, len(self._pending),
+                    extra=limited(f"IPFIX collector {self.url} connection failed"))
         self._backoff = min(self._backoff * 2, self._max_s)
 
     def _established(self) -> None:
         self._connected = True
         self._backoff = self._min_s
-        self._failures_logged = 0
         self.counters.connects += 1
         self._out, self._offset = b"", 0
         first_seq = struct.unpack_from("!I", self._pending[0], 8)[0] if self._pending else None
@@ -310,6 +363,10 @@ class TcpTransport:
                 select.select([], wait, [], 0.05)
             else:
                 time.sleep(0.05)
+        if self._pending:
+            records = sum(getattr(m, "records", 0) for m in self._pending)
+            log.warning("IPFIX collector %s: shutdown: %d buffered records (%d messages) not delivered within "
+                        "%.1f s: lost", self.url, records, len(self._pending), timeout)
         for message in self._pending:
             self.counters.not_sent(message)
         self._pending.clear()
@@ -338,6 +395,7 @@ class FileTransport:
         self._clock = clock
         self._file = None
         self._next_attempt = 0.0
+        self._opened = False  # opened once already: a reopen after an error appends without a word
 
     def _open(self) -> bool:
         if self._file is not None:
@@ -349,8 +407,12 @@ class FileTransport:
         except OSError as exc:
             self._next_attempt = self._clock() + self._retry_s
             log.error("IPFIX file %s cannot be opened for writing: %s (retrying every %.0fs)",
-                      self.path, exc, self._retry_s)
+                      self.path, _reason(exc), self._retry_s, extra=limited(f"IPFIX file {self.path} open failed"))
             return False
+        size = self._file.tell()
+        if size and not self._opened:
+            log.info("IPFIX file %s exists (%d bytes): appending (IPFIX files concatenate)", self.path, size)
+        self._opened = True
         self.counters.connects += 1
         for message in self._on_connect(None):
             self._write(message)
@@ -363,7 +425,8 @@ class FileTransport:
             self._file.write(message)
             self._file.flush()
         except OSError as exc:
-            log.error("IPFIX file %s: write failed: %s", self.path, exc)
+            log.error("IPFIX file %s: write failed: %s (retrying every %.0fs)", self.path, _reason(exc),
+                      self._retry_s, extra=limited(f"IPFIX file {self.path} write failed"))
             self._file.close()
             self._file = None
             self._next_attempt = self._clock() + self._retry_s

@@ -6,15 +6,18 @@ import io
 import json
 import logging
 import os
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.logsetup import (
-    RateLimitedLogger,
     RateLimiter,
     RateLimitFilter,
+    flush_suppressed,
+    limited,
     setup_logging,
     stderr_is_journal,
     syslog_priority,
@@ -24,12 +27,16 @@ from agent.logsetup import (
 @pytest.fixture(autouse=True)
 def _restore_espmeter_logger() -> Iterator[None]:
     """setup_logging reconfigures the shared 'espmeter' logger; other tests' caplog must still see it."""
-    logger = logging.getLogger("espmeter")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+    logger, root = logging.getLogger("espmeter"), logging.getLogger()
+    saved = (list(logger.handlers), logger.level, logger.propagate, list(root.handlers), root.level, sys.excepthook)
     yield
     logger.handlers[:] = saved[0]
     logger.setLevel(saved[1])
     logger.propagate = saved[2]
+    root.handlers[:] = saved[3]
+    root.setLevel(saved[4])
+    sys.excepthook = saved[5]
+    logging.captureWarnings(False)
 
 
 class FakeClock:
@@ -50,7 +57,8 @@ def test_plain_text_when_not_journal() -> None:
     log = setup_logging("info", "text", stream=out, environ={})
     log.getChild("capture").warning("eth0: %d drops", 5)
     log.debug("hidden")
-    assert out.getvalue() == "WARNING espmeter.capture: eth0: 5 drops\n"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING espmeter.capture: eth0: 5 drops\n",
+                        out.getvalue())
 
 
 def test_journal_prefix_when_stderr_is_the_journal_stream(tmp_path: Path) -> None:
@@ -98,10 +106,10 @@ def test_setup_is_idempotent() -> None:
     out = io.StringIO()
     setup_logging("info", "text", stream=io.StringIO(), environ={})
     log = setup_logging("warning", "text", stream=out, environ={})
-    assert len(log.handlers) == 1
+    assert len(log.handlers) == 1 and [h for h in logging.getLogger().handlers if h.filters] == log.handlers
     log.info("no")
     log.warning("yes")
-    assert out.getvalue() == "WARNING espmeter: yes\n"
+    assert out.getvalue().split(" ", 1)[1] == "WARNING espmeter: yes\n"
 
 
 def test_syslog_priority() -> None:
@@ -130,7 +138,13 @@ def test_rate_limiter_expired_summaries() -> None:
     clock.now += 5
     assert rl.expired() == [("bad-spi", 1234, logging.WARNING)]
     assert rl.expired() == []
-    assert rl.admit("bad-spi") == (True, 0)  # the summary was already given by expired()
+    assert rl.admit("bad-spi") == (False, 0)  # the summary was this interval's line
+    assert rl.admit("quiet") == (True, 0)  # nothing was suppressed: forgotten, starts afresh
+    clock.now += 5
+    assert rl.expired() == [("bad-spi", 1, logging.WARNING)]
+    assert rl.drain() == [] and rl.admit("quiet") == (True, 0)
+    rl.admit("quiet")
+    assert rl.drain() == [("quiet", 1, logging.WARNING)]
 
 
 def test_rate_limiter_bounds_keys() -> None:
@@ -142,56 +156,58 @@ def test_rate_limiter_bounds_keys() -> None:
         RateLimiter(limit=0)
 
 
-def test_rate_limited_logger_summary() -> None:
+def test_one_limiter_for_the_agent_first_line_then_one_summary_a_minute() -> None:
+    """setup_logging installs the limiter: a dead collector logs its first failure, then one summary
+    per interval with the count, and a final summary at exit; unrelated lines pass."""
     out = io.StringIO()
     log = setup_logging("info", "text", stream=out, environ={})
     clock = FakeClock()
-    rl = RateLimitedLogger(log, RateLimiter(limit=2, interval_s=60, clock=clock))
-    emitted = [rl.warning("short", "truncated ESP packet on %s", "eth0") for _ in range(1236)]
-    assert emitted.count(True) == 2
-    assert rl.flush() == 0
+    log.handlers[0].filters[0].limiter._clock = clock
+    child = log.getChild("exporter")
+    for _ in range(1000):
+        child.warning("send failed", extra=limited("udp send"))
+    log.warning("unrelated")
+    assert flush_suppressed() == 0
     clock.now += 60
-    assert rl.flush() == 1
-    rl.warning("short", "truncated ESP packet on %s", "eth0")
-    assert out.getvalue().splitlines() == [
-        "WARNING espmeter: truncated ESP packet on eth0",
-        "WARNING espmeter: truncated ESP packet on eth0",
-        "WARNING espmeter: suppressed 1234 similar messages (short)",
-        "WARNING espmeter: truncated ESP packet on eth0",
+    assert flush_suppressed() == 1
+    for _ in range(5):
+        child.warning("send failed", extra=limited("udp send"))
+    assert flush_suppressed(final=True) == 1
+    setup_logging("info", "json", stream=out, environ={})  # a reload keeps the limiter's state
+    assert logging.getLogger("espmeter").handlers[0].filters[0].limiter._clock is clock
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "WARNING espmeter.exporter: send failed",
+        "WARNING espmeter: unrelated",
+        "WARNING espmeter: suppressed 999 similar messages (udp send)",
+        "WARNING espmeter: suppressed 5 similar messages (udp send)",
     ]
 
 
-def test_rate_limited_logger_reports_carry_on_next_message() -> None:
+def test_json_format_covers_library_warnings_and_uncaught_exceptions() -> None:
     out = io.StringIO()
-    log = setup_logging("info", "text", stream=out, environ={})
-    clock = FakeClock()
-    rl = RateLimitedLogger(log, RateLimiter(limit=1, interval_s=1, clock=clock))
-    rl.info("k", "m1")
-    rl.info("k", "m2")
-    rl.debug("k", "below level is not counted")
-    clock.now += 1
-    rl.info("k", "m3")
-    assert out.getvalue().splitlines() == [
-        "INFO espmeter: m1",
-        "INFO espmeter: suppressed 1 similar message (k)",
-        "INFO espmeter: m3",
-    ]
+    setup_logging("info", "json", stream=out, environ={})
+    logging.getLogger("pyroute2").warning("netlink hiccup")
+    try:
+        raise OSError("boom")
+    except OSError:
+        sys.excepthook(*sys.exc_info())
+    lib, crash = (json.loads(line) for line in out.getvalue().splitlines())
+    assert lib["logger"] == "pyroute2" and lib["msg"] == "netlink hiccup"
+    assert crash["level"] == "critical" and "OSError: boom" in crash["exc"]
 
 
 def test_rate_limit_filter() -> None:
     out = io.StringIO()
     log = setup_logging("info", "text", stream=out, environ={})
     clock = FakeClock()
-    log.handlers[0].addFilter(RateLimitFilter(RateLimiter(limit=1, interval_s=10, clock=clock)))
-    try:
-        for i in range(4):
-            log.warning("bad packet %d", i, extra={"ratelimit_key": "bad"})
-        log.warning("unrelated")
-        clock.now += 10
-        log.warning("bad packet %d", 9, extra={"ratelimit_key": "bad"})
-    finally:
-        setup_logging("info", "text", stream=io.StringIO(), environ={})
-    assert out.getvalue().splitlines() == [
+    log.handlers[0].filters[:] = [RateLimitFilter(RateLimiter(limit=1, interval_s=10, clock=clock))]
+    for i in range(4):
+        log.warning("bad packet %d", i, extra=limited("bad"))
+    log.warning("unrelated")
+    clock.now += 10
+    log.warning("bad packet %d", 9, extra=limited("bad"))
+    assert [line.split(" ", 1)[1] for line in out.getvalue().splitlines()] == [
         "WARNING espmeter: bad packet 0",
         "WARNING espmeter: unrelated",
         "WARNING espmeter: bad packet 9 (suppressed 3 similar messages (bad) before this)",
