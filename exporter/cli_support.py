@@ -8,6 +8,7 @@ Each sets `func` to its handler (`args.func(args) -> int`), so the CLI dispatche
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .collect import run_collector
@@ -45,18 +46,22 @@ def templates_command(args: argparse.Namespace) -> int:
 
 def add_collect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("collect", help="receive IPFIX and print espmeter's records",
-                              description="A small IPFIX collector that names espmeter's enterprise IEs.")
-    p.add_argument("--listen", default="udp://127.0.0.1:4739", help="udp://ADDR:PORT or tcp://ADDR:PORT")
-    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    p.add_argument("--count", type=int, help="exit after this many records")
+                              description="A small IPFIX collector that names espmeter's enterprise IEs. "
+                              "On stderr: the address it listens on, every gap in the exporters' sequence "
+                              "numbers (records lost on the way) and a summary at the end.")
+    p.add_argument("--listen", default="udp://127.0.0.1:4739", metavar="URL",
+                   help="udp://ADDR:PORT or tcp://ADDR:PORT (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="JSON lines with every field instead of a table")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N flow records (options records not counted)")
     p.add_argument("--pen", type=int, default=DOC_PEN, help="private enterprise number (default %(default)s)")
     p.set_defaults(func=collect_command)
     return p
 
 
 def collect_command(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill`: still print the summary
     try:
-        run_collector(args.listen, args.json, sys.stdout, None, args.count, pen=args.pen)
+        run_collector(args.listen, args.json, sys.stdout, None, args.count, pen=args.pen, log=sys.stderr)
     except KeyboardInterrupt:
         return 0
     except (ValueError, OSError) as exc:

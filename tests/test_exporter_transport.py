@@ -153,4 +153,5 @@ def test_collect_udp_json_and_ipv6():
     exp.close()
     assert result == [3]
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and '"informationElementName":"espLostPacketDeltaCount"' in lines[0]
+    assert len(lines) == 14 + 3 and '"informationElementName":"espLostPacketDeltaCount"' in lines[0]  # RFC 5610
+    assert all('"IPSecSPI"' in line for line in lines[14:])  # --count: flow records, options not counted
