@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -72,6 +73,18 @@ def _read(args: argparse.Namespace) -> int:
     return EXIT_UNDELIVERED if undelivered else 0
 
 
+def _log_format(config: str | None) -> str:
+    """`log.format` of the configuration, read leniently so that even its errors come in that format."""
+    import yaml
+
+    try:
+        with open(config or "", encoding="utf-8") as f:
+            fmt = yaml.safe_load(f)["log"]["format"]
+    except Exception:  # no file, not YAML, no such key: the configuration's own check reports it
+        return "text"
+    return "json" if fmt == "json" else "text"
+
+
 def _run(args: argparse.Namespace) -> int:
     from agent.config import ConfigError
     from agent.daemon import RunOptions, run
@@ -79,10 +92,15 @@ def _run(args: argparse.Namespace) -> int:
     config = args.config
     if config is None and os.path.exists(DEFAULT_CONFIG) and not (args.interface and args.collector):
         config = DEFAULT_CONFIG
+    fmt = _log_format(config)
+    setup_logging(fmt=fmt)  # the lines before the configuration is loaded have its format too
     try:
         return run(RunOptions(config, args.interface, args.collector))
     except ConfigError as e:
-        print(f"espmeter: {e}", file=sys.stderr)
+        if fmt == "json":
+            logging.getLogger("espmeter").error("%s", e)
+        else:
+            print(f"espmeter: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -10,16 +10,22 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from importlib import resources
 
 from .collect import run_collector
 from .dictionaries import FORMATS, render
 from .infomodel import DOC_PEN
 
+# Installation files shipped in the package (docs/install.md installs from the wheel with these).
+INSTALL_FILES = {"systemd": "share/espmeter.service", "config": "share/espmeter.yaml"}
+
 
 def add_templates_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("templates", help="print collector dictionaries for espmeter's IPFIX IEs",
-                              description="Generate collector dictionaries from templates/espmeter.iespec.")
-    p.add_argument("--format", "-f", choices=FORMATS, default="iespec", help="dictionary format")
+                              description="Generate collector dictionaries from templates/espmeter.iespec, "
+                              "or print the systemd unit (systemd) or the example configuration (config).")
+    p.add_argument("--format", "-f", choices=(*FORMATS, *INSTALL_FILES), default="iespec",
+                   help="dictionary format, or systemd / config (default %(default)s)")
     p.add_argument("--pen", type=int, default=DOC_PEN, help="private enterprise number (default %(default)s)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.set_defaults(func=templates_command)
@@ -28,7 +34,10 @@ def add_templates_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def templates_command(args: argparse.Namespace) -> int:
     try:
-        text = render(args.format, args.pen)
+        if args.format in INSTALL_FILES:
+            text = resources.files("agent").joinpath(INSTALL_FILES[args.format]).read_text(encoding="utf-8")
+        else:
+            text = render(args.format, args.pen)
     except ValueError as exc:
         print(f"espmeter templates: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from agent.config import (
     parse_config,
 )
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "espmeter.yaml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "agent" / "share" / "espmeter.yaml"
 
 
 def _error(tmp_path: Path, text: str) -> str:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "espmeter.service"
+UNIT = Path(__file__).resolve().parent.parent / "agent" / "share" / "espmeter.service"
 # Measured with systemd 252 `systemd-analyze security --offline=true`: 1.6 (docs/install.md).
 MAX_EXPOSURE = 1.6
 
