@@ -137,3 +137,11 @@ def test_file_collector_appends_and_the_result_decodes(tmp_path: Path) -> None:
     spis = re.findall(r"\(295\)\s+IPSecSPI : (\d+)", dump.stdout)
     sas = json.loads(espmeter("read", "--json", DEMO).stdout)["sas"]
     assert sorted(map(int, spis)) == sorted(2 * [sa["spi"] for sa in sas])
+
+
+def test_run_config_error_is_json_when_the_file_asks_for_json(tmp_path: Path) -> None:
+    cfg = tmp_path / "espmeter.yaml"
+    cfg.write_text("log: {format: json}\nsnaplen: 5\n")
+    line = one_line_error(espmeter("run", "--config", str(cfg), "--interface", "eth0"))
+    entry = json.loads(line)
+    assert entry["level"] == "error" and entry["msg"].startswith(f"{cfg}:2: snaplen")
