@@ -303,7 +303,7 @@ class TcpTransport:
         self._out, self._offset = b"", 0
         first_seq = struct.unpack_from("!I", self._pending[0], 8)[0] if self._pending else None
         self._greeting.extend(self._on_connect(first_seq))
-        log.info("IPFIX collector %s: connected", self.url)
+        log.info("IPFIX collector %s: connected", self.url, extra=limited(f"IPFIX collector {self.url} connected"))
 
     def _peer_closed(self) -> bool:
         """Collectors never talk back: readable means EOF or an error (the listener went away)."""
