@@ -109,8 +109,8 @@ def setup_logging(
     handler = logging.StreamHandler(stream)
     handler.setFormatter(make_formatter(fmt, stream, os.environ if environ is None else environ))
     logger = logging.getLogger(LOGGER_NAME)
-    limiter = next((f for h in logger.handlers for f in h.filters if isinstance(f, RateLimitFilter)), None)
-    handler.addFilter(limiter or RateLimitFilter(RateLimiter()))
+    kept = next((f for h in logger.handlers for f in h.filters if isinstance(f, RateLimitFilter)), None)
+    handler.addFilter(kept or RateLimitFilter(RateLimiter()))
     root = logging.getLogger()
     for target in (logger, root):
         for old in [h for h in target.handlers if target is logger or _limited(h)]:  # root: only ours
