@@ -18,6 +18,7 @@ import numpy as np
 from agent import decode as d
 from agent import vector
 from agent.fragments import FragEntry, FragmentTable
+from agent.ike import IkePair, IkeTable
 from agent.records import Producer, RecordSink
 from agent.sa import NEVER, SA, esp_ident, udp_ident
 from agent.satable import PROBATION_RUN, SATable, TableSettings
@@ -28,16 +29,6 @@ _ETH_IP4_ESP = struct.Struct("!HBxHxxHxB")  # at +12: ethertype, ver/ihl, total 
 _SEQ = struct.Struct("!I").unpack_from
 _LOW = 0xFFFFFFFF
 OTHER_OWNER = "other"  # fragment owner for non-ESP first fragments
-
-
-@dataclass(slots=True)
-class IkePair:
-    a: bytes
-    b: bytes
-    packets: int = 0
-    octets: int = 0
-    first_seen: float = 0.0
-    last_seen: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +55,10 @@ class Meter:
         self.producer = Producer(sink or _NullSink(), settings.biflow, settings.tunnel_names, self._finalize)
         self.table = SATable(settings.table, self.producer, keep_history)
         self.frags = FragmentTable(settings.fragment_timeout, settings.max_fragments, self._fragment_expired)
-        self.ike: dict[tuple, IkePair] = {}
+        self.ike = IkeTable()
         self.classes = dict.fromkeys(d.CLASSES, 0)
         self.frames = 0
         self.octets = 0  # captured octets of all frames
-        self.ike_evictions = 0
         self.local_addrs = local_addrs or set()
         self.capture_drops = 0
         self.now = 0.0
@@ -300,17 +290,7 @@ class Meter:
             self._first_fragment(f, sa, now)
 
     def _ike(self, f: d.Frame, now: float) -> IkePair:
-        pair = (f.obs, f.src, f.dst) if f.src <= f.dst else (f.obs, f.dst, f.src)
-        ike = self.ike.get(pair)
-        if ike is None:
-            if len(self.ike) >= self.settings.table.max_sas:  # spoofed UDP 500 must not grow it forever
-                del self.ike[next(iter(self.ike))]
-                self.ike_evictions += 1
-            ike = self.ike[pair] = IkePair(f.src, f.dst, first_seen=now)
-        ike.packets += 1
-        ike.octets += f.ip_len
-        ike.last_seen = now
-        return ike
+        return self.ike.observe(f, now, self.settings.table.max_sas)
 
     # -- fragments ----------------------------------------------------------------------------
     def _first_fragment(self, f: d.Frame, owner: object, now: float) -> None:

@@ -87,7 +87,7 @@ def document(meter: Meter, source: str, linktype: int, error: str | None = None)
                 "first_seen": round(p.first_seen, 6),
                 "last_seen": round(p.last_seen, 6),
             }
-            for p in meter.ike.values()
+            for p in meter.ike.pairs.values()
         ],
         "capture": capture,
     }
