@@ -33,6 +33,15 @@ def build_filter(user: str | None, linktype: int = DLT_EN10MB) -> str:
     return f"({base}) and ({user})" if user else base
 
 
+@dataclass(frozen=True, slots=True)
+class CaptureSettings:
+    """How live handles are opened (`snaplen:`, `buffer_size_mb:`, `filter:`)."""
+
+    snaplen: int = 256
+    buffer_size_mb: int = 8
+    user_filter: str | None = None
+
+
 @dataclass(slots=True)
 class Batch:
     buf: bytes

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from agent.capture import CaptureError
 from agent.logsetup import flush_suppressed, setup_logging
@@ -23,25 +24,27 @@ def _read(args: argparse.Namespace) -> int:
     from agent.offline import meter_file
     from agent.report import write_table
 
-    settings, export = MeterSettings(), {}
+    settings, export = MeterSettings(), None
     if args.config:  # the configuration machinery (pydantic) is loaded only when asked for
         from agent.config import ConfigError
-        from agent.settings import meter_settings
+        from agent.settings import load_runtime
 
         try:
-            settings, export = meter_settings(args.config)
+            rt = load_runtime(args.config)
         except ConfigError as e:
             print(f"espmeter: {e}", file=sys.stderr)
             return EXIT_USAGE
+        settings, export = rt.meter, rt.export
     exporter = None
-    if args.collector:
+    collectors = args.collector or (export.collectors if export else [])
+    if collectors:  # --collector replaces the file's `collectors:`, as for `run`
         from exporter import Exporter, ExportSettings
         from exporter.transport import check_resolvable
 
         try:
-            for url in args.collector:  # a one-shot read cannot wait for DNS: an unknown name is an error
+            for url in collectors:  # a one-shot read cannot wait for DNS: an unknown name is an error
                 check_resolvable(url)
-            exporter = Exporter(ExportSettings(**{**export, "collectors": args.collector}))
+            exporter = Exporter(replace(export or ExportSettings(), collectors=list(collectors)))
         except ValueError as e:
             print(f"espmeter: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -52,7 +55,7 @@ def _read(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     undelivered = None
     if exporter is not None:
-        exporter.export_stats(result.meter.stats(export.get("observation_domain", 1)))
+        exporter.export_stats(result.meter.stats(exporter.settings.observation_domain))
         exporter.close()
         flush_suppressed(final=True)
         undelivered = exporter.undelivered()

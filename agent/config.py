@@ -1,6 +1,10 @@
 """espmeter configuration: one YAML file validated into typed pydantic settings.
 
-Every setting lives in :class:`Settings` (defaults and help text in one place).
+Every setting lives in :class:`Settings` (defaults, bounds and help text in one place) and is checked
+here only: each bound has ONE validator (a ``Field`` bound, a ``Literal`` or one validator function,
+e.g. ``exporter.infomodel.check_pen``); the runtime objects built from it by
+``agent.settings.runtime`` trust it. How to add a setting or a section: see ``agent/settings.py``.
+
 Errors are reported as ONE line ``FILE:LINE: KEY.PATH: what is wrong`` so an
 operator can fix the file without reading a traceback; line numbers come from
 the YAML node tree (``yaml.compose``) matched against pydantic's error ``loc``.
@@ -14,7 +18,6 @@ import sys
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TextIO
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -27,16 +30,10 @@ from pydantic import (
     model_validator,
 )
 
-COLLECTOR_HELP = "expected udp://HOST:PORT, tcp://HOST:PORT or file://PATH"
+from exporter.infomodel import DOC_PEN, check_pen
+from exporter.message import MIN_MTU
+from exporter.transport import parse_collector
 
-# PENs whose low 16 bits collide with enterprises nfdump 1.7 knows; it keeps only 16 bits.
-_NFDUMP_PEN_CLASHES = {
-    0: "IANA/IETF (no enterprise)",
-    9: "Cisco",
-    637: "Nokia/Alcatel-Lucent",
-    6871: "Nokia/Alcatel-Lucent",
-    29305: "the RFC 5103 reverse-direction PEN",
-}
 _SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log"})
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
@@ -47,38 +44,9 @@ class ConfigError(Exception):
 
 
 def check_collector_url(url: str) -> str:
-    """Validate an exporter destination URL; returned unchanged so the exporter parses it itself."""
-    bad = f"{url!r} is not a valid collector URL ({COLLECTOR_HELP})"
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # e.g. a malformed [IPv6] literal
-        raise ValueError(f"{url!r} is not a valid collector URL: {exc} ({COLLECTOR_HELP})") from None
-    if parts.scheme == "file":
-        if not url[len("file://") :] or not url.startswith("file://"):
-            raise ValueError(bad)
-        return url
-    if parts.scheme not in ("udp", "tcp") or not url.startswith(f"{parts.scheme}://"):
-        raise ValueError(bad)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r}: port must be 1-65535 ({COLLECTOR_HELP})") from None
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(bad)
-    if port is None:
-        raise ValueError(f"{url!r}: missing port ({COLLECTOR_HELP})")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{url!r}: port must be 1-65535 ({COLLECTOR_HELP})")
-    if ":" in parts.hostname:
-        _check_ipv6_literal(url, parts.hostname)
+    """The exporter's own parser is the one URL validator; the URL is kept as written."""
+    parse_collector(url)
     return url
-
-
-def _check_ipv6_literal(url: str, host: str) -> None:
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        raise ValueError(f"{url!r}: {host!r} is not a valid IPv6 address ({COLLECTOR_HELP})") from None
 
 
 def check_peer_ip(value: str) -> str:
@@ -87,18 +55,6 @@ def check_peer_ip(value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
-
-
-def check_pen(pen: int) -> int:
-    """Refuse PENs that nfdump 1.7 would misread as another enterprise's elements."""
-    low = pen & 0xFFFF
-    if low in _NFDUMP_PEN_CLASHES:
-        raise ValueError(
-            f"PEN {pen} is not allowed: nfdump 1.7 truncates PENs to 16 bits and would read it as "
-            f"{low} ({_NFDUMP_PEN_CLASHES[low]}); choose a PEN whose low 16 bits are not "
-            f"{sorted(_NFDUMP_PEN_CLASHES)}"
-        )
-    return pen
 
 
 CollectorURL = Annotated[str, AfterValidator(check_collector_url)]
@@ -155,8 +111,10 @@ class Settings(BaseModel):
         default_factory=list, description="IPFIX destinations: udp://HOST:PORT, tcp://HOST:PORT, file://PATH."
     )
     observation_domain: int = Field(1, ge=1, le=2**32 - 1, description="IPFIX observation domain id.")
-    pen: int = Field(32473, ge=1, le=2**32 - 1, description="Private enterprise number for espmeter's own IEs.")
-    mtu: int = Field(1400, ge=512, le=65535, description="Maximum IPFIX message size, bytes.")
+    pen: Annotated[int, AfterValidator(check_pen)] = Field(
+        DOC_PEN, description="Private enterprise number for espmeter's own IEs."
+    )
+    mtu: int = Field(1400, ge=MIN_MTU, le=65535, description="Maximum IPFIX message size, bytes.")
     template_refresh_s: int = Field(300, ge=1, description="Resend templates after this many seconds (UDP).")
     template_refresh_messages: int = Field(100, ge=1, description="Resend templates after this many messages (UDP).")
     records: Literal["sa", "biflow"] = Field("sa", description="Export one record per SA or per biflow.")
@@ -196,11 +154,6 @@ class Settings(BaseModel):
     def _bare_interface_names(cls, value: Any) -> Any:
         return [_interface_item(item) for item in value] if isinstance(value, list) else value
 
-    @field_validator("pen")
-    @classmethod
-    def _pen(cls, value: int) -> int:
-        return check_pen(value)
-
     @field_validator("user")
     @classmethod
     def _user(cls, value: str | None) -> str | None:
@@ -212,25 +165,6 @@ class Settings(BaseModel):
         """The configuration as the agent will use it, defaults filled in."""
         body = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
         return "# espmeter effective configuration\n" + body
-
-
-_EXPORTER_KEYS = (
-    "collectors",
-    "observation_domain",
-    "pen",
-    "mtu",
-    "template_refresh_s",
-    "template_refresh_messages",
-    "records",
-    "tcp_buffer_messages",
-    "stats_interval_s",
-)
-
-
-def exporter_settings(settings: Settings) -> dict[str, Any]:
-    """Plain dict for ``exporter.ExportSettings(**d)``; keeps the exporter free of pydantic."""
-    data = settings.model_dump(mode="python")
-    return {key: (list(data[key]) if isinstance(data[key], list) else data[key]) for key in _EXPORTER_KEYS}
 
 
 # --------------------------------------------------------------------------- loading

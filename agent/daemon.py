@@ -13,17 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.config import ConfigError, Settings, exporter_settings, load_config, merge_cli
-from agent.live import CaptureSettings, LinkMonitor, LiveCapture
+from agent.config import ConfigError, load_config, merge_cli
+from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.meter import Meter
 from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
 from agent.report import sa_json
 from agent.sdnotify import SdNotify, watchdog_interval
-from agent.settings import from_config
+from agent.settings import Runtime, runtime
 from agent.signals import Signals
-from exporter import Exporter, ExportSettings
+from exporter import Exporter
 from exporter.records import MeteringStats
 
 log = logging.getLogger("espmeter")
@@ -45,79 +45,69 @@ class Agent:
     def __init__(self, options: RunOptions, clock: Callable[[], float] = time.time) -> None:
         self.options = options
         self.clock = clock
-        self.cfg = self._load()
-        setup_logging(self.cfg.log.level, self.cfg.log.format)
+        self.rt = self._load()
+        setup_logging(self.rt.log.level, self.rt.log.format)
         self.notify = SdNotify()
         self.signals = Signals()
-        self.capture = LiveCapture(self._interfaces(self.cfg), self._capture_settings(self.cfg))
+        self.capture = LiveCapture(list(self.rt.interfaces), self.rt.capture)
         self.links = LinkMonitor()
         self.outputs = Outputs()
-        self.meter = Meter(from_config(self.cfg), self.outputs, local_addrs=self.capture.local_addresses())
-        self.outputs.configure(self._outputs(self.cfg))
+        self.meter = Meter(self.rt.meter, self.outputs, local_addrs=self.capture.local_addresses())
+        self.outputs.configure(self._outputs(self.rt))
         self.last_drops = 0
 
     # -- configuration -------------------------------------------------------------------------
-    def _load(self) -> Settings:
+    def _load(self) -> Runtime:
         cfg = merge_cli(load_config(self.options.config), self.options.interfaces, self.options.collectors)
         where = self.options.config or "command line"
         if not cfg.interfaces:
             raise ConfigError(f"{where}: interfaces: none configured (use --interface IF or `interfaces:`)")
         if not cfg.collectors:
             log.warning("no collector configured: metering only (SIGUSR1 logs the SA table)")
-        return cfg
+        return runtime(cfg)
 
     @staticmethod
-    def _interfaces(cfg: Settings) -> list[tuple[str, str]]:
-        return [(i.name, i.direction) for i in cfg.interfaces]
-
-    @staticmethod
-    def _capture_settings(cfg: Settings) -> CaptureSettings:
-        return CaptureSettings(cfg.snaplen, cfg.buffer_size_mb, cfg.filter)
-
-    @staticmethod
-    def _outputs(cfg: Settings) -> list[OutputSpec]:
-        """The outputs `cfg` asks for; each is built only when it starts (or its settings change)."""
+    def _outputs(rt: Runtime) -> list[OutputSpec]:
+        """The outputs `rt` asks for; each is built only when it starts (or its settings change)."""
         specs = []
-        if cfg.collectors:
-            export = exporter_settings(cfg)
-            specs.append(OutputSpec("ipfix", export, lambda: Exporter(ExportSettings(**export))))
+        if rt.export.collectors:
+            specs.append(OutputSpec("ipfix", rt.export, lambda: Exporter(rt.export)))
         return specs
 
     def reload(self) -> None:
         """SIGHUP: new settings; SA state is kept, templates are re-sent, changed parts reopened."""
         self.notify.reloading()
         try:
-            cfg = self._load()
+            new = self._load()
         except Exception as e:  # a bad new config keeps the running one
             log.error("reload failed, keeping the running configuration: %s", e)
             self.notify.ready()
             return
-        old, self.cfg = self.cfg, cfg
-        setup_logging(cfg.log.level, cfg.log.format)
-        settings = from_config(cfg)
-        self.meter.settings = settings
-        self.meter.table.settings = settings.table
-        self.meter.frags.timeout, self.meter.frags.max_entries = settings.fragment_timeout, settings.max_fragments
-        self.meter.producer.biflow = settings.biflow
-        self.meter.producer.names = dict(settings.tunnel_names)
-        self.meter.producer.flush()  # pending records go to the outputs they were made for
-        self.outputs.configure(self._outputs(cfg))
-        if self._interfaces(old) != self._interfaces(cfg) or self._capture_settings(old) != self._capture_settings(cfg):
-            drops = self.capture.poll_drops()
-            self.capture.close()
-            self.capture = LiveCapture(self._interfaces(cfg), self._capture_settings(cfg))
-            self.capture.drops = drops  # a total since start: it must not go back to zero
+        old, self.rt = self.rt, new
+        self._apply(old, new)
         log.info("configuration reloaded")
         self.notify.ready()
+
+    def _apply(self, old: Runtime, new: Runtime) -> None:
+        """Each part of `Runtime` to the component that owns it: rebuilt or reconfigured if it changed."""
+        setup_logging(new.log.level, new.log.format)
+        self.meter.configure(new.meter)
+        self.meter.producer.flush()  # pending records go to the outputs they were made for
+        self.outputs.configure(self._outputs(new))
+        if (new.interfaces, new.capture) != (old.interfaces, old.capture):
+            drops = self.capture.poll_drops()
+            self.capture.close()
+            self.capture = LiveCapture(list(new.interfaces), new.capture)
+            self.capture.drops = drops  # a total since start: it must not go back to zero
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
         self.signals.install()
-        if self.cfg.user:
-            drop_privileges(self.cfg.user)
+        if self.rt.user:
+            drop_privileges(self.rt.user)
         self.notify.ready()
         log.info("espmeter running: %d interface(s), %d collector(s)",
-                 len(self.cfg.interfaces), len(self.cfg.collectors))
+                 len(self.rt.interfaces), len(self.rt.export.collectors))
         watchdog = watchdog_interval()
         next_watchdog = next_tick = next_retry = self.clock()
         meter = self.meter
@@ -169,7 +159,7 @@ class Agent:
         flush_suppressed()
 
     def _stats(self) -> MeteringStats:
-        return self.meter.stats(self.cfg.observation_domain)
+        return self.meter.stats(self.rt.export.observation_domain)
 
     def _links(self) -> None:
         up, gone, addr_changed = self.links.events()

@@ -19,20 +19,13 @@ import pcapy
 from pyroute2 import IPRoute, IPRSocket
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
-from agent.capture import BATCH, Batch, build_filter
+from agent.capture import BATCH, Batch, CaptureSettings, build_filter
 
 log = logging.getLogger("espmeter.capture")
 
 _DIRECTIONS = {"in": [("in", pcapy.PCAP_D_IN)], "out": [("out", pcapy.PCAP_D_OUT)],
                "both": [("in", pcapy.PCAP_D_IN), ("out", pcapy.PCAP_D_OUT)]}
 MAX_BATCHES_PER_WAKEUP = 64  # keep timers and other interfaces served under a flood
-
-
-@dataclass(frozen=True, slots=True)
-class CaptureSettings:
-    snaplen: int = 256
-    buffer_size_mb: int = 8
-    user_filter: str | None = None
 
 
 @dataclass(slots=True)

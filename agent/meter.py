@@ -63,6 +63,13 @@ class Meter:
         self.capture_drops = 0
         self.now = 0.0
 
+    def configure(self, settings: MeterSettings) -> None:
+        """New settings on reload; SA state is kept."""
+        self.settings = settings
+        self.table.settings = settings.table
+        self.frags.timeout, self.frags.max_entries = settings.fragment_timeout, settings.max_fragments
+        self.producer.biflow, self.producer.names = settings.biflow, dict(settings.tunnel_names)
+
     # -- input ------------------------------------------------------------------------------
     def feed(self, buf: bytes, meta: bytes, linktype: int, ifindex: int | None = None,
              direction: str | None = None) -> None:

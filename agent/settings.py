@@ -1,16 +1,48 @@
-"""Glue from the validated configuration (agent.config.Settings) to the meter's typed settings."""
+"""The one settings path: the validated schema (`agent.config.Settings`) → every runtime settings object.
+
+`runtime(cfg)` is the only place that maps configuration keys to the objects the agent runs with
+(the meter's frozen dataclasses, kept for speed on the packet path; the exporter's; the capture's).
+`espmeter run`, its SIGHUP reload and `espmeter read --config` all go through it; `read` without a
+file uses the dataclasses' defaults, which `tests/test_config.py` checks equal `runtime(Settings())`.
+
+Adding a setting or a section (e.g. ``metrics:``):
+
+1. agent/config.py: a field of `Settings`, or a section model (``BaseModel`` with
+   ``ConfigDict(extra="forbid", strict=True, frozen=True)``, a default and a description per field,
+   bounds as ``Field(ge=..., le=...)``/``Literal``/one validator) used as
+   ``metrics: MetricsConfig = Field(default_factory=MetricsConfig, description=...)``; add the
+   section name to ``_SECTIONS`` so an all-commented-out section means its defaults.
+2. here: a field of `Runtime` filled in `runtime()`: a runtime dataclass when the packet path reads
+   it, or the section model itself for anything off the hot path.
+3. agent/daemon.py `Agent.reload`: what to rebuild or reconfigure when that part of `Runtime` changed.
+4. examples/espmeter.yaml: the key with its default and a comment (a test checks every key is there).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from agent.config import Settings, exporter_settings, load_config
+from agent.capture import CaptureSettings
+from agent.config import LogConfig, Settings, load_config
 from agent.meter import MeterSettings
 from agent.satable import TableSettings
 from agent.tracker import TrackerSettings
+from exporter.settings import ExportSettings
 
 
-def from_config(cfg: Settings) -> MeterSettings:
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything the agent runs with, derived from one validated configuration."""
+
+    meter: MeterSettings
+    export: ExportSettings
+    capture: CaptureSettings
+    interfaces: tuple[tuple[str, str], ...]  # (name, direction)
+    log: LogConfig
+    user: str | None
+
+
+def runtime(cfg: Settings) -> Runtime:
     tracker = TrackerSettings(
         window=cfg.reorder_window,
         reorder_time=cfg.reorder_time_s,
@@ -23,17 +55,35 @@ def from_config(cfg: Settings) -> MeterSettings:
         idle_timeout=float(cfg.idle_timeout_s),
         max_sas=cfg.max_sas,
     )
-    return MeterSettings(
+    meter = MeterSettings(
         table=table,
         fragment_timeout=float(cfg.fragment_timeout_s),
         max_fragments=cfg.max_fragments,
         biflow=cfg.records == "biflow",
-        tunnel_names={str(k): v for k, v in cfg.tunnel_names.items()},
+        tunnel_names=dict(cfg.tunnel_names),
         vector=cfg.vectorized,
+    )
+    export = ExportSettings(
+        collectors=list(cfg.collectors),
+        observation_domain=cfg.observation_domain,
+        pen=cfg.pen,
+        mtu=cfg.mtu,
+        template_refresh_s=float(cfg.template_refresh_s),
+        template_refresh_messages=cfg.template_refresh_messages,
+        records=cfg.records,
+        tcp_buffer_messages=cfg.tcp_buffer_messages,
+        stats_interval_s=float(cfg.stats_interval_s),
+    )
+    return Runtime(
+        meter=meter,
+        export=export,
+        capture=CaptureSettings(cfg.snaplen, cfg.buffer_size_mb, cfg.filter),
+        interfaces=tuple((i.name, i.direction) for i in cfg.interfaces),
+        log=cfg.log,
+        user=cfg.user,
     )
 
 
-def meter_settings(path: str | None) -> tuple[MeterSettings, dict[str, Any]]:
-    """Meter settings and exporter keys from a config file (defaults when `path` is None)."""
-    cfg = load_config(path)
-    return from_config(cfg), exporter_settings(cfg)
+def load_runtime(path: str | None) -> Runtime:
+    """`runtime()` of a configuration file (built-in defaults when `path` is None)."""
+    return runtime(load_config(path))

@@ -22,7 +22,7 @@ class Exporter:
     thread."""
 
     def __init__(self, settings: ExportSettings, clock: Callable[[], float] = time.time):
-        self.settings = settings.validate()
+        self.settings = settings
         self._clock = clock
         self.encoder = RecordEncoder(InfoModel.load(settings.pen), settings.observation_domain,
                                      biflow=settings.records == "biflow")

@@ -19,8 +19,14 @@ import templates
 DOC_PEN = 32473  # RFC 5612 documentation PEN, the placeholder used in espmeter.iespec
 REVERSE_PEN = 29305  # RFC 5103
 REVERSE_BIT = 0x4000  # RFC 5103 6.2: reverse of an enterprise IE
-# nfdump truncates PENs to 16 bits and hard-codes these (none, Cisco, Nokia, CERT, RFC 5103).
-NFDUMP_CLASHING_LOW16 = (0, 9, 637, 6871, 29305)
+# PENs whose low 16 bits nfdump 1.7 hard-codes; it keeps only the low 16 bits of a PEN.
+NFDUMP_CLASHING_LOW16 = {
+    0: "IANA/IETF, no enterprise",
+    9: "Cisco",
+    637: "Nokia/Alcatel-Lucent",
+    6871: "CERT",
+    29305: "the RFC 5103 reverse-direction PEN",
+}
 
 # RFC 5610 / IANA "IPFIX Information Element Semantics" and "Units" registries
 SEMANTICS = {
@@ -35,14 +41,15 @@ UNITS = {
 
 
 def check_pen(pen: int) -> int:
-    """Refuse PENs that nfdump would misread (it keeps only the low 16 bits of a PEN)."""
+    """The one PEN validator (configuration, `templates --pen`, `collect --pen`): range and nfdump clashes."""
     if not 0 < pen <= 0xFFFFFFFF:
         raise ValueError(f"PEN {pen} is out of range: it must be 1..4294967295")
-    if pen & 0xFFFF in NFDUMP_CLASHING_LOW16:
+    low = pen & 0xFFFF
+    if low in NFDUMP_CLASHING_LOW16:
         raise ValueError(
-            f"PEN {pen} is refused: its low 16 bits ({pen & 0xFFFF}) equal a PEN that nfdump "
-            f"hard-codes ({', '.join(map(str, NFDUMP_CLASHING_LOW16))}), and nfdump truncates PENs to "
-            "16 bits, so it would decode espmeter's IEs as someone else's"
+            f"PEN {pen} is not allowed: nfdump 1.7 truncates PENs to 16 bits and would read it as "
+            f"{low} ({NFDUMP_CLASHING_LOW16[low]}); choose a PEN whose low 16 bits are not "
+            f"{', '.join(map(str, NFDUMP_CLASHING_LOW16))}"
         )
     return pen
 

@@ -20,7 +20,7 @@ from .encoding import EncodedRecord
 HEADER_LEN = 16
 SET_HEADER_LEN = 4
 SEQ_MODULO = 2**32
-MIN_MTU = 256
+MIN_MTU = 512  # the smallest `mtu:` the configuration accepts (templates and options records fit)
 
 
 class ExportMessage(bytes):
@@ -58,10 +58,6 @@ class MessageBuilder:
     """Builds messages for one transport session and observation domain, never above the MTU."""
 
     def __init__(self, odid: int, mtu: int):
-        if not 0 < odid <= 0xFFFFFFFF:
-            raise ValueError(f"observation domain {odid} must be 1..4294967295")
-        if not MIN_MTU <= mtu <= 65535:
-            raise ValueError(f"MTU {mtu} must be {MIN_MTU}..65535")
         self.odid = odid
         self.mtu = mtu
         self.sequence = 0  # data records before the current message, modulo 2^32

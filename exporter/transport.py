@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
+import re
 import select
 import socket
 import struct
@@ -90,24 +92,58 @@ class CollectorURL:
     url: str
 
 
-def parse_collector(url: str) -> CollectorURL:
-    """`udp://HOST:PORT`, `tcp://HOST:PORT` (IPv6 as `[::1]`), `file://PATH`."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        path = parts.netloc + parts.path
-        if not path:
-            raise ValueError(f"collector {url!r}: file:// needs a path")
-        return CollectorURL(scheme, "", 0, path, url)
-    if scheme not in ("udp", "tcp"):
-        raise ValueError(f"collector {url!r}: scheme must be udp://, tcp:// or file://")
+COLLECTOR_HELP = "expected udp://HOST:PORT, tcp://HOST:PORT or file://PATH"
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def parse_collector(url: str, listen: bool = False) -> CollectorURL:
+    """`udp://HOST:PORT`, `tcp://HOST:PORT` (IPv6 as `[::1]`), `file://PATH`: the one URL validator.
+
+    HOST is an address or a syntactically valid name; names are resolved when the transport opens
+    (DNS may not be up at boot). `listen` allows port 0 (any free port) for `espmeter collect`.
+    """
+    bad = f"{url!r} is not a valid collector URL ({COLLECTOR_HELP})"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. a malformed [IPv6] literal
+        raise ValueError(f"{url!r} is not a valid collector URL: {exc} ({COLLECTOR_HELP})") from None
+    if parts.netloc.count(":") > 1 and "[" not in parts.netloc:
+        raise ValueError(f"{url!r}: an IPv6 address needs brackets, e.g. udp://[2001:db8::1]:4739")
     try:
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"collector {url!r}: bad port ({exc})") from None
-    if not parts.hostname or port is None:
-        raise ValueError(f"collector {url!r}: expected {scheme}://HOST:PORT")
+    except ValueError:
+        raise ValueError(f"{url!r}: port must be 1-65535 ({COLLECTOR_HELP})") from None
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        path = url[len("file://"):] if url.startswith("file://") else ""
+        if not path:
+            raise ValueError(f"{url!r}: file:// needs a path ({COLLECTOR_HELP})")
+        return CollectorURL(scheme, "", 0, path, url)
+    if scheme not in ("udp", "tcp") or not url.startswith(f"{parts.scheme}://"):
+        raise ValueError(bad)
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(bad)
+    if port is None:
+        raise ValueError(f"{url!r}: missing port ({COLLECTOR_HELP})")
+    if not (0 if listen else 1) <= port <= 65535:
+        raise ValueError(f"{url!r}: port must be 1-65535 ({COLLECTOR_HELP})")
+    _check_host(url, parts.hostname)
     return CollectorURL(scheme, parts.hostname, port, "", url)
+
+
+def _check_host(url: str, host: str) -> None:
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{url!r}: {host!r} is not a valid IPv6 address ({COLLECTOR_HELP})") from None
+        return
+    with contextlib.suppress(ValueError):
+        ipaddress.IPv4Address(host)
+        return
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise ValueError(f"{url!r}: {host!r} is neither an IP address nor a valid host name")
 
 
 def _resolve(host: str, port: int, socktype: int) -> tuple[int, tuple]:

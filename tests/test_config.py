@@ -13,7 +13,6 @@ from agent.config import (
     ConfigError,
     Settings,
     check_config,
-    exporter_settings,
     load_config,
     merge_cli,
     parse_config,
@@ -163,23 +162,6 @@ def test_cli_overrides_file(tmp_path: Path) -> None:
     assert s.collectors == ["tcp://[2001:db8::1]:4739"] and [i.name for i in s.interfaces] == ["wan0", "wan1"]
     with pytest.raises(ConfigError, match=r"^command line: collectors\[0\]: 'udp://nope': missing port"):
         merge_cli(s, None, ["udp://nope"])
-
-
-def test_exporter_settings_is_plain_dict() -> None:
-    s = parse_config("collectors: ['udp://127.0.0.1:4739']\nrecords: biflow\n", "x")
-    d = exporter_settings(s)
-    assert d == {
-        "collectors": ["udp://127.0.0.1:4739"],
-        "observation_domain": 1,
-        "pen": 32473,
-        "mtu": 1400,
-        "template_refresh_s": 300,
-        "template_refresh_messages": 100,
-        "records": "biflow",
-        "tcp_buffer_messages": 10000,
-        "stats_interval_s": 60,
-    }
-    assert type(d) is dict and type(d["collectors"]) is list
 
 
 def test_check_config_prints_effective_config(tmp_path: Path) -> None:
