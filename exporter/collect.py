@@ -256,7 +256,7 @@ def run_collector(listen: str, json_lines: bool, out: TextIO, stop: Callable[[],
     are printed but not counted) or when `stop()` is true (checked every 0.2 s). `ready` gets the bound
     address (useful with port 0). `log` gets the banner, each sequence gap and a summary at the end.
     """
-    target = parse_collector(listen)
+    target = parse_collector(listen, listen=True)
     if target.scheme not in ("udp", "tcp"):
         raise ValueError("collect listens on udp:// or tcp:// only")
     socktype = socket.SOCK_DGRAM if target.scheme == "udp" else socket.SOCK_STREAM
