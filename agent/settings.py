@@ -14,7 +14,9 @@ Adding a setting or a section (e.g. ``metrics:``):
    section name to ``_SECTIONS`` so an all-commented-out section means its defaults.
 2. here: a field of `Runtime` filled in `runtime()`: a runtime dataclass when the packet path reads
    it, or the section model itself for anything off the hot path.
-3. agent/daemon.py `Agent.reload`: what to rebuild or reconfigure when that part of `Runtime` changed.
+3. agent/daemon.py: an output (Prometheus, ...) is one `OutputSpec(name, settings, make)` in
+   `Agent._outputs(rt)` (agent.outputs restarts it on reload when its settings changed, else calls
+   its `reload()`); any other part is applied in `Agent._apply(old, new)`.
 4. examples/espmeter.yaml: the key with its default and a comment (a test checks every key is there).
 """
 
