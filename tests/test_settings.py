@@ -44,7 +44,6 @@ NON_DEFAULT = {
     "reorder_time_s": 0.5,
     "jump_limit": 1000,
     "max_sas": 13,
-    "probation_sas": 14,
     "fragment_timeout_s": 15,
     "max_fragments": 16,
     "vectorized": False,
