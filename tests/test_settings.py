@@ -28,7 +28,7 @@ NON_DEFAULT = {
     "interfaces": ["eth9"],
     "filter": "host 192.0.2.1",
     "snaplen": 512,
-    "buffer_size_mb": 8,
+    "buffer_size_mb": 16,
     "collectors": ["udp://127.0.0.1:9995"],
     "observation_domain": 7,
     "pen": 4242,
