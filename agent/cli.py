@@ -100,10 +100,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return run(RunOptions(config, args.interface, args.collector))
     except ConfigError as e:
-        if fmt == "json":
-            logging.getLogger("espmeter").error("%s", e)
-        else:
-            print(f"espmeter: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # every problem, one line each
+            if fmt == "json":
+                logging.getLogger("espmeter").error("%s", line)
+            else:
+                print(f"espmeter: {line}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -13,12 +13,16 @@ the YAML node tree (``yaml.compose``) matched against pydantic's error ``loc``.
 from __future__ import annotations
 
 import ipaddress
+import os
+import pwd
 import re
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TextIO
 
+import pcapy
 import yaml
 from pydantic import (
     AfterValidator,
@@ -26,16 +30,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from agent.capture import DLT_EN10MB, build_filter
 from exporter.infomodel import DOC_PEN, check_pen
 from exporter.message import MIN_MTU
 from exporter.transport import parse_collector
 
 _SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log"})
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
+STATE_DIR = "/var/lib/espmeter"  # StateDirectory= of agent/share/espmeter.service: made by systemd at start
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
 
 
@@ -57,7 +64,41 @@ def check_peer_ip(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
 
 
-CollectorURL = Annotated[str, AfterValidator(check_collector_url)]
+def check_collector_target(url: str) -> str:
+    """A file:// collector's directory must exist (the agent does not create directories)."""
+    if url.startswith("file://"):
+        directory = os.path.dirname(os.path.abspath(url[len("file://"):]))
+        if not os.path.isdir(directory) and directory != STATE_DIR:
+            raise ValueError(f"{url!r}: directory {directory} does not exist")
+    return url
+
+
+def check_filter(expr: str | None) -> str | None:
+    """Compile the BPF filter as a capture does (and-ed with espmeter's, on Ethernet), so `run` never
+    starts with a filter libpcap refuses."""
+    if expr is not None:
+        try:
+            pcapy.compile(DLT_EN10MB, 65535, build_filter(expr, DLT_EN10MB), 1, 0)
+        except pcapy.PcapError as exc:
+            raise ValueError(f"BPF filter {expr!r} does not compile: {exc}") from None
+    return expr
+
+
+def check_user(name: str | None, info: ValidationInfo) -> str | None:
+    """A user name; for `run`, one that exists here."""
+    if name is None:
+        return None
+    if not _USER_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid user name")
+    if info.context and info.context.get("run"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ValueError(f"user {name!r} does not exist on this system") from None
+    return name
+
+
+CollectorURL = Annotated[str, AfterValidator(check_collector_url), AfterValidator(check_collector_target)]
 PeerIP = Annotated[str, AfterValidator(check_peer_ip)]
 
 
@@ -99,7 +140,9 @@ class Settings(BaseModel):
     interfaces: list[InterfaceConfig] = Field(
         default_factory=list, description="Interfaces to capture on: names or {name, direction}."
     )
-    filter: str | None = Field(None, description="Extra BPF expression, and-ed with the ESP filter.")
+    filter: Annotated[str | None, AfterValidator(check_filter)] = Field(
+        None, description="Extra BPF expression, and-ed with the ESP filter."
+    )
     snaplen: int = Field(256, ge=96, le=65535, description="Bytes captured per packet.")
     buffer_size_mb: int = Field(
         8, ge=1, le=4096,
@@ -137,7 +180,7 @@ class Settings(BaseModel):
     )
     # daemon
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
-    user: str | None = Field(
+    user: Annotated[str | None, AfterValidator(check_user)] = Field(
         None, description="Drop to this user after opening the capture (root only); keeps CAP_NET_RAW."
     )
 
@@ -154,13 +197,6 @@ class Settings(BaseModel):
     def _bare_interface_names(cls, value: Any) -> Any:
         return [_interface_item(item) for item in value] if isinstance(value, list) else value
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, value: str | None) -> str | None:
-        if value is not None and not _USER_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid user name")
-        return value
-
     def effective_yaml(self) -> str:
         """The configuration as the agent will use it, defaults filled in."""
         body = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
@@ -170,10 +206,20 @@ class Settings(BaseModel):
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | None) -> Settings:
-    """Read and validate PATH; None means built-in defaults with no file."""
+Warn = Callable[[str], None]
+
+
+def load_config(path: str | None, *, run: bool = False, interfaces: list[str] | None = None,
+                collectors: list[str] | None = None, warn: Warn | None = None) -> Settings:
+    """The one validation of a configuration: read PATH (None: built-in defaults), put the command
+    line's --interface/--collector lists in place of the file's, validate everything.
+
+    `run`: validate for `espmeter run` (and check-config): an interface is required, `user:` must
+    exist. Every problem is reported, one ``FILE:LINE: key: message`` line each, in ConfigError;
+    warnings (valid but probably not meant) go to `warn`.
+    """
     if path is None:
-        return Settings()
+        return parse_config("", "command line", run=run, interfaces=interfaces, collectors=collectors, warn=warn)
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -181,47 +227,51 @@ def load_config(path: str | None) -> Settings:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    return parse_config(text, path)
+    return parse_config(text, path, run=run, interfaces=interfaces, collectors=collectors, warn=warn)
 
 
-def parse_config(text: str, source: str) -> Settings:
-    """Validate YAML TEXT; SOURCE names it in error messages."""
+def parse_config(text: str, source: str, *, run: bool = False, interfaces: list[str] | None = None,
+                 collectors: list[str] | None = None, warn: Warn | None = None) -> Settings:
+    """`load_config` of YAML TEXT; SOURCE names it in messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_error(exc, source)) from None
+    problems: list[tuple[int, str]] = []
     if root is None:
         data, root = {}, None
     elif not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{source}:{root.start_mark.line + 1}: top level must be a mapping of keys")
     else:
-        _check_duplicates(root, source, ())
+        _check_duplicates(root, source, (), problems)
+    cli = {key: list(value) for key, value in (("interfaces", interfaces), ("collectors", collectors))
+           if value is not None}  # command-line flags replace the file's lists, as operators expect
+    data = {**data, **cli}
+    where = _Where(root, source, frozenset(cli))
+    if run and not data.get("interfaces"):
+        problems.append(where.problem(("interfaces",), "none configured (use `interfaces:` or --interface IF)"))
+    settings = None
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data, context={"run": run})
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, root, source)) from None
-
-
-def merge_cli(settings: Settings, interfaces: list[str] | None, collectors: list[str] | None) -> Settings:
-    """Command-line flags replace the file's lists (not append), as operators expect."""
-    data = settings.model_dump(mode="json")
-    if interfaces is not None:
-        data["interfaces"] = list(interfaces)
-    if collectors is not None:
-        data["collectors"] = list(collectors)
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_first_error(exc, None, "command line")) from None
+        problems += [where.problem(_clean_loc(err["loc"]), _describe(err, _clean_loc(err["loc"])))
+                     for err in exc.errors()]
+    if problems or settings is None:
+        raise ConfigError("\n".join(line for _, line in sorted(problems)))
+    if run and warn is not None and settings.pen == DOC_PEN:
+        warn(where.problem(("pen",), f"warning: {DOC_PEN} is the RFC 5612 documentation PEN: set your own "
+                           "(IANA assigns one free: https://pen.iana.org)")[1])
+    return settings
 
 
 def check_config(path: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``espmeter check-config FILE``: print the effective config (0) or the one error line (2)."""
+    """``espmeter check-config FILE``: validate FILE for `run`; print the effective config (0) or
+    every problem, one line each (2). Warnings go to `err` in both cases."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        settings = load_config(path)
+        settings = load_config(path, run=True, warn=lambda line: print(line, file=err))
     except ConfigError as exc:
         print(exc, file=err)
         return 2
@@ -239,32 +289,37 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
     return f"{source}:{line}: YAML syntax error: {problem}"
 
 
-def _check_duplicates(node: yaml.Node, source: str, path: tuple[Any, ...]) -> None:
+def _check_duplicates(node: yaml.Node, source: str, path: tuple[Any, ...], problems: list[tuple[int, str]]) -> None:
     """PyYAML silently keeps the last duplicate key; an operator almost never means that."""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             if key.value in seen:
-                where = _format_path((*path, key.value))
-                raise ConfigError(f"{source}:{key.start_mark.line + 1}: {where}: duplicate key")
+                line = key.start_mark.line + 1
+                problems.append((line, f"{source}:{line}: {_format_path((*path, key.value))}: duplicate key"))
             seen.add(key.value)
-            _check_duplicates(value, source, (*path, key.value))
+            _check_duplicates(value, source, (*path, key.value), problems)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _check_duplicates(item, source, (*path, index))
+            _check_duplicates(item, source, (*path, index), problems)
 
 
-def _first_error(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
-    """One line for the earliest problem in the file; further problems are only counted."""
-    located = [(_locate(root, _clean_loc(err["loc"])), err) for err in exc.errors()]
-    located.sort(key=lambda item: item[0])
-    line, err = located[0]
-    loc = _clean_loc(err["loc"])
-    where = f"{source}:{line}" if root is not None else source
-    message = f"{where}: {_format_path(loc) or '(top level)'}: {_describe(err, loc)}"
-    if len(located) > 1:
-        message += f" (and {len(located) - 1} more problem{'s' if len(located) > 2 else ''})"
-    return message
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where a key path comes from: a line of the file, or the command line for keys it replaced."""
+
+    root: yaml.Node | None
+    source: str
+    cli_keys: frozenset[str]
+
+    def problem(self, loc: tuple[int | str, ...], message: str) -> tuple[int, str]:
+        """(sort line, ``FILE:LINE: key: message``); command-line problems sort first."""
+        if (loc and loc[0] in self.cli_keys) or self.root is None:
+            line, where = 0, "command line"
+        else:
+            line = _locate(self.root, loc)
+            where = f"{self.source}:{line}"
+        return line, f"{where}: {_format_path(loc) or '(top level)'}: {message}"
 
 
 def _clean_loc(loc: Sequence[int | str]) -> tuple[int | str, ...]:
@@ -292,7 +347,7 @@ def _locate(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
 
 def _child(node: yaml.Node, part: int | str) -> tuple[yaml.Node, yaml.Node | None] | None:
     if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
+        for key, value in reversed(node.value):  # of duplicate keys, the last one is the value used
             if key.value == str(part):
                 return key, value
     elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.config import ConfigError, load_config, merge_cli
+from agent.config import load_config
 from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.meter import Meter
@@ -58,10 +58,8 @@ class Agent:
 
     # -- configuration -------------------------------------------------------------------------
     def _load(self) -> Runtime:
-        cfg = merge_cli(load_config(self.options.config), self.options.interfaces, self.options.collectors)
-        where = self.options.config or "command line"
-        if not cfg.interfaces:
-            raise ConfigError(f"{where}: interfaces: none configured (use --interface IF or `interfaces:`)")
+        o = self.options
+        cfg = load_config(o.config, run=True, interfaces=o.interfaces, collectors=o.collectors, warn=log.warning)
         if not cfg.collectors:
             log.warning("no collector configured: metering only (SIGUSR1 logs the SA table)")
         return runtime(cfg)
