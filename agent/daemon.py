@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.config import load_config
+from agent.decode import ESP
 from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.meter import Meter
@@ -23,6 +24,7 @@ from agent.report import sa_json
 from agent.sdnotify import SdNotify, watchdog_interval
 from agent.settings import Runtime, runtime
 from agent.signals import Signals
+from agent.status import Totals, capture_status, stats_line
 from exporter import Exporter
 from exporter.records import MeteringStats
 
@@ -55,6 +57,9 @@ class Agent:
         self.meter = Meter(self.rt.meter, self.outputs, local_addrs=self.capture.local_addresses())
         self.outputs.configure(self._outputs(self.rt))
         self.last_drops = 0
+        self.totals = Totals()  # at the last statistics line
+        self.next_stats = self.clock() + self.rt.export.stats_interval_s
+        self.status = ""  # the STATUS= last sent
 
     # -- configuration -------------------------------------------------------------------------
     def _load(self) -> Runtime:
@@ -79,12 +84,12 @@ class Agent:
             new = self._load()
         except Exception as e:  # a bad new config keeps the running one
             log.error("reload failed, keeping the running configuration: %s", e)
-            self.notify.ready()
+            self.notify.ready(self.status)
             return
         old, self.rt = self.rt, new
         self._apply(old, new)
         log.info("configuration reloaded")
-        self.notify.ready()
+        self.notify.ready(self.status)
 
     def _apply(self, old: Runtime, new: Runtime) -> None:
         """Each part of `Runtime` to the component that owns it: rebuilt or reconfigured if it changed."""
@@ -103,7 +108,8 @@ class Agent:
         self.signals.install()
         if self.rt.user:
             drop_privileges(self.rt.user)
-        self.notify.ready()
+        self.status = capture_status(self.capture.states())
+        self.notify.ready(self.status)
         log.info("espmeter running: %d interface(s), %d collector(s)",
                  len(self.rt.interfaces), len(self.rt.export.collectors))
         watchdog = watchdog_interval()
@@ -154,21 +160,31 @@ class Agent:
         meter.tick(now)
         self.outputs.export_stats(self._stats())
         self.outputs.tick()
+        status = capture_status(self.capture.states())
+        if status != self.status:
+            self.notify.status(status)
+            self.status = status
+        if now >= self.next_stats:
+            self._log_stats(now)
         flush_suppressed()
+
+    def _log_stats(self, now: float) -> None:
+        """The `stats_interval_s` line: this interval's frames, ESP, drops and records, the SAs, the captures."""
+        interval = self.rt.export.stats_interval_s
+        counters = self.outputs.counters.values()
+        totals = Totals(self.meter.frames, self.meter.classes[ESP], self.meter.capture_drops,
+                        sum(c.records for c in counters), sum(c.not_sent_records for c in counters))
+        log.info("%s", stats_line(self.totals, totals, interval, len(self.meter.table.sas), self.capture.states()))
+        self.totals = totals
+        self.next_stats = max(self.next_stats + interval, now)
 
     def _stats(self) -> MeteringStats:
         return self.meter.stats(self.rt.export.observation_domain)
 
     def _links(self) -> None:
         up, gone, addr_changed = self.links.events()
-        for name in gone:
-            if name in self.capture.interfaces:
-                log.warning("interface %s went away; capture resumes when it returns", name)
-                self.capture.close_interface(name)
-        for name in up:
-            ic = self.capture.interfaces.get(name)
-            if ic is not None and not ic.handles:
-                self.capture.open_missing()
+        for name in up | gone:
+            self.capture.link_changed(name)
         if addr_changed:
             self.meter.local_addrs = self.capture.local_addresses()
 

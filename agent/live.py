@@ -4,6 +4,10 @@ A direction of `both` opens one handle per direction, so every packet is known a
 (ingressInterface) or sent (egressInterface). Handles are non-blocking and selected on getfd():
 with the libpcap in the pcapy-ng wheel a blocking next_batch() never returns on an idle link.
 pyroute2 link events reopen a capture as soon as its link is back; a slow retry covers the rest.
+
+Each interface has a capture state (`CAPTURING`, `MISSING`, `DOWN`, `NO_PERMISSION`, `FAILED`), logged
+once when it changes and shown in sd_notify STATUS= and the statistics line: libpcap's activate()
+result says why a capture cannot start (pcapy-ng returns it instead of raising).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pcapy
 from pyroute2 import IPRoute, IPRSocket
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
 from agent.capture import BATCH, Batch, CaptureSettings, build_filter
@@ -26,6 +31,11 @@ log = logging.getLogger("espmeter.capture")
 _DIRECTIONS = {"in": [("in", pcapy.PCAP_D_IN)], "out": [("out", pcapy.PCAP_D_OUT)],
                "both": [("in", pcapy.PCAP_D_IN), ("out", pcapy.PCAP_D_OUT)]}
 MAX_BATCHES_PER_WAKEUP = 64  # keep timers and other interfaces served under a flood
+IFF_UP = 0x1
+
+CAPTURING, MISSING, DOWN, NO_PERMISSION, FAILED = "capturing", "missing", "down", "no-permission", "failed"
+# pcap_activate() results (pcap/pcap.h) that name a state; other negative results are FAILED
+_ACTIVATE_STATES = {-5: MISSING, -8: NO_PERMISSION, -9: DOWN}  # NO_SUCH_DEVICE, PERM_DENIED, IFACE_NOT_UP
 
 
 @dataclass(slots=True)
@@ -45,6 +55,8 @@ class InterfaceCapture:
     direction: str  # in / out / both
     handles: list[Handle] = field(default_factory=list)
     errors: int = 0
+    state: str = ""  # one of CAPTURING, MISSING, DOWN, NO_PERMISSION, FAILED ("" before the first try)
+    detail: str = ""  # FAILED: libpcap's message
 
 
 class LiveCapture:
@@ -65,12 +77,15 @@ class LiveCapture:
                 self._open(ic)
 
     def _open(self, ic: InterfaceCapture) -> None:
-        found = self.ipr.link_lookup(ifname=ic.name)
-        if not found:
-            return
-        ifindex = found[0]
+        link = self._link(ic.name)
+        if link is None:
+            return self._set(ic, MISSING)
+        ifindex, up = link
+        if not up:
+            return self._set(ic, DOWN)
         s = self.settings
-        handles = []
+        handles: list[Handle] = []
+        state, detail = CAPTURING, f"ifindex {ifindex}, direction {ic.direction}"
         try:
             for label, pcap_dir in _DIRECTIONS[ic.direction]:
                 p = pcapy.create(ic.name)
@@ -78,21 +93,69 @@ class LiveCapture:
                 p.set_buffer_size(s.buffer_size_mb << 20)
                 p.set_promisc(0)
                 p.set_timeout(100)
-                p.activate()
+                code = p.activate()
+                if code < 0:
+                    p.close()
+                    state = _ACTIVATE_STATES.get(code, FAILED)
+                    detail = f"pcap_activate error {code}" if state == FAILED else ""
+                    break
                 p.setdirection(pcap_dir)
                 p.setfilter(build_filter(s.user_filter, p.datalink()))
                 p.setnonblock(1)
                 handles.append(Handle(ic.name, ifindex, label, p, p.datalink(), p.getfd()))
         except pcapy.PcapError as e:
+            state, detail = FAILED, str(e)
+        if state != CAPTURING:
             ic.errors += 1
-            log.warning("cannot capture on %s: %s (will retry)", ic.name, e)
             for h in handles:
                 h.pcap.close()
-            return
+            return self._set(ic, state, detail)
         ic.handles = handles
         for h in handles:
             self.by_fd[h.fd] = h
-        log.info("capturing on %s (ifindex %d, direction %s)", ic.name, ifindex, ic.direction)
+        self._set(ic, state, detail)
+
+    def _link(self, name: str) -> tuple[int, bool] | None:
+        """(ifindex, administratively up) of NAME, or None when there is no such link."""
+        try:
+            msg = self.ipr.link("get", ifname=name)[0]
+        except NetlinkError:
+            return None
+        return msg["index"], bool(msg["flags"] & IFF_UP)
+
+    def _set(self, ic: InterfaceCapture, state: str, detail: str = "") -> None:
+        """Log the interface's state once, and again when it changes."""
+        if (state, detail) == (ic.state, ic.detail):
+            return
+        ic.state, ic.detail = state, detail
+        if state == CAPTURING:
+            log.info("capturing on %s (%s)", ic.name, detail)
+        elif state == MISSING:
+            log.warning("interface %s does not exist (waiting for it)", ic.name)
+        elif state == DOWN:
+            log.warning("%s is down (waiting for it to come up)", ic.name)
+        elif state == NO_PERMISSION:
+            log.warning("cannot capture on %s: permission denied: needs CAP_NET_RAW", ic.name)
+        else:
+            log.warning("cannot capture on %s: %s (will retry)", ic.name, detail)
+
+    def link_changed(self, name: str) -> None:
+        """A netlink event for NAME: close a capture whose link went down or away, open one that came back."""
+        ic = self.interfaces.get(name)
+        if ic is None:
+            return
+        if ic.handles:
+            link = self._link(name)
+            if link is not None and link[1]:
+                return
+            self.close_interface(name)
+            self._set(ic, MISSING if link is None else DOWN)
+        else:
+            self._open(ic)
+
+    def states(self) -> dict[str, str]:
+        """Capture state per configured interface."""
+        return {name: ic.state for name, ic in self.interfaces.items()}
 
     def close_interface(self, name: str) -> None:
         ic = self.interfaces.get(name)
@@ -123,10 +186,13 @@ class LiveCapture:
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             try:
                 buf, meta = h.pcap.next_batch(BATCH)
-            except pcapy.PcapError as e:
-                self.interfaces[h.ifname].errors += 1
-                log.warning("capture on %s failed: %s (will reopen)", h.ifname, e)
+            except pcapy.PcapError as e:  # e.g. "The interface went down": reopening says why
+                ic = self.interfaces[h.ifname]
+                ic.errors += 1
                 self.close_interface(h.ifname)
+                self._open(ic)
+                if ic.state == CAPTURING:
+                    log.warning("capture on %s failed: %s (reopened)", h.ifname, e)
                 break
             if not meta:
                 break

@@ -96,12 +96,14 @@ def veth_pair(link: bool = True) -> Iterator[VethPair]:
 class AgentProcess:
     """`espmeter run` in a namespace; its stderr log goes to a file the test can read."""
 
-    def __init__(self, ns: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, ns: str, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 wrapper: tuple[str, ...] = ()) -> None:
+        """`wrapper`: a command the agent runs under, e.g. setpriv to take a capability away."""
         self.log = log
         self.handle = log.open("w")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.cli", "run", *args],
+            ["ip", "netns", "exec", ns, *wrapper, sys.executable, "-m", "agent.cli", "run", *args],
             stdout=self.handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
     def wait_for(self, text: str, timeout: float = 20.0) -> None:
