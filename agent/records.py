@@ -132,7 +132,8 @@ class Producer:
             return
         if self.finalize is not None and peer.active:
             self.finalize(peer, now)
-        if end_reason == END_ACTIVE and _quiet(sa) and _quiet(peer):
+        if _quiet(sa) and _quiet(peer) and (end_reason == END_ACTIVE or sa.interval_start == now):
+            # nothing new; or the partner's end just took this SA's delta too (both end at shutdown)
             sa.interval_start = peer.interval_start = now
             return
         a, b = (peer, sa) if peer < sa else (sa, peer)

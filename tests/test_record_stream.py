@@ -97,3 +97,14 @@ def test_records_are_right_in_time(name: str, tmp_path: Path) -> None:
                 assert r.end_reason == END_IDLE and following.start_ms - r.end_ms >= IDLE * 1000 - 1, (key, i)
         assert at == len(frames), key
         assert recs[-1].end_reason != END_ACTIVE, key
+
+
+def test_biflow_end_sends_one_record_per_tunnel(tmp_path: Path) -> None:
+    """At the end of the capture both SAs of a tunnel end at once: one biflow record, not a second empty one."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["no_loss"]().write(cap)
+    settings = MeterSettings(biflow=True)  # default timeouts: every tunnel's only record is its end
+    sink = Sink()
+    meter_file(cap, settings, sink, progress=False)
+    biflows = [r for r in sink.records if isinstance(r, BiflowRecord)]
+    assert len(biflows) == 3 and all(r.forward.packets and r.reverse.packets for r in biflows)
