@@ -1,4 +1,4 @@
-"""espmeter exporter: IPFIX messages (python-ipfix), templates, transports, collector dictionaries.
+"""espmeter exporter: IPFIX messages (compiled per-template encoders), templates, transports, dictionaries.
 
 Public API used by the agent: `ExportSettings`, `Exporter` (an `agent.outputs.Output`: export,
 export_stats, export_loss_events, tick, reload, close, counters), `exporter.collect` (a small collector) and

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from .encoding import RecordEncoder, encode_all
+from .encoding import RecordEncoder
 from .infomodel import InfoModel
 from .records import BiflowRecord, LossEvent, MeteringStats, SARecord
 from .session import Session
@@ -66,7 +66,7 @@ class Exporter:
         return "; ".join(parts) or None
 
     def export(self, records: Sequence[SARecord | BiflowRecord]) -> None:
-        encoded = encode_all(self.encoder, records)
+        encoded = self.encoder.encode(records)
         for session in self._sessions:
             session.send(encoded)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
@@ -17,15 +16,8 @@ from ipfix import template as ipfix_template
 
 import templates
 
+from .codec import TemplateCodec
 from .infomodel import InfoModel
-
-_EPOCH = datetime(1970, 1, 1)
-_UINT_MAX = {"unsigned8": 0xFF, "unsigned16": 0xFFFF, "unsigned32": 0xFFFFFFFF, "unsigned64": 2**64 - 1}
-
-
-def naive_utc(ms: int) -> datetime:
-    """python-ipfix wants naive UTC datetimes; timedelta keeps the milliseconds exact."""
-    return _EPOCH + timedelta(milliseconds=int(ms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +37,7 @@ class Layout:
     fields: tuple[Field, ...]
     scope: int
     model: InfoModel
-    _variants: dict[int, ipfix_template.Template] = field(default_factory=dict)
+    _variants: dict[int, Variant] = field(default_factory=dict)
 
     def mask(self, present: Iterable[str]) -> int:
         m = 0
@@ -57,36 +49,35 @@ class Layout:
     def fields_for(self, mask: int) -> list[Field]:
         return [f for f in self.fields if f.group is None or mask & (1 << self.groups.index(f.group))]
 
-    def template(self, mask: int) -> ipfix_template.Template:
-        """The template of one variant; built once and cached (templates are immutable on the wire)."""
-        tmpl = self._variants.get(mask)
-        if tmpl is None:
-            fields = self.fields_for(mask)
+    def variant(self, mask: int) -> Variant:
+        """The template variant of `mask`; built once and cached (templates are immutable on the wire)."""
+        var = self._variants.get(mask)
+        if var is None:
+            fields = tuple(self.fields_for(mask))
             tmpl = ipfix_template.Template(self.template_base + mask)
             for f in fields:
                 tmpl.append(self.model.element(f.ie))
             tmpl.scopecount = self.scope  # python-ipfix has no options-template API
             tmpl.finalize()
-            self._variants[mask] = tmpl
-        return tmpl
+            var = Variant(fields, TemplateCodec(tmpl))
+            self._variants[mask] = var
+        return var
 
-    def encode(self, values: Mapping[str, Any], present: Iterable[str]) -> tuple[ipfix_template.Template, tuple]:
-        """Pick the variant for the present groups and order the values as its template."""
-        mask = self.mask(present)
-        tmpl = self.template(mask)
-        return tmpl, tuple(_convert(e.type.name, values.get(f.key)) for f, e in
-                           zip(self.fields_for(mask), tmpl.ies, strict=True))
+    def variants(self) -> list[Variant]:
+        """Every variant, in template ID order."""
+        return [self.variant(m) for m in range(1 << len(self.groups))]
 
 
-def _convert(type_name: str, value: Any) -> Any:
-    """Adapt a record value to what python-ipfix encodes; saturate integers instead of failing."""
-    if type_name.startswith("dateTime"):
-        return naive_utc(value or 0)
-    if type_name in _UINT_MAX:
-        return min(max(int(value or 0), 0), _UINT_MAX[type_name])
-    if type_name == "string":
-        return value or ""
-    return value
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A layout restricted to some optional groups: its fields and their template codec."""
+
+    fields: tuple[Field, ...]
+    codec: TemplateCodec
+
+    def pack_mapping(self, values: Mapping[str, Any]) -> bytes:
+        """Encode a record given as a mapping of value keys (missing keys are None)."""
+        return self.codec.pack([values.get(f.key) for f in self.fields])
 
 
 def load_layouts(model: InfoModel, text: str | None = None) -> dict[str, Layout]:
@@ -106,6 +97,7 @@ def load_layouts(model: InfoModel, text: str | None = None) -> dict[str, Layout]
         if base < 256 or base + (1 << len(groups)) - 1 > 65535:
             raise ValueError(f"records.yaml {name}: template IDs out of 256..65535")
         out[name] = Layout(name, base, groups, tuple(fields), int(spec.get("scope", 0)), model)
+        out[name].variant((1 << len(groups)) - 1)  # every field: fail early on a type the codec lacks
     _check_disjoint(out.values())
     return out
 

@@ -1,26 +1,27 @@
-"""IPFIX message building on python-ipfix's MessageBuffer, with its known problems worked around.
+"""IPFIX message framing (RFC 7011 3): header, template sets and data sets, never above the MTU.
 
-Worked around here (python-ipfix 0.9.7 is not forked): sequence numbers are kept by us per session
-and observation domain and wrapped modulo 2^32 (python-ipfix neither wraps nor keeps them per domain
-correctly in `begin_export`); the MTU check counts the template record header and the set header
-that python-ipfix forgets; a data set left empty by a record that did not fit is rolled back; the
-export time comes from the injectable clock. Withdrawals are never built (`delete_template` raises
-in python-ipfix, and withdrawals are forbidden over UDP anyway).
+Records arrive encoded (data and template records from `TemplateCodec`), so a message is a
+list of byte strings joined once. Sequence numbers are kept per session and observation domain and
+wrap modulo 2^32; the export time comes from the injectable clock. The layout is the one python-ipfix's
+MessageBuffer writes (consecutive records of one template share a set), with its MTU check corrected
+(it forgot the template record and set headers). Withdrawals are never built (forbidden over UDP).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Container
 
-from ipfix import message as ipfix_message
-from ipfix import template as ipfix_template
-
-from .encoding import EncodedRecord
+from .codec import TemplateCodec
+from .encoding import EncodedRecords
 
 HEADER_LEN = 16
 SET_HEADER_LEN = 4
 SEQ_MODULO = 2**32
 MIN_MTU = 512  # the smallest `mtu:` the configuration accepts (templates and options records fit)
+IPFIX_VERSION = 10
+_HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, observation domain
+_SET_HEADER = struct.Struct("!HH")  # set ID, length
 
 
 class ExportMessage(bytes):
@@ -61,84 +62,104 @@ class MessageBuilder:
         self.odid = odid
         self.mtu = mtu
         self.sequence = 0  # data records before the current message, modulo 2^32
-        self._buf = ipfix_message.MessageBuffer()
-        self._buf.mtu = mtu
-        self._open = False
-        self._reset_content()
-
-    def _reset_content(self) -> None:
+        self._parts: list[bytes] = []  # [header, set header, records..., set header, ...]
+        self._length = 0
+        self._set_id = 0  # set being written (0: none)
+        self._set_at = 0  # its header's index in _parts
+        self._set_start = 0  # its offset in the message
         self._records = self._packets = self._octets = 0
         self._tids: set[int] = set()
 
     @property
     def empty(self) -> bool:
-        return not self._open or self._buf.length <= HEADER_LEN
+        return self._length <= HEADER_LEN
 
     @property
     def length(self) -> int:
-        return self._buf.length if self._open else 0
+        return self._length
 
-    def begin(self) -> None:
-        buf = self._buf
-        buf.odid = self.odid  # before begin_export: it reads the sequence of the *previous* domain
-        buf.sequences[(self.odid, 0)] = self.sequence
-        buf.begin_export(self.odid)
-        self._open = True
-        self._reset_content()
+    def _close_set(self) -> None:
+        if self._set_id:
+            self._parts[self._set_at] = _SET_HEADER.pack(self._set_id, self._length - self._set_start)
+            self._set_id = 0
 
-    def _ensure_open(self) -> None:
-        if not self._open:
-            self.begin()
+    def _open_set(self, set_id: int) -> None:
+        self._close_set()
+        if not self._length:
+            self._parts.append(b"")  # the header, written by finish()
+            self._length = HEADER_LEN
+        self._set_id, self._set_at, self._set_start = set_id, len(self._parts), self._length
+        self._parts.append(b"")
+        self._length += SET_HEADER_LEN
 
-    def add_template(self, tmpl: ipfix_template.Template) -> bool:
+    def add_template(self, codec: TemplateCodec) -> bool:
         """Add a (options) template record; False if it does not fit in this message."""
-        self._ensure_open()
-        buf = self._buf
-        setid = tmpl.native_setid()
-        need = tmpl.enclength + (6 if setid == ipfix_template.OPTIONS_SET_ID else 4)
-        if buf.cursetid != setid:
-            need += SET_HEADER_LEN
-        if buf.length + need > self.mtu:
+        record = codec.template_record
+        need = len(record) + (0 if self._set_id == codec.setid else SET_HEADER_LEN) + (self._length or HEADER_LEN)
+        if need > self.mtu:
             return False
-        buf.add_template(tmpl, export=False)
-        buf.export_template(tmpl.tid)
-        self._tids.add(tmpl.tid)
+        if self._set_id != codec.setid:
+            self._open_set(codec.setid)
+        self._parts.append(record)
+        self._length += len(record)
+        self._tids.add(codec.tid)
         return True
 
-    def add_record(self, rec: EncodedRecord) -> bool:
-        """Add a data record (its template must be known to the collector); False if it does not fit."""
-        self._ensure_open()
-        buf = self._buf
-        tid = rec.template.tid
-        if (self.odid, tid) not in buf.templates:
-            buf.add_template(rec.template, export=False)
-        new_set = buf.cursetid != tid
-        if new_set:
-            if buf.length + SET_HEADER_LEN + rec.template.minlength > self.mtu:
-                return False
-            buf.export_new_set(tid)
-        try:
-            buf.export_tuple(rec.values)
-        except ipfix_message.EndOfMessage:
-            if new_set:  # drop the set header again rather than send an empty set
-                buf.length = buf.cursetoff
-                buf.cursetid = None
-                buf.curtmpl = None
+    def add_record(self, codec: TemplateCodec, data: bytes, packets: int = 0, octets: int = 0) -> bool:
+        """Add a data record (its template must be known to the collector); False if it does not fit.
+        `packets` and `octets` are what the record counts, for notSent* if the message is lost."""
+        tid = codec.tid
+        need = len(data) + (0 if self._set_id == tid else SET_HEADER_LEN) + (self._length or HEADER_LEN)
+        if need > self.mtu:
+            if self._set_id != tid and self._length + SET_HEADER_LEN + codec.minlength <= self.mtu:
+                self._close_set()  # python-ipfix's MessageBuffer did so; the stream stays the same
             return False
+        if self._set_id != tid:
+            self._open_set(tid)
+        self._parts.append(data)
+        self._length += len(data)
         self._records += 1
-        self._packets += rec.packets
-        self._octets += rec.octets
+        self._packets += packets
+        self._octets += octets
         return True
+
+    def add_records(self, records: EncodedRecords, start: int, announced: Container[int]) -> int:
+        """Add records from index `start` on while their templates are announced and they fit; returns the
+        index of the first record not added. A run of one template costs no call per record."""
+        codecs, datas, parts, mtu = records.codecs, records.data, self._parts, self.mtu
+        i, n = start, len(datas)
+        while i < n:
+            codec = codecs[i]
+            if codec.tid not in announced or not self.add_record(codec, datas[i], records.packets[i],
+                                                                 records.octets[i]):
+                return i
+            i += 1
+            j, length = i, self._length
+            while j < n and codecs[j] is codec and length + len(datas[j]) <= mtu:
+                parts.append(datas[j])
+                length += len(datas[j])
+                j += 1
+            self._length = length
+            self._records += j - i
+            self._packets += sum(records.packets[i:j])
+            self._octets += sum(records.octets[i:j])
+            i = j
+        return i
 
     def finish(self, export_time: int) -> ExportMessage:
         """Close the message; the sequence number of the next message is advanced modulo 2^32."""
-        buf = self._buf
-        buf.export_epoch = int(export_time) & 0xFFFFFFFF
-        buf.auto_export_time = False
-        data = buf.to_bytes()
-        assert len(data) <= self.mtu, (len(data), self.mtu)
+        self._close_set()
+        if not self._length:
+            self._parts.append(b"")
+            self._length = HEADER_LEN
+        self._parts[0] = _HEADER.pack(IPFIX_VERSION, self._length, int(export_time) & 0xFFFFFFFF, self.sequence,
+                                      self.odid)
+        data = b"".join(self._parts)
+        assert len(data) == self._length <= self.mtu, (len(data), self._length, self.mtu)
         self.sequence = (self.sequence + self._records) % SEQ_MODULO
         msg = make_message(data, self._records, self._packets, self._octets, frozenset(self._tids))
-        self._open = False
-        self._reset_content()
+        self._parts = []
+        self._length = 0
+        self._records = self._packets = self._octets = 0
+        self._tids = set()
         return msg

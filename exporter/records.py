@@ -21,6 +21,10 @@ END_RESOURCES = 0x05
 ENCAP_ESP = 0
 ENCAP_UDP = 1
 
+# protocolIdentifier of an SA's packets
+PROTO_ESP = 50
+PROTO_UDP = 17
+
 # flowDirection values (IE 61)
 DIRECTION_INGRESS = 0
 DIRECTION_EGRESS = 1
@@ -64,6 +68,10 @@ class SARecord:
     def ip_version(self) -> int:
         return self.src.version
 
+    @property
+    def protocol(self) -> int:
+        return PROTO_UDP if self.encap == ENCAP_UDP else PROTO_ESP
+
 
 @dataclass(slots=True)
 class BiflowRecord:
@@ -71,6 +79,31 @@ class BiflowRecord:
 
     forward: SARecord
     reverse: SARecord
+
+    # the tunnel-level values of the biflow record
+    @property
+    def start_ms(self) -> int:
+        return min(self.forward.start_ms, self.reverse.start_ms)
+
+    @property
+    def end_ms(self) -> int:
+        return max(self.forward.end_ms, self.reverse.end_ms)
+
+    @property
+    def protocol(self) -> int:
+        return self.forward.protocol
+
+    @property
+    def end_reason(self) -> int:
+        return self.forward.end_reason
+
+    @property
+    def tunnel_id(self) -> int | None:
+        return self.forward.tunnel_id if self.forward.tunnel_id is not None else self.reverse.tunnel_id
+
+    @property
+    def tunnel_name(self) -> str | None:
+        return self.forward.tunnel_name or self.reverse.tunnel_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,4 +146,6 @@ class MeteringStats:
     first_ignored_ms: int | None = None
     last_ignored_ms: int | None = None
     sa_evictions: int = 0
+    unconfirmed_sas: int = 0  # SAs evicted while unconfirmed (SPI flood), never exported one by one
+    unconfirmed_datagrams: int = 0  # the datagrams those SAs had
     classes: dict[str, int] = field(default_factory=dict)

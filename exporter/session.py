@@ -9,13 +9,12 @@ transport asks for them on each new connection. Template withdrawals are never s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-
-from ipfix import template as ipfix_template
+from collections.abc import Callable
 
 from agent.logsetup import limited
 
-from .encoding import EncodedRecord, RecordEncoder
+from .codec import TemplateCodec
+from .encoding import EncodedRecords, RecordEncoder
 from .message import ExportMessage, MessageBuilder, restamp
 from .records import MeteringStats
 from .transport import Transport
@@ -36,8 +35,8 @@ class Session:
         self._refresh_messages = max(1, refresh_messages)
         self._clock = clock
         self._process_id = process_id
-        self._options = encoder.options_templates()
-        self._active: dict[int, ipfix_template.Template] = {t.tid: t for t in self._options}
+        # templates with enterprise IEs become active when first used, after the RFC 5610 records
+        self._active: dict[int, TemplateCodec] = {c.tid: c for c in encoder.options_codecs() if not c.enterprise}
         self._announced: set[int] = set()
         self._since_refresh = 0
         self._last_refresh = clock()
@@ -50,7 +49,7 @@ class Session:
     def greeting(self, sequence: int | None) -> list[bytes]:
         """Template messages for a new TCP connection or file (all active templates, no data)."""
         self._announced.clear()
-        messages = self._template_messages()
+        messages = self._template_messages(enterprise=False) + self._template_messages(enterprise=True)
         if sequence is not None:
             messages = [restamp(m, int(self._clock()), sequence) for m in messages]
         self._announced.update(self._active)
@@ -62,14 +61,18 @@ class Session:
 
     # --- building ------------------------------------------------------------------------------------
 
-    def _template_messages(self) -> list[ExportMessage]:
+    def _template_messages(self, enterprise: bool) -> list[ExportMessage]:
+        """The active templates that do (not) use enterprise IEs. Collectors such as libfixbuf resolve a
+        template's IEs when they read it, so those go out after the RFC 5610 records."""
         out = []
         b = self._builder
-        for tmpl in self._active.values():
-            if not b.add_template(tmpl):
+        for codec in self._active.values():
+            if codec.enterprise != enterprise:
+                continue
+            if not b.add_template(codec):
                 out.append(b.finish(int(self._clock())))
-                if not b.add_template(tmpl):
-                    raise ValueError(f"template {tmpl.tid} does not fit in MTU {b.mtu}")
+                if not b.add_template(codec):
+                    raise ValueError(f"template {codec.tid} does not fit in MTU {b.mtu}")
         if not b.empty:
             out.append(b.finish(int(self._clock())))
         return out
@@ -90,32 +93,35 @@ class Session:
             self._seen_connects = self.counters.connects
             self._write(self._encoder.type_records())
 
-    def _put(self, rec: EncodedRecord) -> bool:
+    def _put(self, codec: TemplateCodec, data: bytes, packets: int, octets: int) -> bool:
         """Add a record to the current message, preceded by its template if the collector lacks it."""
         b = self._builder
-        tid = rec.template.tid
-        if tid not in self._announced:
-            if not b.add_template(rec.template):
+        if codec.tid not in self._announced:
+            if not b.add_template(codec):
                 return False
-            self._active[tid] = rec.template
-            self._announced.add(tid)
-        return b.add_record(rec)
+            self._active[codec.tid] = codec
+            self._announced.add(codec.tid)
+        return b.add_record(codec, data, packets, octets)
 
-    def _write(self, records: Sequence[EncodedRecord]) -> None:
-        for rec in records:
-            if self._put(rec):
-                continue
-            self._flush()
-            if not self._put(rec):
-                self._drop_oversize(rec)
+    def _write(self, records: EncodedRecords) -> None:
+        i, n = 0, len(records)
+        while (i := self._builder.add_records(records, i, self._announced)) < n:
+            rec = records[i]  # its template is not announced yet, or it does not fit in this message
+            if not self._put(*rec):
+                self._flush()
+                if not self._put(*rec):
+                    self._flush()  # its template fitted, the record only without it: the template went alone
+                    if not self._put(*rec):
+                        self._drop_oversize(*rec)
+            i += 1
         self._flush()
 
-    def _drop_oversize(self, rec: EncodedRecord) -> None:
+    def _drop_oversize(self, codec: TemplateCodec, _data: bytes, packets: int, octets: int) -> None:
         self.counters.not_sent_records += 1
-        self.counters.not_sent_packets += rec.packets
-        self.counters.not_sent_octets += rec.octets
-        log.error("IPFIX record for template %d does not fit in MTU %d; dropped", rec.template.tid,
-                  self._builder.mtu, extra=limited(f"IPFIX template {rec.template.tid} over MTU"))
+        self.counters.not_sent_packets += packets
+        self.counters.not_sent_octets += octets
+        log.error("IPFIX record for template %d does not fit in MTU %d; dropped", codec.tid, self._builder.mtu,
+                  extra=limited(f"IPFIX template {codec.tid} over MTU"))
 
     # --- public --------------------------------------------------------------------------------------
 
@@ -129,12 +135,15 @@ class Session:
 
     def refresh(self) -> None:
         """Resend all active templates and the RFC 5610 records (UDP refresh, or on reload)."""
-        for message in self._template_messages():
-            self._emit(message)
-        self._announced.update(self._active)
         self._since_refresh = 0
         self._last_refresh = self._clock()
+        for message in self._template_messages(enterprise=False):
+            self._emit(message)
+        self._announced.update(c.tid for c in self._active.values() if not c.enterprise)
         self._write(self._encoder.type_records())
+        for message in self._template_messages(enterprise=True):
+            self._emit(message)
+        self._announced.update(self._active)
         self._since_refresh = 0
 
     def _maybe_refresh(self) -> None:
@@ -144,17 +153,17 @@ class Session:
                 or self._clock() - self._last_refresh >= self._refresh_s):
             self.refresh()
 
-    def send(self, records: Sequence[EncodedRecord]) -> None:
+    def send(self, records: EncodedRecords) -> None:
         self._maybe_refresh()
         self._write(records)
 
     def send_stats(self, stats: MeteringStats) -> None:
         c = self.counters
-        self.send([
+        self.send(EncodedRecords.of([
             self._encoder.metering_stats(stats, c.messages, c.records, c.octets),
             self._encoder.exporting_stats(self._process_id, c.not_sent_records, c.not_sent_packets,
                                           c.not_sent_octets),
-        ])
+        ]))
 
     def tick(self) -> None:
         self.transport.tick()

@@ -95,7 +95,7 @@ def test_nfcapd_biflow_in_and_out(tmp_path):
 def test_nfcapd_sequence_failures_from_options_records(tmp_path):
     """nfcapd counts only the flow records it decodes; our options records cause false failures."""
     with nfcapd(tmp_path) as col:
-        exp = Exporter(ExportSettings(collectors=[col.url]))  # start: templates + 14 RFC 5610 records
+        exp = Exporter(ExportSettings(collectors=[col.url]))  # start: templates + 16 RFC 5610 records
         exp.export([make_sa(i) for i in range(10)])
         exp.export_stats(_stats())  # 2 options records
         exp.export([make_sa(100 + i) for i in range(10)])

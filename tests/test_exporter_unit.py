@@ -10,7 +10,7 @@ import pytest
 from exporter import Exporter, ExportSettings, MeteringStats
 from exporter.collect import Decoder, decode_messages, iter_messages
 from exporter.dictionaries import FORMATS, render
-from exporter.encoding import EncodedRecord
+from exporter.encoding import RecordEncoder
 from exporter.infomodel import InfoModel, check_pen
 from exporter.layouts import load_layouts
 from exporter.message import MessageBuilder
@@ -54,7 +54,8 @@ def test_enterprise_ids_are_the_contract():
         7: ("espIncompleteDatagramDeltaCount", "unsigned64"), 8: ("espFirstSequenceNumber", "unsigned64"),
         9: ("espLastSequenceNumber", "unsigned64"), 10: ("espMaxReorderExtent", "unsigned32"),
         11: ("espPeerSPI", "unsigned32"), 12: ("espEncapsulation", "unsigned8"), 13: ("espTunnelName", "string"),
-        14: ("espTunnelId", "unsigned64"),
+        14: ("espTunnelId", "unsigned64"), 22: ("espUnconfirmedSATotalCount", "unsigned64"),
+        23: ("espUnconfirmedDatagramTotalCount", "unsigned64"),
     }
     assert {d.id: (d.name, d.type_name) for d in model.enterprise()} == expected
     assert all(d.id == f.id | 0x4000 and d.pen == f.pen
@@ -62,16 +63,14 @@ def test_enterprise_ids_are_the_contract():
 
 
 def test_sequence_wraps_modulo_2_32():
-    model = InfoModel.load()
-    lay = load_layouts(model)["exporting_stats"]
-    tmpl, vals = lay.encode({}, ())
+    codec, data = RecordEncoder(InfoModel.load(), 7, biflow=False).exporting_stats(1, 0, 0, 0)
     b = MessageBuilder(odid=7, mtu=1400)
     b.sequence = 2**32 - 2
     for _ in range(5):
-        assert b.add_record(EncodedRecord(tmpl, vals))
+        assert b.add_record(codec, data)
     m1 = b.finish(0)
     for _ in range(3):
-        assert b.add_record(EncodedRecord(tmpl, vals))
+        assert b.add_record(codec, data)
     m2 = b.finish(0)
     assert struct.unpack_from("!I", m1, 8)[0] == 2**32 - 2
     assert struct.unpack_from("!I", m2, 8)[0] == 3
@@ -144,23 +143,25 @@ def test_biflow_record(tmp_path):
     assert rec["reverseOctetDeltaCount"] == 90000 and rec["reverseEspLostPacketDeltaCount"] == 9
     assert not any(k.startswith(("reverseFlow", "reverseFlowEnd")) for k in rec)
     names = {r["informationElementName"] for r in recs if "informationElementName" in r}
-    assert "reverseEspLostPacketDeltaCount" in names and len(names) == 14 + 10
+    assert "reverseEspLostPacketDeltaCount" in names and len(names) == 16 + 10
 
 
 def test_options_records(tmp_path):
     exp, path = export_to_file(tmp_path, [make_sa(1)])
     exp.export_stats(MeteringStats(observation_domain=1, frames=100, ignored_frames=4, ignored_octets=400,
-                                   capture_drops=3, first_ignored_ms=1795651000000, last_ignored_ms=1795651001000))
+                                   capture_drops=3, first_ignored_ms=1795651000000, last_ignored_ms=1795651001000,
+                                   unconfirmed_sas=7, unconfirmed_datagrams=11))
     exp.close()
     recs = decode_messages(path.read_bytes())
     (met,) = [r for r in recs if "ignoredPacketTotalCount" in r]
     counts = (met["ignoredPacketTotalCount"], met["ignoredOctetTotalCount"], met["droppedPacketTotalCount"])
     assert counts == (4, 400, 3)
+    assert (met["espUnconfirmedSATotalCount"], met["espUnconfirmedDatagramTotalCount"]) == (7, 11)
     assert met["observationTimeMilliseconds"] < met["observationTimeMilliseconds#2"]
     (rel,) = [r for r in recs if "notSentFlowTotalCount" in r]
     assert rel["notSentFlowTotalCount"] == 0
     types = [r for r in recs if "informationElementName" in r]
-    assert len(types) == 14 and all(len(r) == 4 + 9 for r in types)
+    assert len(types) == 16 and all(len(r) == 4 + 9 for r in types)
 
 
 def test_unwritable_file_does_not_stop_other_collectors(tmp_path, caplog):
@@ -197,5 +198,5 @@ def test_template_ids_deterministic_and_distinct():
     seen = {}
     for mask in range(1 << len(a.groups)):
         fields = tuple(f.ie for f in a.fields_for(mask))
-        assert seen.setdefault(a.template(mask).tid, fields) == fields
+        assert seen.setdefault(a.variant(mask).codec.tid, fields) == fields
     assert min(seen) >= 256
