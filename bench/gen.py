@@ -1,16 +1,22 @@
 """Fast, seeded ESP capture generator for the benchmark (classic pcap, Ethernet, snaplen 128).
 
 Every frame is captured to exactly 128 octets (wire length 200-1400), so records have a fixed size
-and a whole chunk is one numpy array. SAs come in tunnel pairs and are interleaved round by round in
-random order; a fraction of the sequence numbers is dropped. The true loss per SA (missing numbers
-between the first and last one kept) is written next to the capture as `FILE.truth.json`.
+and a whole chunk is one numpy array. SAs come in tunnel pairs; a fraction of the sequence numbers is
+dropped. Popularity `uniform`: the SAs are interleaved round by round in random order. Popularity
+`zipf` (a concentrator): tunnel k (from 1) carries a share proportional to 1/k, so a few tunnels are
+busy and most SAs send at most one packet a second; every SA is seen from its first number, in
+order, and each number after its first is dropped with the loss probability. The truth per SA (its
+packets, and its loss: missing numbers between the first and last one kept) is written next to the
+capture as `FILE.truth.json`.
 
     python bench/gen.py OUT.pcap [--packets N] [--sas 2000] [--loss 0.005] [--encap esp|udp] [--mix 0.2]
+                                 [--popularity uniform|zipf]
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import struct
 from dataclasses import dataclass
@@ -136,9 +142,45 @@ def plan(packets: int, sas: int, loss: float, mix: float, flows: int, rng: np.ra
         is_esp[:] = False
         is_esp[rng.choice(packets, n_esp, replace=False)] = True
     flow = rng.integers(0, flows, packets - n_esp)
-    truth = {"packets": packets, "esp_packets": int(n_esp), "sas": int((counts > 0).sum()),
-             "lost_total": int(lost.sum()), "lost": lost.tolist()}
-    return Plan(is_esp, sa, seq, flow, truth)
+    return Plan(is_esp, sa, seq, flow, _truth(packets, counts, lost))
+
+
+def zipf_plan(packets: int, sas: int, loss: float, rng: np.random.Generator) -> Plan:
+    """A concentrator: both SAs of tunnel k (from 1) get a share of the packets proportional to 1/k,
+    every SA at least its first number; packets of all SAs are shuffled together, each SA's in order,
+    and before each packet but an SA's first one number is missing with probability loss/(1-loss)."""
+    if sas % 2 or packets < sas:
+        raise SystemExit("zipf popularity needs an even number of SAs and at least one packet per SA")
+    weight = np.repeat(1.0 / np.arange(1, sas // 2 + 1), 2)
+    counts = 1 + rng.multinomial(packets - sas, weight / weight.sum())
+    sa = np.repeat(np.arange(sas, dtype=np.int32), counts)
+    rng.shuffle(sa)
+    order = np.argsort(sa, kind="stable")  # frames grouped by SA, each SA's in capture order
+    grouped = sa[order]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    nth = np.arange(packets) - starts[grouped]  # 0 for an SA's first packet
+    gap = (nth > 0) & (rng.random(packets) < loss / (1.0 - loss))
+    missing = np.cumsum(gap)
+    seq = np.empty(packets, dtype=np.int64)
+    seq[order] = nth + 1 + missing - missing[starts][grouped]
+    lost = np.bincount(grouped, weights=gap, minlength=sas).astype(np.int64)
+    return Plan(np.ones(packets, dtype=bool), sa, seq, np.zeros(0, dtype=np.int64), _truth(packets, counts, lost))
+
+
+def _truth(packets: int, counts: np.ndarray, lost: np.ndarray) -> dict:
+    """Per SA index: packets captured and numbers lost (the SAs with no packet are not in the capture)."""
+    return {"packets": packets, "esp_packets": int(counts.sum()), "sas": int((counts > 0).sum()),
+            "lost_total": int(lost.sum()), "lost": lost.tolist(), "sa_packets": counts.tolist()}
+
+
+def sa_truth(truth: dict) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """(src, dst, spi) -> (packets, lost) of every SA in the capture, as `espmeter read --json` keys it."""
+    counts = np.asarray(truth["sa_packets"])
+    idx = np.flatnonzero(counts)
+    src, dst, spi = sa_addresses(idx.astype(np.int64))
+    dotted = [str(ipaddress.IPv4Address(int(a))) for a in np.concatenate((src, dst))]
+    return {(dotted[i], dotted[len(idx) + i], int(spi[i])): (int(counts[n]), int(truth["lost"][n]))
+            for i, n in enumerate(idx)}
 
 
 def write(path: Path, p: Plan, encap: str, rng: np.random.Generator) -> None:
@@ -174,15 +216,20 @@ def _chunk(p: Plan, encap: str, rng: np.random.Generator, start: int, stop: int,
 
 
 def generate(path: Path, packets: int, sas: int = 2000, loss: float = 0.005, encap: str = "esp",
-             mix: float = 1.0, flows: int = 4000, seed: int = 1) -> dict:
-    """Write `path` and `path.truth.json`; return the truth (without the per-SA list)."""
+             mix: float = 1.0, flows: int = 4000, seed: int = 1, popularity: str = "uniform") -> dict:
+    """Write `path` and `path.truth.json`; return the truth (without the per-SA lists)."""
     rng = np.random.default_rng(seed)
-    p = plan(packets, sas, loss, mix, flows, rng)
+    if popularity == "zipf":
+        if mix < 1.0:
+            raise SystemExit("zipf popularity makes an ESP-only capture (no --mix)")
+        p = zipf_plan(packets, sas, loss, rng)
+    else:
+        p = plan(packets, sas, loss, mix, flows, rng)
     path.parent.mkdir(parents=True, exist_ok=True)
     write(path, p, encap, rng)
-    truth = {**p.truth, "encap": encap, "mix": mix, "loss": loss, "seed": seed}
+    truth = {**p.truth, "encap": encap, "mix": mix, "loss": loss, "seed": seed, "popularity": popularity}
     truth_path(path).write_text(json.dumps(truth))
-    return {k: v for k, v in truth.items() if k != "lost"}
+    return {k: v for k, v in truth.items() if k not in ("lost", "sa_packets")}
 
 
 def truth_path(path: Path) -> Path:
@@ -199,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mix", type=float, default=1.0, help="fraction of frames that are ESP")
     ap.add_argument("--flows", type=int, default=4000, help="non-IPsec flows in a mixed capture")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--popularity", choices=("uniform", "zipf"), default="uniform",
+                    help="uniform: round-robin SAs; zipf: a concentrator (tunnel k gets a share 1/k)")
     a = ap.parse_args(argv)
-    print(json.dumps(generate(a.out, a.packets, a.sas, a.loss, a.encap, a.mix, a.flows, a.seed)))
+    print(json.dumps(generate(a.out, a.packets, a.sas, a.loss, a.encap, a.mix, a.flows, a.seed, a.popularity)))
 
 
 if __name__ == "__main__":

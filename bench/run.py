@@ -38,6 +38,7 @@ CAPTURES = {  # name -> gen.generate keyword arguments
     "esp": {"encap": "esp"},
     "udp4500": {"encap": "udp"},
     "mix20": {"encap": "esp", "mix": 0.2},
+    "concentrator": {"encap": "esp", "popularity": "zipf"},  # --concentrator-sas SAs, not --sas
 }
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -50,6 +51,7 @@ class Run:
     rss_mb: float
     rc: int
     lost: int | None = None  # what the tool says was lost, when it says it
+    wrong: int | None = None  # SAs the tool got wrong against the truth, when it can be checked
 
 
 @dataclass(slots=True)
@@ -57,6 +59,7 @@ class Tool:
     name: str
     argv: Callable[[Path, Path, bool], list[str]]  # (capture, out dir, mixed) -> argv
     parse: Callable[[Path], int | None] = lambda _out: None  # stdout file -> lost total
+    check: Callable[[Path, dict], int | None] = lambda _out, _truth: None  # (stdout, truth) -> SAs wrong
     runs: list[Run] = field(default_factory=list)
 
 
@@ -71,6 +74,23 @@ def espmeter_lost(stdout: Path) -> int | None:
         return sum(sa["lost"] for sa in json.loads(stdout.read_text())["sas"])
     except (ValueError, KeyError):
         return None
+
+
+def espmeter_wrong(stdout: Path, truth: dict) -> int | None:
+    """SAs of the truth whose packets or loss differ in `read --json`, or that are missing or there twice,
+    plus entries the truth does not know (all of them without a document)."""
+    want = gen.sa_truth(truth)
+    try:
+        sas = json.loads(stdout.read_text())["sas"]
+    except (ValueError, KeyError):
+        return len(want)
+    got: dict[tuple[str, str, int], tuple[int, int]] = {}
+    wrong = 0
+    for sa in sas:
+        key = (sa["src"], sa["dst"], sa["spi"])
+        wrong += key in got or key not in want
+        got[key] = (sa["packets"], sa["lost"])
+    return wrong + sum(got.get(key) != value for key, value in want.items())
 
 
 def cfloor_lost(stdout: Path) -> int | None:
@@ -104,7 +124,7 @@ def make_tools(wanted: list[str], out: Path) -> list[Tool]:
     """The tools to run, skipping (and saying so) any whose binary is absent."""
     port = free_udp_port()
     tools = {
-        "espmeter": Tool("espmeter", espmeter_argv, espmeter_lost),
+        "espmeter": Tool("espmeter", espmeter_argv, espmeter_lost, espmeter_wrong),
         "argus": Tool("argus", lambda c, o, _m: ["argus", "-X", "-r", str(c), "-w", str(o / "peer.argus")]),
         "softflowd": Tool("softflowd", lambda c, _o, _m: ["softflowd", "-r", str(c), "-n",
                                                             f"127.0.0.1:{port}", "-v", "10"]),
@@ -153,17 +173,19 @@ def warm(path: Path) -> None:
             pass
 
 
-def rounds(tools: list[Tool], cap: Path, out: Path, mixed: bool, n: int) -> None:
-    """Alternate the tools on `cap` for `n` rounds, rotating the order each round."""
+def rounds(tools: list[Tool], cap: Path, truth: dict, out: Path, mixed: bool, n: int) -> None:
+    """Alternate the tools on `cap` for `n` rounds, rotating the order each round; check every run."""
     for r in range(n):
         order = tools[r % len(tools):] + tools[:r % len(tools)]
         for tool in order:
             stdout = out / f"{tool.name}.stdout"
             run = measure(tool.argv(cap, out, mixed), stdout)
             run.lost = tool.parse(stdout)
+            run.wrong = tool.check(stdout, truth)
             tool.runs.append(run)
+            checked = "" if run.wrong is None else f"  SAs wrong {run.wrong}"
             print(f"  round {r + 1} {tool.name:<10} wall {run.wall:7.2f} s  cpu {run.cpu:7.2f} s"
-                  f"  rss {run.rss_mb:7.1f} MB  rc {run.rc}", flush=True)
+                  f"  rss {run.rss_mb:7.1f} MB  rc {run.rc}{checked}", flush=True)
     (out / "peer.argus").unlink(missing_ok=True)
 
 
@@ -175,6 +197,7 @@ def medians(tool: Tool, packets: int) -> dict:
         "pps_cpu": round(packets / cpu) if cpu else None, "pps_wall": round(packets / wall),
         "rss_mb": round(statistics.median(r.rss_mb for r in tool.runs), 1),
         "rc": sorted({r.rc for r in tool.runs}), "lost": tool.runs[-1].lost,
+        "wrong": None if tool.runs[-1].wrong is None else max(r.wrong or 0 for r in tool.runs),
         "runs": [[round(r.wall, 3), round(r.cpu, 3), round(r.rss_mb, 1)] for r in tool.runs],
     }
 
@@ -194,12 +217,13 @@ def capture(out: Path, name: str, packets: int, sas: int, regen: bool) -> tuple[
 
 
 def bench_capture(name: str, wanted: list[str], a: argparse.Namespace) -> dict:
-    path, truth = capture(a.out, name, a.packets, a.sas, a.regen)
+    sas = a.concentrator_sas if name == "concentrator" else a.sas
+    path, truth = capture(a.out, name, a.packets, sas, a.regen)
     print(f"\n== {name}: {path.name}, {truth['packets']} frames, {truth['esp_packets']} ESP, "
           f"{truth['sas']} SAs, load {load()}", flush=True)
     warm(path)
     tools = make_tools(wanted, a.out)
-    rounds(tools, path, a.out, "mix" in CAPTURES[name], a.rounds)
+    rounds(tools, path, truth, a.out, "mix" in CAPTURES[name], a.rounds)
     result = {
         "file": path.name, "truth_lost": truth["lost_total"], "frames": truth["packets"],
         "esp_frames": truth["esp_packets"], "sas": truth["sas"], "load_after": load(),
@@ -208,6 +232,9 @@ def bench_capture(name: str, wanted: list[str], a: argparse.Namespace) -> dict:
     for t in ("espmeter", "cfloor"):
         if t in result["tools"]:
             print(f"  {t} lost total = {result['tools'][t]['lost']}, truth = {truth['lost_total']}")
+    if "espmeter" in result["tools"]:
+        print(f"  espmeter SAs wrong against the truth (worst run) = {result['tools']['espmeter']['wrong']}"
+              f" of {truth['sas']}")
     return result
 
 
@@ -256,6 +283,9 @@ def table(results: dict) -> str:
         for t in ("espmeter", "cfloor"):
             if t in tools:
                 lines.append(f"  {t} lost total = {tools[t]['lost']}, truth = {res['truth_lost']}")
+        if "espmeter" in tools:
+            lines.append(f"  espmeter SAs wrong against the truth (packets, loss, one entry each; worst run)"
+                         f" = {tools['espmeter']['wrong']} of {res['sas']}")
     return "\n".join(lines)
 
 
@@ -302,6 +332,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--packets", type=int, default=2_000_000)
     ap.add_argument("--sas", type=int, default=2000)
+    ap.add_argument("--concentrator-sas", type=int, default=100_000, help="SAs of the concentrator capture")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="200k packets, 1 round, RSS-only memory figure")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ",".join(TOOLS))
