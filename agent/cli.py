@@ -1,8 +1,9 @@
-"""The `espmeter` command line: read, run, check-config, templates, collect, demo."""
+"""The `espmeter` command line: read, run, check-config, templates, collect, top, demo."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -114,6 +115,37 @@ def _check_config(args: argparse.Namespace) -> int:
     return check_config(args.file)
 
 
+def _top(args: argparse.Namespace) -> int:
+    from agent.top import endpoint_url, run
+
+    url = args.url
+    if url is None:
+        config = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+        if config is None:
+            print("espmeter top: no endpoint: give --url URL, or --config FILE with metrics.listen", file=sys.stderr)
+            return EXIT_USAGE
+        from agent.config import ConfigError, load_config
+
+        try:
+            listen = load_config(config).metrics.listen
+        except ConfigError as e:
+            print(f"espmeter: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if listen is None:
+            print(f"espmeter top: {config}: metrics.listen is not set (the agent serves no metrics)", file=sys.stderr)
+            return EXIT_USAGE
+        url = endpoint_url(listen)
+    elif not url.startswith(("http://", "https://")):
+        print(f"espmeter top: {url!r} is not an http:// or https:// URL", file=sys.stderr)
+        return EXIT_USAGE
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("espmeter top: needs a terminal", file=sys.stderr)
+        return EXIT_USAGE
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C quits as q does
+        run(url, args.interval)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agent.demo import demo
 
@@ -178,6 +210,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     else:
         sub.add_parser("templates", help="print collector dictionaries for espmeter's IPFIX IEs")
         sub.add_parser("collect", help="receive IPFIX and print espmeter's records")
+
+    top = sub.add_parser("top", help="live view of a running agent's tunnels (from its metrics endpoint)")
+    top.add_argument("--url", help="metrics endpoint, e.g. http://127.0.0.1:9108/metrics")
+    top.add_argument("--config", metavar="FILE",
+                     help=f"the agent's configuration: its metrics.listen (default {DEFAULT_CONFIG} if present)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default %(default)s)")
+    top.set_defaults(func=_top)
 
     demo = sub.add_parser("demo", help="meter a bundled capture, export it to a collector started here, show both")
     demo.add_argument("capture", nargs="?", help="capture to use instead of the bundled one")

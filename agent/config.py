@@ -36,11 +36,12 @@ from pydantic import (
 )
 
 from agent.capture import DLT_EN10MB, build_filter
+from agent.metrics import split_listen
 from exporter.infomodel import DOC_PEN, check_pen
 from exporter.message import MIN_MTU
 from exporter.transport import parse_collector
 
-_SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log"})
+_SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log", "metrics"})
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
 STATE_DIR = "/var/lib/espmeter"  # StateDirectory= of agent/share/espmeter.service: made by systemd at start
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
@@ -127,6 +128,24 @@ class LogConfig(BaseModel):
     format: Literal["text", "json"] = Field("text", description="text (journald-friendly) or json lines.")
 
 
+class MetricsConfig(BaseModel):
+    """Prometheus endpoint (`espmeter top` reads it too); off unless `listen` is set."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    listen: str | None = Field(None, description="Serve metrics on ADDR:PORT (IPv6: [ADDR]:PORT); unset: off.")
+    per_sa: bool = Field(True, description="Serve per-SA series besides the per-tunnel ones.")
+    max_series: int = Field(50_000, ge=100, description="Most series served; the rest are counted, not served.")
+    grace_s: int = Field(300, ge=0, description="An ended SA's series stay this long.")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+
 def _interface_item(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
@@ -180,6 +199,7 @@ class Settings(BaseModel):
     )
     # daemon
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
     user: Annotated[str | None, AfterValidator(check_user)] = Field(
         None, description="Drop to this user after opening the capture (root only); keeps CAP_NET_RAW."
     )

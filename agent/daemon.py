@@ -18,6 +18,7 @@ from agent.decode import ESP
 from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.meter import Meter
+from agent.metrics import CaptureCounters, Health, MetricsOutput
 from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
 from agent.report import sa_json
@@ -69,13 +70,19 @@ class Agent:
             log.warning("no collector configured: metering only (SIGUSR1 logs the SA table)")
         return runtime(cfg)
 
-    @staticmethod
-    def _outputs(rt: Runtime) -> list[OutputSpec]:
+    def _outputs(self, rt: Runtime) -> list[OutputSpec]:
         """The outputs `rt` asks for; each is built only when it starts (or its settings change)."""
         specs = []
         if rt.export.collectors:
             specs.append(OutputSpec("ipfix", rt.export, lambda: Exporter(rt.export)))
+        if rt.metrics is not None:
+            metrics = rt.metrics
+            specs.append(OutputSpec("metrics", metrics, lambda: MetricsOutput(metrics, self.meter, self._health)))
         return specs
+
+    def _health(self) -> Health:
+        interfaces = {name: CaptureCounters(ic.frames, ic.dropped) for name, ic in self.capture.interfaces.items()}
+        return Health(interfaces, self.outputs.counters)
 
     def reload(self) -> None:
         """SIGHUP: new settings; SA state is kept, templates are re-sent, changed parts reopened."""
@@ -100,8 +107,12 @@ class Agent:
         if (new.interfaces, new.capture) != (old.interfaces, old.capture):
             drops = self.capture.poll_drops()
             self.capture.close()
+            before = self.capture.interfaces
             self.capture = LiveCapture(list(new.interfaces), new.capture)
-            self.capture.drops = drops  # a total since start: it must not go back to zero
+            self.capture.drops = drops  # totals since start: they must not go back to zero
+            for name, ic in self.capture.interfaces.items():
+                if name in before:
+                    ic.frames, ic.dropped = before[name].frames, before[name].dropped
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> int:

@@ -57,6 +57,8 @@ class InterfaceCapture:
     errors: int = 0
     state: str = ""  # one of CAPTURING, MISSING, DOWN, NO_PERMISSION, FAILED ("" before the first try)
     detail: str = ""  # FAILED: libpcap's message
+    frames: int = 0  # captured since start (over reopenings)
+    dropped: int = 0  # kernel drops since start (over reopenings)
 
 
 class LiveCapture:
@@ -203,6 +205,7 @@ class LiveCapture:
                 break
         if not metas:
             return None
+        self.interfaces[h.ifname].frames += frames
         return Batch(*merge(bufs, metas), h.linktype, h.ifindex, h.direction)
 
     def poll_drops(self) -> int:
@@ -216,6 +219,7 @@ class LiveCapture:
                 now = drop + ifdrop
                 if now > h.drops:
                     self.drops += now - h.drops
+                    ic.dropped += now - h.drops
                     h.drops = now
         return self.drops
 

@@ -8,6 +8,7 @@ one whose settings changed is closed and made anew.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -15,6 +16,12 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from exporter.records import BiflowRecord, LossEvent, MeteringStats, SARecord
     from exporter.transport import CollectorCounters
+
+log = logging.getLogger("espmeter")
+
+
+class OutputError(Exception):
+    """An output cannot start; the message says why in one line. The other outputs run."""
 
 
 class Output(Protocol):
@@ -71,8 +78,11 @@ class Outputs:
                 current[1].reload()
                 continue
             if current is not None:
-                current[1].close()
-            self.running[name] = (spec.settings, spec.make())
+                self.running.pop(name)[1].close()
+            try:
+                self.running[name] = (spec.settings, spec.make())
+            except OutputError as e:  # tried again at the next reload
+                log.error("%s", e)
 
     @property
     def outputs(self) -> list[Output]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from agent.capture import CaptureSettings
 from agent.config import LogConfig, Settings, load_config
 from agent.meter import MeterSettings
+from agent.metrics import MetricsSettings
 from agent.satable import TableSettings
 from agent.tracker import TrackerSettings
 from exporter.settings import ExportSettings
@@ -42,6 +43,7 @@ class Runtime:
     interfaces: tuple[tuple[str, str], ...]  # (name, direction)
     log: LogConfig
     user: str | None
+    metrics: MetricsSettings | None  # None: no endpoint
 
 
 def runtime(cfg: Settings) -> Runtime:
@@ -83,6 +85,7 @@ def runtime(cfg: Settings) -> Runtime:
         interfaces=tuple((i.name, i.direction) for i in cfg.interfaces),
         log=cfg.log,
         user=cfg.user,
+        metrics=MetricsSettings(**cfg.metrics.model_dump()) if cfg.metrics.listen else None,
     )
 
 

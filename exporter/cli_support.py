@@ -18,15 +18,21 @@ from .infomodel import DOC_PEN
 
 # Installation files shipped in the package (docs/install.md installs from the wheel with these).
 INSTALL_FILES = {"systemd": "share/espmeter.service", "config": "share/espmeter.yaml"}
+MONITORING = ("prometheus-rules", "grafana")  # generated from the metrics endpoint's names (agent.promrules)
 
 
 def add_templates_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("templates", help="print collector dictionaries for espmeter's IPFIX IEs",
                               description="Generate collector dictionaries from templates/espmeter.iespec, "
-                              "or print the systemd unit (systemd) or the example configuration (config).")
-    p.add_argument("--format", "-f", choices=(*FORMATS, *INSTALL_FILES), default="iespec",
-                   help="dictionary format, or systemd / config (default %(default)s)")
+                              "print the systemd unit (systemd) or the example configuration (config), or "
+                              "Prometheus rules / a Grafana dashboard for the metrics endpoint.")
+    p.add_argument("--format", "-f", choices=(*FORMATS, *INSTALL_FILES, *MONITORING), default="iespec",
+                   help="dictionary format, systemd / config, or prometheus-rules / grafana (default %(default)s)")
     p.add_argument("--pen", type=int, default=DOC_PEN, help="private enterprise number (default %(default)s)")
+    p.add_argument("--loss-ratio", type=float, default=0.01, metavar="R",
+                   help="prometheus-rules: alert above this loss ratio per tunnel direction (default %(default)s)")
+    p.add_argument("--for", dest="for_", default="5m", metavar="DURATION",
+                   help="prometheus-rules: for how long before an alert fires (default %(default)s)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.set_defaults(func=templates_command)
     return p
@@ -36,6 +42,8 @@ def templates_command(args: argparse.Namespace) -> int:
     try:
         if args.format in INSTALL_FILES:
             text = resources.files("agent").joinpath(INSTALL_FILES[args.format]).read_text(encoding="utf-8")
+        elif args.format in MONITORING:
+            text = _monitoring(args)
         else:
             text = render(args.format, args.pen)
     except ValueError as exc:
@@ -51,6 +59,12 @@ def templates_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _monitoring(args: argparse.Namespace) -> str:
+    from agent.promrules import grafana_dashboard, prometheus_rules
+
+    return prometheus_rules(args.loss_ratio, args.for_) if args.format == "prometheus-rules" else grafana_dashboard()
 
 
 def add_collect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

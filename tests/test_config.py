@@ -77,6 +77,9 @@ def test_full_config(tmp_path: Path) -> None:
     assert s.collectors[0] == "udp://[::1]:4739"
     assert s.tunnel_names == {"192.0.2.1": "paris", "2001:db8::1": "berlin"}
     assert s.reorder_time_s == 1.0 and s.log.format == "json" and s.user == "espmeter"
+    path.write_text("metrics: {listen: '[::1]:9108', per_sa: false}\n")
+    s = load_config(str(path))
+    assert (s.metrics.listen, s.metrics.per_sa, s.metrics.max_series) == ("[::1]:9108", False, 50_000)
 
 
 @pytest.mark.parametrize(
@@ -125,6 +128,13 @@ def test_full_config(tmp_path: Path) -> None:
         ("a: b\n  c: d\n", "2: YAML syntax error: mapping values are not allowed here"),
         ("mtu: 1400\nmtu: 1500\n", "2: mtu: duplicate key"),
         ("- eth0\n", "1: top level must be a mapping"),
+        ("metrics:\n  listen: '::1:9108'\n",
+         "2: metrics.listen: '::1:9108': an IPv6 address goes in brackets: [::1]:9108"),
+        ("metrics: {listen: '127.0.0.1'}\n", "1: metrics.listen: '127.0.0.1' is not ADDR:PORT (port 1-65535"),
+        ("metrics: {listen: 'localhost:9108'}\n", "1: metrics.listen: 'localhost:9108': 'localhost' is not an IP"),
+        ("metrics: {listen: '[1.2.3.4]:9108'}\n", "1: metrics.listen: '[1.2.3.4]:9108': brackets are for IPv6"),
+        ("metrics: {listen: '0.0.0.0:0'}\n", "1: metrics.listen: '0.0.0.0:0' is not ADDR:PORT"),
+        ("metrics: {max_series: 10}\n", "1: metrics.max_series: Input should be greater than or equal to 100"),
     ],
 )
 def test_invalid_value_gives_one_error_with_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
