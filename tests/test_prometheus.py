@@ -127,8 +127,7 @@ def test_ten_thousand_sas_with_max_series(tmp_path: Path) -> None:
     doc = sc.write(cap)
     assert len(doc["sas"]) == 10_000
     with veth_pair() as pair:
-        agent, out = _agent(pair, tmp_path, f"metrics: {{listen: '{METRICS}', max_series: 1000}}\n"
-                                            "probation_sas: 20000\n")
+        agent, out = _agent(pair, tmp_path, f"metrics: {{listen: '{METRICS}', max_series: 1000}}\n")
         prom = PromServer(pair, pair.capture_ns, METRICS, tmp_path)
         try:
             pair.replay(cap, pps=20000)
