@@ -200,7 +200,8 @@ class MetricsOutput:
         now = self.meter.now
         self.reserve = self._health_series(self.health())
         for e in events:
-            labels = _labels(e.src, e.dst, e.spi, e.encap == ENCAP_UDP, e.sport, e.dport, self._ifname(e.ifindex))
+            ifindex = e.ingress_if if e.ingress_if is not None else e.egress_if
+            labels = _labels(e.src, e.dst, e.spi, e.encap == ENCAP_UDP, e.sport, e.dport, self._ifname(ifindex))
             for _, series in self._series(labels, now):
                 series.events += 1
                 series.last_event = max(series.last_event or e.before, e.before)

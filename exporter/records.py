@@ -111,7 +111,7 @@ class LossEvent:
     """A maximal run of consecutive lost (final) sequence numbers [first, last] of one SA.
 
     `after`/`before`: arrival times (epoch s) of datagrams first-1 and last+1; the loss happened
-    between them. The SA is named as in its records (interface = ingress or egress ifindex).
+    between them. The SA is named as in its records.
     """
 
     src: IPAddress
@@ -120,7 +120,8 @@ class LossEvent:
     encap: int
     sport: int | None
     dport: int | None
-    ifindex: int | None
+    ingress_if: int | None
+    egress_if: int | None
     first: int
     last: int
     after: float
