@@ -35,16 +35,8 @@ SCENARIOS = ["random_loss", "burst_loss", "reorder", "dup_loss", "nat_t", "rekey
 HEALTH = Health({"eth0": CaptureCounters(5, 1)}, {})
 
 
-def samples(families: list) -> Samples:
-    """{metric sample name: {sorted label items: value}}."""
-    out: Samples = defaultdict(dict)
-    for family in families:
-        for s in family.samples:
-            out[s.name][tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def served(text: str) -> Samples:
+def samples(text: str) -> Samples:
+    """{metric sample name: {sorted label items: value}} of an exposition."""
     out: Samples = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -220,7 +212,7 @@ def test_http_endpoint_ipv6_serves_fresh_figures(tmp_path: Path) -> None:
         time.sleep(0.05)
     t.join()
     outputs.close()
-    s = served(got[0])
+    s = samples(got[0])
     assert s["espmeter_sa_lost_total"] == truth(doc)[0]["espmeter_sa_lost_total"]
     assert s["espmeter_capture_frames_total"] == {(("interface", "eth0"),): 5.0}
     names = {n for n in s if not n.endswith("_created")}
