@@ -50,6 +50,7 @@ NON_DEFAULT = {
     "tunnel_names": {"192.0.2.1": "paris"},
     "log": {"level": "debug"},
     "user": "nobody",
+    "metrics": {"listen": "127.0.0.1:9108"},
 }
 
 
