@@ -20,7 +20,6 @@ series are counted in `espmeter_series_suppressed_total`.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from agent.meter import Meter
     from exporter.transport import CollectorCounters
 
-log = logging.getLogger("espmeter")
 
 # counter names (espmeter_sa_<name>_total, espmeter_tunnel_<name>_total) in record order, and help
 COUNTERS = {
