@@ -10,6 +10,7 @@ running every ground-truth capture with the fast path on and off).
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -23,6 +24,14 @@ from agent.records import Producer, RecordSink
 from agent.sa import NEVER, SA, esp_ident, udp_ident
 from agent.satable import PROBATION_RUN, SATable, TableSettings
 from exporter.records import MeteringStats
+
+if os.environ.get("ESPMETER_PURE_PYTHON"):  # force the Python path (tests, or to compare)
+    _fastpath = None
+else:
+    try:
+        from agent import _fastpath  # compiled agent/_fastpath.c (setup.py); optional
+    except ImportError:  # nothing compiled here: the Python path gives the same results, slower
+        _fastpath = None
 
 _META = struct.Struct("=IIII")  # pcapy next_batch: sec, usec, offset, caplen (native endian)
 _ETH_IP4_ESP = struct.Struct("!HBxHxxHxB")  # at +12: ethertype, ver/ihl, total length, frag, protocol
@@ -39,6 +48,7 @@ class MeterSettings:
     biflow: bool = False
     tunnel_names: dict[str, str] = field(default_factory=dict)
     fast_path: bool = True  # inline per-frame fast path (agent.meter)
+    compiled: bool = True  # that fast path in C (agent/_fastpath.c) where it is built
     vector: bool = True  # numpy run path (agent.vector), for segments of at least vector_min frames
     vector_min: int = 256
 
@@ -62,6 +72,7 @@ class Meter:
         self.local_addrs = local_addrs or set()
         self.capture_drops = 0
         self.now = 0.0
+        self.walk = _fastpath.walk if settings.compiled and settings.fast_path and _fastpath else None
 
     def configure(self, settings: MeterSettings) -> None:
         """New settings on reload; SA state is kept."""
@@ -217,6 +228,9 @@ class Meter:
     def _feed_frames(self, buf: bytes, meta: bytes, linktype: int, ifindex: int | None, direction: str | None,
                      count_octets: bool = True) -> None:
         """Frame by frame: the inline fast path for in-order ESP, the general decoder for the rest."""
+        if self.walk is not None and linktype == d.DLT_EN10MB:
+            self._walk_frames(buf, meta, ifindex, direction, count_octets)
+            return
         sas = self.table.sas
         slow = self._frame
         fast = self.settings.fast_path and linktype == d.DLT_EN10MB
@@ -257,6 +271,40 @@ class Meter:
         if count_octets:
             self.octets += octets
         self.now = max(self.now, now)
+
+    def _walk_frames(self, buf: bytes, meta: bytes, ifindex: int | None, direction: str | None,
+                     count_octets: bool) -> None:
+        """`_feed_frames` with the inline fast path in C: `walk` takes frames up to the first one that
+        needs this loop (a due timer or the general decoder), which is handled here as there."""
+        walk = self.walk
+        sas = self.table.sas
+        obs = None if ifindex is None else (ifindex, None, None)
+        n = len(meta) // 16
+        pos = esp = octets = 0
+        due = self._due()
+        while True:
+            stop, part = walk(buf, meta, pos, sas, obs, due)
+            esp += stop - pos
+            octets += part
+            if stop == n:
+                break
+            sec, usec, off, caplen = _META.unpack_from(meta, 16 * stop)
+            now = sec + usec * 1e-6
+            octets += caplen
+            if now >= due:
+                self.classes[d.ESP] += esp
+                esp = 0
+                self.tick(now)
+                due = self._due()
+            self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
+            due = self._due()
+            pos = stop + 1
+        self.classes[d.ESP] += esp
+        if count_octets:
+            self.octets += octets
+        if n:
+            sec, usec = _META.unpack_from(meta, 16 * (n - 1))[:2]
+            self.now = max(self.now, sec + usec * 1e-6)
 
     def _frame(self, buf: bytes, off: int, caplen: int, now: float, linktype: int,
                ifindex: int | None, direction: str | None) -> None:

@@ -1,7 +1,9 @@
-"""The fast paths of Meter.feed (numpy runs, inline per-frame) give exactly the general decoder's results."""
+"""The fast paths of Meter.feed (numpy runs, inline per-frame in C or Python) give exactly the general
+decoder's results."""
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import decode as d
+from agent import meter as meter_module
 from agent.meter import Meter, MeterSettings
 from agent.offline import meter_file
 from agent.report import document
@@ -25,7 +29,9 @@ SCENARIOS = registry()
 FAST = {
     "default": MeterSettings(),
     "vector-everywhere": MeterSettings(vector_min=1),
-    "inline-only": MeterSettings(vector=False),
+    "inline-only": MeterSettings(vector=False),  # in C where it is built
+    "inline-python": MeterSettings(vector=False, compiled=False),
+    "vector-python": MeterSettings(vector_min=1, compiled=False),
 }
 
 
@@ -98,7 +104,8 @@ def test_fast_paths_equal_reference_on_any_arrivals(sas: list, gaps: list, cuts:
     results = []
     table = TableSettings(active_timeout=1.0, idle_timeout=2.0,
                           tracker=TrackerSettings(window=64, reorder_time=0.5))
-    for mode in ({"vector_min": 1}, {}, {"vector": False}, {"fast_path": False, "vector": False}):
+    for mode in ({"vector_min": 1}, {}, {"vector": False}, {"vector": False, "compiled": False},
+                 {"fast_path": False, "vector": False}):
         sink = _Sink()
         meter = Meter(MeterSettings(table=table, biflow=biflow, **mode), sink, keep_history=True)
         t_us, i, c = 1_700_000_000 * 1_000_000, 0, 0
@@ -115,3 +122,94 @@ def test_fast_paths_equal_reference_on_any_arrivals(sas: list, gaps: list, cuts:
         meter.finish()
         results.append((sink.records, document(meter, "h", 1)))
     assert all(r == results[-1] for r in results)
+
+
+def test_compiled_path_is_built_and_taken_unless_forced_off() -> None:
+    """CI builds agent/_fastpath.c (gcc, python3-dev): the C path must be the one under test there."""
+    if os.environ.get("ESPMETER_PURE_PYTHON"):
+        assert meter_module._fastpath is None
+        assert Meter(MeterSettings()).walk is None
+        return
+    if meter_module._fastpath is None and not os.environ.get("CI"):
+        pytest.skip("agent/_fastpath.c not built in this tree (pip install -e . or setup.py build_ext --inplace)")
+    assert meter_module._fastpath is not None, "agent/_fastpath.c is not built (pip install -e .)"
+    assert Meter(MeterSettings()).walk is meter_module._fastpath.walk
+    assert Meter(MeterSettings(compiled=False)).walk is None
+    assert Meter(MeterSettings(fast_path=False)).walk is None
+
+
+def _frame(src: int, spi: int, seq: int, udp: tuple[int, int, int] | None = None, verihl: int = 0x45,
+           frag: int = 0, total: int | None = None, marker: bool = False) -> bytes:
+    """Ethernet / IPv4 / ESP, or / UDP (sport, dport, ulen-delta) / ESP; fields can be made wrong."""
+    esp = (b"\0\0\0\0" if marker else b"") + struct.pack("!II", spi, seq) + bytes(16)
+    if udp is not None:
+        sport, dport, delta = udp
+        esp = struct.pack("!HHHH", sport, dport, 8 + len(esp) + delta, 0) + esp
+    ip_total = 20 + len(esp) if total is None else total
+    ip = struct.pack("!BBHHHBBH4s4s", verihl, 0, ip_total, 1, frag, 64, 17 if udp else 50, 0,
+                     bytes([10, 0, 0, src]), bytes([10, 0, 1, 1]))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + esp
+
+
+def _stream(rng: random.Random, n: int) -> list[bytes]:
+    """Mostly in-order datagrams of a few ESP and NAT-T SAs, with loss, reordering, a wrap past 2^32 and
+    frames the fast path must leave to the decoder (marker, bad lengths, options, fragments)."""
+    seqs = {k: (0xFFFFFF00 if k % 3 == 0 else 1) for k in range(8)}
+    frames = []
+    for _ in range(n):
+        k = rng.randrange(8)
+        udp = (4500, 4500, 0) if k >= 4 else None
+        if k >= 6:
+            udp = (rng.choice((4500, 500, 1234)), 4500, 0)
+        seq = seqs[k] & 0xFFFFFFFF
+        r = rng.random()
+        if r < 0.02:
+            seqs[k] += rng.randrange(2, 50)  # loss
+        elif r < 0.04:
+            seq = (seq - rng.randrange(1, 30)) & 0xFFFFFFFF  # late or reordered
+        else:
+            seqs[k] += 1
+        kw: dict = {}
+        if 0.04 <= r < 0.06:
+            kw = rng.choice([{"verihl": 0x46}, {"frag": 0x2000}, {"frag": 0x0001}, {"total": 27},
+                             {"total": 35}, {"marker": True}])
+            if udp is not None and rng.random() < 0.5:
+                udp = (udp[0], udp[1], rng.choice((-1, 1, -9, 100)))
+        frames.append(_frame(k, 0x100 + k, seq, udp, **kw))
+    return frames
+
+
+@pytest.mark.parametrize("ifindex", [None, 7])
+def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None) -> None:
+    """Edge frames next to the in-order ones, small batches and frequent timers (1 s / 2 s): the C walk,
+    the Python inline loop and the reference decoder end every batch in the same state."""
+    rng = random.Random(5)
+    frames = _stream(rng, 30_000)
+    modes = {"c": MeterSettings(vector=False), "python": MeterSettings(vector=False, compiled=False),
+             "reference": MeterSettings(fast_path=False, vector=False)}
+    table = MeterSettings().table
+    table = type(table)(tracker=table.tracker, active_timeout=1.0, idle_timeout=2.0)
+    meters = {k: Meter(MeterSettings(table=table, vector=s.vector, fast_path=s.fast_path, compiled=s.compiled),
+                       keep_history=True) for k, s in modes.items()}
+    at = 0
+    t = 1_700_000_000.0
+    while at < len(frames):
+        size = rng.choice((1, 7, 300, 3000))
+        part = frames[at:at + size]
+        buf, meta = bytearray(), bytearray()
+        for f in part:
+            t += rng.choice((0.0001, 0.001, 0.5))
+            meta += struct.pack("=IIII", int(t), int(round((t % 1) * 1e6)) % 1_000_000, len(buf), len(f))
+            buf += f + b"\xee" * rng.randrange(3)
+        for m in meters.values():
+            m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, ifindex)
+        states = {k: [(sa.key, sa.last, sa.datagrams, sa.packets, sa.octets, sa.last_seen, sa.iv_min, sa.lost)
+                      for sa in m.table.all_sas()] for k, m in meters.items()}
+        assert states["c"] == states["python"] == states["reference"]
+        at += size
+    docs = set()
+    for m in meters.values():
+        m.finish()
+        docs.add(repr(document(m, "x", d.DLT_EN10MB)))
+    assert len(docs) == 1
+    assert meters["c"].classes[d.ESP] > 25_000
