@@ -14,9 +14,9 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, N_SLOTS };
+enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_SLOTS };
 static const char *slot_names[N_SLOTS] = {
-    "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min",
+    "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min", "iv_seen",
 };
 static Py_ssize_t slot_off[N_SLOTS];
 static PyTypeObject *sa_type;
@@ -156,6 +156,9 @@ static PyObject *walk(PyObject *self, PyObject *args) {
                 goto error;
             break;
         }
+        PyObject *iv_seen = SLOT(sa, S_IV_SEEN);
+        if (iv_min < 0 && (iv_seen == NULL || !PyFloat_CheckExact(iv_seen)))
+            break;
         if (set_int(sa, S_LAST, last + 1) < 0 || set_int(sa, S_DATAGRAMS, datagrams + 1) < 0
             || set_int(sa, S_PACKETS, packets + 1) < 0 || set_int(sa, S_OCTETS, sa_octets + total) < 0
             || set_time(sa, now) < 0)
@@ -164,6 +167,9 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             PyObject *l = SLOT(sa, S_LAST);
             Py_INCREF(l);
             if (set_slot(sa, S_IV_MIN, l) < 0)
+                goto error;
+            /* the interval's first accepted number: maybe its first arrival */
+            if (PyFloat_AS_DOUBLE(iv_seen) < 0 && set_slot(sa, S_IV_SEEN, PyFloat_FromDouble(now)) < 0)
                 goto error;
         }
         octets += r[3];

@@ -203,8 +203,8 @@ def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None) -
             buf += f + b"\xee" * rng.randrange(3)
         for m in meters.values():
             m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, ifindex)
-        states = {k: [(sa.key, sa.last, sa.datagrams, sa.packets, sa.octets, sa.last_seen, sa.iv_min, sa.lost)
-                      for sa in m.table.all_sas()] for k, m in meters.items()}
+        states = {k: [(sa.key, sa.last, sa.datagrams, sa.packets, sa.octets, sa.last_seen, sa.iv_min, sa.iv_seen,
+                       sa.lost) for sa in m.table.all_sas()] for k, m in meters.items()}
         assert states["c"] == states["python"] == states["reference"]
         at += size
     docs = set()

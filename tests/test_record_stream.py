@@ -26,7 +26,8 @@ ACTIVE, IDLE = 1.0, 2.0
 PATHS = {
     "default": {},
     "vector-everywhere": {"vector_min": 1},
-    "inline-only": {"vector": False},
+    "inline-only": {"vector": False},  # in C where agent/_fastpath.c is built
+    "inline-python": {"vector": False, "compiled": False},
 }
 
 
