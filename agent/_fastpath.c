@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_SLOTS };
@@ -21,6 +22,8 @@ static const char *slot_names[N_SLOTS] = {
 static Py_ssize_t slot_off[N_SLOTS];
 static PyTypeObject *sa_type;
 
+#define CACHE_MIN_BITS 9 /* buckets */
+#define CACHE_MAX_BITS 16
 #define SLOT(o, i) (*(PyObject **)((char *)(o) + slot_off[i]))
 
 static inline uint32_t be16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
@@ -28,11 +31,26 @@ static inline uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* Ints of one digit (below 2^30: every counter of a tunnel short of a gigabyte) are read and, when
+ * the slot holds the only reference, rewritten in place, as the float below: the per-frame path
+ * allocates nothing.  Everything else goes through the generic API. */
+#if PY_VERSION_HEX >= 0x030C0000
+#define ONE_DIGIT(o) (PyUnstable_Long_IsCompact((PyLongObject *)(o)) && PyUnstable_Long_CompactValue((PyLongObject *)(o)) > 0)
+#define DIGIT0(o) (((PyLongObject *)(o))->long_value.ob_digit[0])
+#else
+#define ONE_DIGIT(o) (Py_SIZE(o) == 1)
+#define DIGIT0(o) (((PyLongObject *)(o))->ob_digit[0])
+#endif
+
 /* An exact int that fits in 63 bits, else fail (the frame goes to Python). */
 static inline int as_i64(PyObject *o, long long *v) {
     int overflow;
     if (o == NULL || !PyLong_CheckExact(o))
         return 0;
+    if (ONE_DIGIT(o)) {
+        *v = (long long)DIGIT0(o);
+        return 1;
+    }
     *v = PyLong_AsLongLongAndOverflow(o, &overflow);
     return !overflow && !(*v == -1 && PyErr_Occurred());
 }
@@ -46,49 +64,142 @@ static inline int set_slot(PyObject *sa, int i, PyObject *value) {
     return 0;
 }
 
-static inline int set_int(PyObject *sa, int i, long long v) { return set_slot(sa, i, PyLong_FromLongLong(v)); }
+static inline int set_int(PyObject *sa, int i, long long v) {
+#ifndef Py_GIL_DISABLED
+    PyObject *old = SLOT(sa, i);
+    if (v > 0 && v < (1LL << PyLong_SHIFT) && old != NULL && Py_REFCNT(old) == 1 && PyLong_CheckExact(old)
+        && ONE_DIGIT(old)) {
+        DIGIT0(old) = (digit)v;
+        return 0;
+    }
+#endif
+    return set_slot(sa, i, PyLong_FromLongLong(v));
+}
 
 /* last_seen: overwrite the float in place when the slot holds the only reference to it. */
 static inline int set_time(PyObject *sa, double now) {
     PyObject *old = SLOT(sa, S_LAST_SEEN);
+#ifndef Py_GIL_DISABLED
     if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
         ((PyFloatObject *)old)->ob_fval = now;
         return 0;
     }
+#endif
     return set_slot(sa, S_LAST_SEEN, PyFloat_FromDouble(now));
 }
 
-/* The SA this frame continues in order, or NULL (not an error) when Python must take the frame. */
-static PyObject *in_order_sa(PyObject *sas, PyObject *obs, const unsigned char *p, uint32_t caplen,
-                             uint32_t *octets, long long *last, const unsigned char **seqp) {
-    unsigned char ident[16];
+/* What the fast path needs of one frame's headers, or ok = 0 when Python must take the frame. */
+static int cache_bits = CACHE_MIN_BITS;
+
+typedef struct {
+    int ok;
+    uint32_t total;             /* IP total length: the datagram's octets */
+    const unsigned char *seq;   /* the ESP sequence number */
+    uint64_t w0, w1;            /* the SA ident (agent.sa: addresses [+ ports] + SPI), zero-padded to 16 octets */
     Py_ssize_t ident_len;
-    const unsigned char *seq;
+    uint32_t idx;               /* its slot in the SA cache */
+} Parsed;
+
+static inline void parse(Parsed *f, const unsigned char *p, uint32_t caplen) {
+    f->ok = 0;
     if (caplen < 42 || be16(p + 12) != 0x0800 || p[14] != 0x45 || (be16(p + 20) & 0x3FFF))
-        return NULL;
+        return;
     uint32_t total = be16(p + 16);
+    unsigned char ident[16];
     if (p[23] == 50) {
         if (total < 28)
-            return NULL;
+            return;
         memcpy(ident, p + 26, 12);
-        ident_len = 12;
-        seq = p + 38;
+        memset(ident + 12, 0, 4); /* an ESP-in-UDP ident never ends in four zeros: SPI 0 is the marker */
+        f->ident_len = 12;
+        f->seq = p + 38;
     } else if (p[23] == 17) {
         /* as agent.decode: UDP length within the IP payload, at least 8 octets of ESP header after it,
          * a non-zero SPI (zero is the non-ESP marker: IKE) */
         if (caplen < 50 || total < 36 || (be16(p + 34) != 4500 && be16(p + 36) != 4500))
-            return NULL;
+            return;
         uint32_t ulen = be16(p + 38);
         if (ulen < 16 || ulen > total - 20 || be32(p + 42) == 0)
-            return NULL;
+            return;
         memcpy(ident, p + 26, 12);
         memcpy(ident + 12, p + 42, 4);
-        ident_len = 16;
-        seq = p + 46;
+        f->ident_len = 16;
+        f->seq = p + 46;
     } else {
-        return NULL;
+        return;
     }
-    PyObject *ib = PyBytes_FromStringAndSize((const char *)ident, ident_len);
+    memcpy(&f->w0, ident, 8);
+    memcpy(&f->w1, ident + 8, 8);
+    uint64_t h = (f->w0 ^ (f->w1 * 0x9E3779B97F4A7C15ull)) * 0xC2B2AE3D27D4EB4Full;
+    f->idx = (uint32_t)(h >> (64 - cache_bits));
+    f->total = total;
+    f->ok = 1;
+}
+
+/* ident -> SA for one obs, valid while the SA dict is the same object with the same version tag:
+ * a hit replaces the dict lookup (its key tuple and bytes compare) by one cache line. Lossy
+ * (2-way buckets of one cache line, about eight entries per SA, at most 2^16 buckets = 4 MiB): a miss
+ * just looks the dict up.
+ * Borrowed SA pointers: the dict holds them while its version is unchanged. */
+typedef struct {
+    uint64_t w0, w1;
+    uint32_t gen;
+    int32_t obs;
+    PyObject *sa;
+} Entry;
+
+typedef struct {
+    Entry e[2]; /* most recently filled first */
+} Bucket;
+
+static Bucket *cache;
+static uint32_t cache_gen = 1;
+static PyObject *cache_dict;
+static uint64_t cache_tag;
+
+#if PY_VERSION_HEX < 0x030E0000
+#define HAVE_VERSION_TAG 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static inline uint64_t dict_tag(PyObject *d) { return ((PyDictObject *)d)->ma_version_tag; }
+#pragma GCC diagnostic pop
+#else
+#define HAVE_VERSION_TAG 0
+static inline uint64_t dict_tag(PyObject *d) { (void)d; return 0; }
+#endif
+
+/* obs as the cache keys it: -1 for None, the ifindex of (ifindex, None, None); -2: not cacheable */
+static int32_t obs_code(PyObject *obs) {
+    if (obs == Py_None)
+        return -1;
+    if (PyTuple_CheckExact(obs) && PyTuple_GET_SIZE(obs) == 3 && PyTuple_GET_ITEM(obs, 1) == Py_None
+        && PyTuple_GET_ITEM(obs, 2) == Py_None && PyLong_CheckExact(PyTuple_GET_ITEM(obs, 0))) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(obs, 0));
+        if (v >= 0 && v < INT32_MAX)
+            return (int32_t)v;
+        PyErr_Clear();
+    }
+    return -2;
+}
+
+static inline Entry *find(const Parsed *f, int32_t code) {
+    Bucket *b = &cache[f->idx];
+    for (int k = 0; k < 2; k++) {
+        Entry *e = &b->e[k];
+        if (e->gen == cache_gen && e->obs == code && e->w0 == f->w0 && e->w1 == f->w1)
+            return e;
+    }
+    return NULL;
+}
+
+static PyObject *lookup(PyObject *sas, PyObject *obs, int32_t code, const Parsed *f) {
+    Entry *e = code == -2 ? NULL : find(f, code);
+    if (e != NULL)
+        return e->sa;
+    unsigned char ident[16];
+    memcpy(ident, &f->w0, 8);
+    memcpy(ident + 8, &f->w1, 8);
+    PyObject *ib = PyBytes_FromStringAndSize((const char *)ident, f->ident_len);
     if (ib == NULL)
         return NULL;
     PyObject *key = PyTuple_Pack(2, obs, ib);
@@ -99,25 +210,29 @@ static PyObject *in_order_sa(PyObject *sas, PyObject *obs, const unsigned char *
     Py_DECREF(key);
     if (sa == NULL || Py_TYPE(sa) != sa_type)
         return NULL;
-    long long l, fseq;
-    if (!as_i64(SLOT(sa, S_LAST), &l) || l < -1)
-        return NULL;
-    PyObject *fo = SLOT(sa, S_FSEQ);
-    if (fo == NULL || !PyLong_CheckExact(fo))
-        return NULL;
-    int overflow;
-    fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
-    if (overflow < 0 || (!overflow && (fseq == -1 && PyErr_Occurred())))
-        return NULL;
-    if (!overflow && !(l + 1 < fseq)) /* overflow > 0: fseq is NO_LIMIT, above any number */
-        return NULL;
-    PyObject *ft = SLOT(sa, S_FTIME);
-    if (ft == NULL || !PyFloat_CheckExact(ft))
-        return NULL;
-    *octets = total;
-    *last = l;
-    *seqp = seq;
+    if (code != -2) {
+        Bucket *b = &cache[f->idx];
+        b->e[1] = b->e[0];
+        e = &b->e[0];
+        e->w0 = f->w0;
+        e->w1 = f->w1;
+        e->gen = cache_gen;
+        e->obs = code;
+        e->sa = sa;
+    }
     return sa;
+}
+
+/* Prefetch distances (frames ahead): headers and cache slot, then the SA, then its slot values;
+ * walking 2000 SAs is bound by memory latency, not by instructions. */
+#define AHEAD_PARSE 12
+#define AHEAD_SA 6
+#define AHEAD_SLOTS 3
+#define RING 16
+
+static inline PyObject *cached_sa(const Parsed *f, int32_t code) {
+    Entry *e = f->ok ? find(f, code) : NULL;
+    return e != NULL ? e->sa : NULL;
 }
 
 static PyObject *walk(PyObject *self, PyObject *args) {
@@ -131,36 +246,115 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     const unsigned char *m = meta.buf;
     Py_ssize_t n = meta.len / 16, i = start < 0 ? 0 : start;
     unsigned long long octets = 0;
+    PyObject *stop_sa = Py_None; /* the SA of the frame where the walk stopped, when it is one */
+    uint32_t stop_seq = 0, stop_total = 0;
+    int32_t code = obs_code(obs);
+    if (cache == NULL || !HAVE_VERSION_TAG || sas != cache_dict || dict_tag(sas) != cache_tag) {
+        /* the table changed (or is another one): every entry is stale; resize to the table */
+        int bits = CACHE_MIN_BITS;
+        while (bits < CACHE_MAX_BITS && ((Py_ssize_t)1 << bits) < 4 * PyDict_GET_SIZE(sas))
+            bits++;
+        if (cache == NULL || bits > cache_bits || bits + 2 < cache_bits) {
+            free(cache);
+            cache = aligned_alloc(64, sizeof(Bucket) << bits);
+            if (cache != NULL)
+                memset(cache, 0, sizeof(Bucket) << bits);
+            else {
+                PyErr_NoMemory();
+                goto error;
+            }
+            cache_bits = bits;
+        } else if (++cache_gen == 0) { /* wrapped: no stale entry may look current */
+            memset(cache, 0, sizeof(Bucket) << cache_bits);
+        }
+        if (cache_gen == 0)
+            cache_gen = 1;
+        cache_dict = sas;
+        cache_tag = dict_tag(sas);
+    }
+    if (!HAVE_VERSION_TAG)
+        code = -2;
+    Parsed ring[RING];
+    for (Py_ssize_t j = i; j < n && j < i + AHEAD_PARSE; j++) {
+        uint32_t r[4];
+        memcpy(r, m + 16 * j, 16);
+        Parsed *f = &ring[j % RING];
+        f->ok = 0;
+        if ((Py_ssize_t)r[2] + r[3] <= buf.len)
+            parse(f, b + r[2], r[3]);
+    }
     for (; i < n; i++) {
+        Py_ssize_t j = i + AHEAD_PARSE;
+        if (j < n) {
+            uint32_t r[4];
+            memcpy(r, m + 16 * j, 16);
+            Parsed *f = &ring[j % RING];
+            f->ok = 0;
+            if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
+                __builtin_prefetch(b + r[2] + 64);
+                parse(f, b + r[2], r[3]);
+                if (f->ok)
+                    __builtin_prefetch(&cache[f->idx]);
+            }
+        }
+        if (i + AHEAD_SA < n) {
+            PyObject *sa = cached_sa(&ring[(i + AHEAD_SA) % RING], code);
+            if (sa != NULL)
+                for (int k = 0; k < N_SLOTS; k++)
+                    __builtin_prefetch(&SLOT(sa, k));
+        }
+        if (i + AHEAD_SLOTS < n) {
+            PyObject *sa = cached_sa(&ring[(i + AHEAD_SLOTS) % RING], code);
+            if (sa != NULL)
+                for (int k = 0; k < N_SLOTS; k++) {
+                    PyObject *v = SLOT(sa, k);
+                    if (v != NULL)
+                        __builtin_prefetch(v);
+                }
+        }
         uint32_t r[4];
         memcpy(r, m + 16 * i, 16);
         double now = (double)r[0] + (double)r[1] * 1e-6;
-        if (now >= due || (Py_ssize_t)r[2] + r[3] > buf.len)
+        const Parsed *f = &ring[i % RING];
+        if (now >= due || !f->ok)
             break;
-        const unsigned char *p = b + r[2];
-        uint32_t total;
-        long long last;
-        const unsigned char *seq;
-        PyObject *sa = in_order_sa(sas, obs, p, r[3], &total, &last, &seq);
+        PyObject *sa = lookup(sas, obs, code, f);
         if (sa == NULL) {
             if (PyErr_Occurred())
                 goto error;
             break;
         }
-        if (!(now <= PyFloat_AS_DOUBLE(SLOT(sa, S_FTIME))) || be32(seq) != (uint32_t)(last + 1))
-            break;
-        long long datagrams, packets, sa_octets, iv_min;
-        if (!as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || !as_i64(SLOT(sa, S_PACKETS), &packets)
-            || !as_i64(SLOT(sa, S_OCTETS), &sa_octets) || !as_i64(SLOT(sa, S_IV_MIN), &iv_min)) {
+        stop_sa = sa;
+        stop_seq = be32(f->seq);
+        stop_total = f->total;
+        long long last, fseq;
+        if (!as_i64(SLOT(sa, S_LAST), &last) || last < -1) {
             if (PyErr_Occurred())
                 goto error;
             break;
         }
+        PyObject *fo = SLOT(sa, S_FSEQ);
+        if (fo == NULL || !PyLong_CheckExact(fo))
+            break;
+        int overflow;
+        fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
+        if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
+            goto error_or_stop;
+        if (!overflow && !(last + 1 < fseq)) /* overflow > 0: fseq is NO_LIMIT, above any number */
+            break;
+        PyObject *ft = SLOT(sa, S_FTIME);
+        if (ft == NULL || !PyFloat_CheckExact(ft) || !(now <= PyFloat_AS_DOUBLE(ft))
+            || be32(f->seq) != (uint32_t)(last + 1))
+            break;
+        long long datagrams, packets, sa_octets, iv_min;
+        if (!as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || !as_i64(SLOT(sa, S_PACKETS), &packets)
+            || !as_i64(SLOT(sa, S_OCTETS), &sa_octets) || !as_i64(SLOT(sa, S_IV_MIN), &iv_min))
+            goto error_or_stop;
         PyObject *iv_seen = SLOT(sa, S_IV_SEEN);
         if (iv_min < 0 && (iv_seen == NULL || !PyFloat_CheckExact(iv_seen)))
             break;
         if (set_int(sa, S_LAST, last + 1) < 0 || set_int(sa, S_DATAGRAMS, datagrams + 1) < 0
-            || set_int(sa, S_PACKETS, packets + 1) < 0 || set_int(sa, S_OCTETS, sa_octets + total) < 0
+            || set_int(sa, S_PACKETS, packets + 1) < 0 || set_int(sa, S_OCTETS, sa_octets + f->total) < 0
             || set_time(sa, now) < 0)
             goto error;
         if (iv_min < 0) {
@@ -173,10 +367,17 @@ static PyObject *walk(PyObject *self, PyObject *args) {
                 goto error;
         }
         octets += r[3];
+        stop_sa = Py_None;
     }
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
-    return Py_BuildValue("nK", i, octets);
+    return Py_BuildValue("nKOII", i, octets, stop_sa, stop_seq, stop_total);
+error_or_stop:
+    if (!PyErr_Occurred()) {
+        PyBuffer_Release(&buf);
+        PyBuffer_Release(&meta);
+        return Py_BuildValue("nKOII", i, octets, stop_sa, stop_seq, stop_total);
+    }
 error:
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
@@ -185,7 +386,9 @@ error:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(buf, meta, start, sas, obs, due) -> (stop, octets): consume in-order ESP frames from `start`."},
+     "walk(buf, meta, start, sas, obs, due) -> (stop, octets, sa, seq, ip_len): consume in-order ESP frames from\n"
+     "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
+     "stop frame is an ESP datagram of a known SA (not the next number, or not established), else None."},
     {NULL, NULL, 0, NULL},
 };
 

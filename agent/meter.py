@@ -283,7 +283,7 @@ class Meter:
         pos = esp = octets = 0
         due = self._due()
         while True:
-            stop, part = walk(buf, meta, pos, sas, obs, due)
+            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due)
             esp += stop - pos
             octets += part
             if stop == n:
@@ -296,7 +296,12 @@ class Meter:
                 esp = 0
                 self.tick(now)
                 due = self._due()
-            self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
+                self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
+            elif sa is not None:  # an ESP datagram of a known SA: what _frame would do, without decoding
+                self._esp_datagram(sa, seq, ip_len, now)
+                esp += 1
+            else:
+                self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
             due = self._due()
             pos = stop + 1
         self.classes[d.ESP] += esp
@@ -333,16 +338,21 @@ class Meter:
         if sa is None:
             sa = table.create(key, udp, now, f.direction)
             sa.local = f.src in self.local_addrs
-        elif not sa.active:
-            table.reactivate(sa, now)
-        sa = table.observe_slow(sa, f.seq, f.ip_len, now)
+        sa = self._esp_datagram(sa, f.seq, f.ip_len, now)
+        if f.frag_id is not None:
+            self._first_fragment(f, sa, now)
+
+    def _esp_datagram(self, sa: SA, seq: int, ip_len: int, now: float) -> SA:
+        """One datagram of an SA in the table, through the tracker; returns the SA it belongs to."""
+        if not sa.active:
+            self.table.reactivate(sa, now)
+        sa = self.table.observe_slow(sa, seq, ip_len, now)
         if sa.iv_seen < 0:
             sa.iv_seen = now
         sa.packets += 1
-        sa.octets += f.ip_len
+        sa.octets += ip_len
         sa.last_seen = now
-        if f.frag_id is not None:
-            self._first_fragment(f, sa, now)
+        return sa
 
     def _ike(self, f: d.Frame, now: float) -> IkePair:
         return self.ike.observe(f, now, self.settings.table.max_sas)

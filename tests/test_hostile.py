@@ -112,9 +112,17 @@ mutation = st.tuples(
 )
 
 
+PATHS = {
+    "vector": MeterSettings(vector_min=1),  # every batch, however small, takes the numpy run path
+    "inline-c": MeterSettings(vector=False),  # agent/_fastpath.c where it is built
+    "inline-python": MeterSettings(vector=False, compiled=False),
+    "reference": MeterSettings(fast_path=False, vector=False),
+}
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(mutation, min_size=1, max_size=40), st.booleans())
-def test_fuzzed_frames_never_crash_and_all_land_in_one_class(mutations: list, fast: bool) -> None:
+@given(st.lists(mutation, min_size=1, max_size=40), st.sampled_from(sorted(PATHS)))
+def test_fuzzed_frames_never_crash_and_all_land_in_one_class(mutations: list, path: str) -> None:
     by_link: dict[int, list[bytes]] = {}
     for idx, cut, writes in mutations:
         linktype, data = SEEDS[idx]
@@ -123,10 +131,8 @@ def test_fuzzed_frames_never_crash_and_all_land_in_one_class(mutations: list, fa
             if pos < len(frame):
                 frame[pos] = value
         by_link.setdefault(linktype, []).append(bytes(frame))
-    # vector_min=1: every batch, however small, takes the numpy run path when fast
-    settings = MeterSettings(vector_min=1) if fast else MeterSettings(fast_path=False, vector=False)
     docs = []
-    for s in (settings, MeterSettings(fast_path=False, vector=False)):
+    for s in (PATHS[path], PATHS["reference"]):
         meter = Meter(s, keep_history=True)
         for linktype, frames in by_link.items():
             buf, meta = _batch(frames)
