@@ -61,8 +61,8 @@ def _read(args: argparse.Namespace) -> int:
         flush_suppressed(final=True)
         undelivered = exporter.undelivered()
     if args.json:
-        json.dump(result.doc, sys.stdout, separators=(",", ":"))
-        sys.stdout.write("\n")
+        # dumps, not dump: one call to the C encoder instead of a write per token (0.4 s at 2000 SAs)
+        sys.stdout.write(json.dumps(result.doc, separators=(",", ":")) + "\n")
     else:
         write_table(result.doc, sys.stdout)
     sys.stdout.flush()
