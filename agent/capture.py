@@ -126,5 +126,14 @@ class OfflineSource:
         handle.close()
         return Batch(bytes(buf), bytes(meta), self.linktype) if meta else None
 
+    @property
+    def interface_names(self) -> dict[int, str]:
+        """libpcap does not say which pcapng interface a packet came from (agent.pcapng does)."""
+        return {}
+
+    def progress(self, batch: Batch) -> int:
+        """File bytes this batch stands for (about: record headers are not counted)."""
+        return len(batch.buf) + len(batch.meta)
+
     def close(self) -> None:
         self.handle.close()

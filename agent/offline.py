@@ -6,8 +6,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from agent.capture import OfflineSource
+from agent.capture import STDIN, OfflineSource
 from agent.meter import Meter, MeterSettings
+from agent.pcapng import PcapngSource, is_pcapng
 from agent.records import RecordSink
 from agent.report import document
 
@@ -30,7 +31,7 @@ class OfflineResult:
 def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = None, bpf: str | None = None,
                progress: bool | None = None) -> OfflineResult:
     """Read `path` to its end (or its damage), ticking timers on capture time, then end every SA."""
-    source = OfflineSource(path, bpf)
+    source = PcapngSource(path, bpf) if path != STDIN and is_pcapng(path) else OfflineSource(path, bpf)
     meter = Meter(settings, sink, keep_history=True)
     show = sys.stderr.isatty() if progress is None else progress
     if show:
@@ -41,11 +42,12 @@ def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = Non
         bar = _NoBar()
     try:
         while (batch := source.read()) is not None:
-            meter.feed(batch.buf, batch.meta, batch.linktype)
+            meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex)
             meter.tick(meter.now)
-            bar.update(len(batch.buf) + len(batch.meta))
+            bar.update(source.progress(batch))
     finally:
         bar.close()
         source.close()
     meter.finish()
-    return OfflineResult(document(meter, path, source.linktype, source.error), meter, source.error)
+    doc = document(meter, path, source.linktype, source.error, source.interface_names)
+    return OfflineResult(doc, meter, source.error)

@@ -47,7 +47,9 @@ def sa_json(sa: SA, tunnel_names: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def document(meter: Meter, source: str, linktype: int, error: str | None = None) -> dict[str, Any]:
+def document(meter: Meter, source: str, linktype: int, error: str | None = None,
+             interfaces: dict[int, str] | None = None) -> dict[str, Any]:
+    """`interfaces`: the capture's interface numbers -> names (a pcapng file's IDBs)."""
     sas = meter.table.all_sas()
     names = meter.producer.names
     index = {id(sa): i for i, sa in enumerate(sas)}
@@ -75,8 +77,11 @@ def document(meter: Meter, source: str, linktype: int, error: str | None = None)
     }
     if error:
         capture["error"] = error
+    sa_docs = [sa_json(sa, names) for sa in sas]
+    for j in sa_docs:
+        j["interface"] = (interfaces or {}).get(j["interface"], j["interface"])
     return {
-        "sas": [sa_json(sa, names) for sa in sas],
+        "sas": sa_docs,
         "tunnels": sorted(tunnels.values(), key=lambda t: t["id"]),
         "ike": [
             {

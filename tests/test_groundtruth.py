@@ -21,7 +21,8 @@ Readings of the contract where it leaves room (what a network engineer would exp
   matched through the SAs; the order of `sas[]`, `tunnels[]` and `ike[]` is not part of the contract.
 - `ike[].octets` sum IP total lengths like SA octets; NAT keepalives are neither IKE nor ESP.
 - SLL/SLL2 packet type 4 (outgoing) is direction "out", 0 (to us) is "in"; `interface` is the SLL2
-  ifindex and null for every other link type (a file knows no interface otherwise).
+  ifindex; in a pcapng file the interface (IDB) a packet was captured on, by its if_name or as if<N>;
+  null otherwise (a pcap file knows no interface).
 - ARP, unknown ethertypes, TCP and ICMP are `other`; an IPv4 header with IHL < 5 or a total length
   below its header length is `malformed`.
 - A late datagram is final because it is behind the window, or because its gap is older than the
@@ -290,6 +291,14 @@ def test_malformed_and_truncated_frames(tmp_path: Path) -> None:
 
 def test_pcapng_input(tmp_path: Path) -> None:
     check("pcapng", tmp_path)
+
+
+def test_pcapng_two_interfaces(tmp_path: Path) -> None:
+    """`dumpcap -i wan -i lan`: the same SA on both interfaces is two SAs, each with its own exact figures."""
+    doc = check("pcapng_two_interfaces", tmp_path)
+    assert sorted((sa["interface"], sa["spi"], sa["lost"], sa["duplicates"]) for sa in doc["sas"]) == [
+        ("if2", 0x2A03, 0, 0), ("if2", 0x2A04, 0, 0),
+        ("lan", 0x2A01, 4, 0), ("lan", 0x2A02, 0, 1), ("wan", 0x2A01, 1, 0), ("wan", 0x2A02, 0, 0)]
 
 
 def test_snaplen_cut_payloads(tmp_path: Path) -> None:

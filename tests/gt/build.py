@@ -52,6 +52,7 @@ class Scenario:
     linktype: int = fr.LINKTYPE_ETHERNET
     fmt: str = "pcap"
     snaplen: int | None = None
+    if_names: tuple[str | None, ...] = (None,)  # pcapng: one IDB each (Link.capture_if indexes them)
     specs: list[SASpec] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)
     extras: list[Emitted] = field(default_factory=list)
@@ -161,9 +162,13 @@ class Scenario:
         """Write the capture; return the expected `espmeter read --json` object."""
         path = Path(path)
         emitted = self.build()
-        records = [Record(BASE_US + e.ts_us, e.data, self._caplen(e)) for e in emitted]
-        writer = write_pcapng if self.fmt == "pcapng" else write_pcap
-        writer(path, self.linktype, records, self.snaplen or 262144)
+        records = [Record(BASE_US + e.ts_us, e.data, self._caplen(e), e.link.capture_if) for e in emitted]
+        if self.fmt == "pcapng":
+            write_pcapng(path, self.linktype, records, self.snaplen or 262144, self.if_names)
+        elif len(self.if_names) > 1:
+            raise AmbiguousScenario("a pcap file has one interface: write several as pcapng")
+        else:
+            write_pcap(path, self.linktype, records, self.snaplen or 262144)
         return self.expected(emitted, str(path))
 
     def _caplen(self, e: Emitted) -> int | None:
@@ -201,11 +206,21 @@ class Scenario:
         src, dst, spi, sport, dport, vlan, inner_vlan, interface, generation = spec.key()
         return {
             "src": src, "dst": dst, "spi": spi, "encap": spec.encap, "sport": sport, "dport": dport,
-            "vlan": vlan, "inner_vlan": inner_vlan, "interface": interface, "direction": spec.direction(),
+            "vlan": vlan, "inner_vlan": inner_vlan, "interface": self._interface(interface),
+            "direction": spec.direction(),
             "generation": generation, "packets": len(frames), "octets": sum(e.octets for e in frames),
             **stats, "peer_spi": None, "tunnel": None,
             "first_seen": seconds(min(e.ts_us for e in frames)), "last_seen": seconds(max(e.ts_us for e in frames)),
         }
+
+    def _interface(self, key_interface: Any) -> Any:
+        """`read --json`'s interface: SLL2's index; a pcapng IDB's if_name, else if<N>; else null."""
+        if not isinstance(key_interface, tuple):
+            return key_interface
+        number = key_interface[1]
+        if self.fmt != "pcapng":
+            return None
+        return self.if_names[number] or f"if{number}"
 
     def _check_keys_and_generations(self, sas: list[dict[str, Any]]) -> None:
         by_key: dict[tuple, list[int]] = {}

@@ -67,6 +67,7 @@ class Link:
     vlan: int | None = None
     inner_vlan: int | None = None
     ifindex: int = 0
+    capture_if: int = 0  # the pcapng interface (IDB) the frame is written on
     pkttype: int = SLL_HOST
     null_af6: int = 30
 

@@ -94,7 +94,8 @@ class SASpec:
 
     def key(self) -> tuple:
         """The contract's SA key, plus the generation: identifies one `sas[]` entry."""
-        interface = self.link.ifindex if self.link.linktype == fr.LINKTYPE_LINUX_SLL2 else None
+        # SLL2 frames carry the interface index; otherwise the observation point is the capture interface
+        interface = self.link.ifindex if self.link.linktype == fr.LINKTYPE_LINUX_SLL2 else ("if", self.link.capture_if)
         return (self.src, self.dst, self.spi, self.sport if self.encap == "udp" else None,
                 self.dport if self.encap == "udp" else None, self.link.vlan, self.link.inner_vlan,
                 interface, self.generation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 
@@ -283,6 +284,22 @@ def pcapng() -> Scenario:
     return sc
 
 
+def pcapng_two_interfaces() -> Scenario:
+    """A transit router captured with `dumpcap -i wan -i lan`: each SA seen on both interfaces, the
+    router dropping some datagrams between them (lost on lan only), an unnamed third interface."""
+    sc = Scenario("pcapng_two_interfaces", fmt="pcapng", if_names=("wan", "lan", None))
+    wan, lan, other = sc.link(capture_if=0), sc.link(capture_if=1), sc.link(capture_if=2)
+    fwd = SASpec(v4(1, 1), v4(1, 2), 0x2A01, link=wan, count=300, drops={50})
+    rev = SASpec(v4(1, 2), v4(1, 1), 0x2A02, link=lan, count=300, start_us=200, dups={120: 0})
+    sc.add_sa(fwd)
+    sc.add_sa(dataclasses.replace(fwd, link=lan, start_us=10, drops={50, 60, 61, 200}))  # the router's loss
+    sc.add_sa(rev)
+    sc.add_sa(dataclasses.replace(rev, link=wan, start_us=215, dups={}))
+    sc.pairs += [(0, 3), (1, 2)]
+    sc.add_tunnel(SASpec(v4(3, 1), v4(3, 2), 0x2A03, link=other, count=50, start_us=5), 0x2A04)
+    return sc
+
+
 def snaplen() -> Scenario:
     """Snaplen 96 cuts every ESP payload but keeps the headers: counted as ESP, octets from IP length."""
     sc = Scenario("snaplen", snaplen=96)
@@ -330,4 +347,5 @@ def registry() -> dict[str, Callable[[], Scenario]]:
     return {f.__name__: f for f in (
         no_loss, random_loss, burst_loss, reorder, dup_loss, fragments_all, fragments_nonfirst_lost,
         fragments_first_lost, fragments_out_of_order, nat_t, rekey, esn_wrap, restart, implausible, ipv6_ext,
-        vlan, sll, sll2, sll2_two_interfaces, raw, null, mid_sa, many_sas, late, malformed, pcapng, snaplen, mixed)}
+        vlan, sll, sll2, sll2_two_interfaces, raw, null, mid_sa, many_sas, late, malformed, pcapng,
+        pcapng_two_interfaces, snaplen, mixed)}

@@ -22,6 +22,7 @@ class Record:
     ts_us: int
     data: bytes
     caplen: int | None = None
+    interface: int = 0  # pcapng: the IDB it was captured on
 
     @property
     def captured(self) -> bytes:
@@ -44,15 +45,21 @@ def _block(btype: int, body: bytes) -> bytes:
     return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
 
 
-def write_pcapng(path: Path, linktype: int, records: list[Record], snaplen: int = 262144) -> None:
-    """SHB, one IDB (default µs resolution), an unknown block, then one EPB per record."""
-    parts = [
-        _block(PCAPNG_SHB, struct.pack("<IHHq", PCAPNG_BOM, 1, 0, -1)),
-        _block(PCAPNG_IDB, struct.pack("<HHI", linktype, 0, snaplen)),
-        _block(PCAPNG_UNKNOWN, b"espmeter ground truth: skip me"),
-    ]
+def write_pcapng(path: Path, linktype: int, records: list[Record], snaplen: int = 262144,
+                 if_names: tuple[str | None, ...] = (None,)) -> None:
+    """SHB, one IDB per interface (default µs resolution, if_name when named), an unknown block, then one
+    EPB per record."""
+    parts = [_block(PCAPNG_SHB, struct.pack("<IHHq", PCAPNG_BOM, 1, 0, -1))]
+    for name in if_names:
+        options = b""
+        if name is not None:
+            raw = name.encode()
+            options = struct.pack("<HH", 2, len(raw)) + raw + b"\x00" * (-len(raw) % 4) + struct.pack("<HH", 0, 0)
+        parts.append(_block(PCAPNG_IDB, struct.pack("<HHI", linktype, 0, snaplen) + options))
+    parts.append(_block(PCAPNG_UNKNOWN, b"espmeter ground truth: skip me"))
     for rec in records:
         cap = rec.captured
-        body = struct.pack("<IIIII", 0, rec.ts_us >> 32, rec.ts_us & 0xFFFFFFFF, len(cap), len(rec.data)) + cap
+        body = struct.pack("<IIIII", rec.interface, rec.ts_us >> 32, rec.ts_us & 0xFFFFFFFF, len(cap),
+                           len(rec.data)) + cap
         parts.append(_block(PCAPNG_EPB, body))
     Path(path).write_bytes(b"".join(parts))
