@@ -215,9 +215,9 @@ class Scenario:
 
     def _interface(self, key_interface: Any) -> Any:
         """`read --json`'s interface: SLL2's index; a pcapng IDB's if_name, else if<N>; else null."""
-        if not isinstance(key_interface, tuple):
-            return key_interface
-        number = key_interface[1]
+        if key_interface is not None and not isinstance(key_interface, tuple):
+            return key_interface  # SLL2
+        number = 0 if key_interface is None else key_interface[1]
         if self.fmt != "pcapng":
             return None
         return self.if_names[number] or f"if{number}"

@@ -94,8 +94,10 @@ class SASpec:
 
     def key(self) -> tuple:
         """The contract's SA key, plus the generation: identifies one `sas[]` entry."""
-        # SLL2 frames carry the interface index; otherwise the observation point is the capture interface
-        interface = self.link.ifindex if self.link.linktype == fr.LINKTYPE_LINUX_SLL2 else ("if", self.link.capture_if)
+        # SLL2 frames carry the interface index; otherwise the observation point is the pcapng interface,
+        # None for the first (or only) one, as a pcap file has
+        capture_if = None if self.link.capture_if == 0 else ("if", self.link.capture_if)
+        interface = self.link.ifindex if self.link.linktype == fr.LINKTYPE_LINUX_SLL2 else capture_if
         return (self.src, self.dst, self.spi, self.sport if self.encap == "udp" else None,
                 self.dport if self.encap == "udp" else None, self.link.vlan, self.link.inner_vlan,
                 interface, self.generation)
