@@ -41,7 +41,7 @@ from exporter.infomodel import DOC_PEN, check_pen
 from exporter.message import MIN_MTU
 from exporter.transport import parse_collector
 
-_SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log", "metrics"})
+_SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log", "metrics", "strongswan"})
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
 STATE_DIR = "/var/lib/espmeter"  # StateDirectory= of agent/share/espmeter.service: made by systemd at start
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
@@ -99,7 +99,15 @@ def check_user(name: str | None, info: ValidationInfo) -> str | None:
     return name
 
 
+def check_vici_url(url: str) -> str:
+    """charon's vici socket: `unix://` and an absolute path."""
+    if not url.startswith("unix:///") or len(url) == len("unix:///"):
+        raise ValueError(f"{url!r} is not a vici socket URL (expected unix:///PATH, e.g. unix:///var/run/charon.vici)")
+    return url
+
+
 CollectorURL = Annotated[str, AfterValidator(check_collector_url), AfterValidator(check_collector_target)]
+ViciURL = Annotated[str, AfterValidator(check_vici_url)]
 PeerIP = Annotated[str, AfterValidator(check_peer_ip)]
 
 
@@ -144,6 +152,16 @@ class MetricsConfig(BaseModel):
         if value is not None:
             split_listen(value)
         return value
+
+
+class StrongSwanConfig(BaseModel):
+    """strongSwan on this box: CHILD_SA names and true SPI pairs from charon."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    vici: ViciURL | None = Field(
+        None, description="charon's vici socket (unix:///var/run/charon.vici); unset: heuristic pairing only."
+    )
 
 
 def _interface_item(value: Any) -> Any:
@@ -196,6 +214,9 @@ class Settings(BaseModel):
     )
     tunnel_names: dict[PeerIP, str] = Field(
         default_factory=dict, description="Peer IP address -> tunnel name, for readable output."
+    )
+    strongswan: StrongSwanConfig = Field(
+        default_factory=StrongSwanConfig, description="strongSwan on this gateway (names and pairs over vici)."
     )
     # daemon
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")

@@ -12,6 +12,7 @@ import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.config import load_config
 from agent.decode import ESP
@@ -28,6 +29,9 @@ from agent.signals import Signals
 from agent.status import Totals, capture_status, stats_line
 from exporter import Exporter
 from exporter.records import MeteringStats
+
+if TYPE_CHECKING:
+    from agent.strongswan import Vici
 
 log = logging.getLogger("espmeter")
 
@@ -61,6 +65,7 @@ class Agent:
         self.totals = Totals()  # at the last statistics line
         self.next_stats = self.clock() + self.rt.export.stats_interval_s
         self.status = ""  # the STATUS= last sent
+        self.vici: Vici | None = None
 
     # -- configuration -------------------------------------------------------------------------
     def _load(self) -> Runtime:
@@ -113,10 +118,25 @@ class Agent:
             for name, ic in self.capture.interfaces.items():
                 if name in before:
                     ic.frames, ic.dropped = before[name].frames, before[name].dropped
+        if new.strongswan != old.strongswan:
+            self._start_vici()
+
+    def _start_vici(self) -> None:
+        """strongSwan on this box (config `strongswan.vici`): its names and pairs win over the heuristic."""
+        if self.vici is not None:
+            self.vici.close()
+            self.vici = None
+        uri = self.rt.strongswan.vici
+        if uri is not None:
+            from agent.strongswan import Vici  # loaded only on a gateway that asks for it
+
+            self.vici = Vici(uri)
+            self.vici.start(self.meter.table)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
         self.signals.install()
+        self._start_vici()
         if self.rt.user:
             drop_privileges(self.rt.user)
         self.status = capture_status(self.capture.states())
@@ -128,10 +148,14 @@ class Agent:
         meter = self.meter
         while True:
             fds = [*self.capture.fds(), self.signals.fileno(), self.links.fileno()]
+            if self.vici is not None:
+                fds.append(self.vici.fileno())
             try:
                 readable, _, _ = select.select(fds, [], [], TICK_S)
             except InterruptedError:
                 readable = []
+            if self.vici is not None:
+                self.vici.apply()  # before the packets: SAs new in this batch find charon's latest word
             frames = 0
             for fd in readable:
                 if fd == self.links.fileno():
@@ -204,9 +228,10 @@ class Agent:
         names = self.meter.producer.names
         for sa in list(self.meter.table.sas.values()):
             j = sa_json(sa, names)
-            log.info("SA %s -> %s spi 0x%08x packets %d lost %d/%d reordered %d dup %d late %d tunnel %s%s",
+            log.info("SA %s -> %s spi 0x%08x packets %d lost %d/%d reordered %d dup %d late %d tunnel %s%s%s",
                      j["src"], j["dst"], j["spi"], j["packets"], j["lost"], j["expected"], j["reordered"],
-                     j["duplicates"], j["late"], j["tunnel"], " (sent here)" if j["local"] else "")
+                     j["duplicates"], j["late"], j["tunnel"], f" {j['tunnel_name']}" if j["tunnel_name"] else "",
+                     " (sent here)" if j["local"] else "")
 
     def shutdown(self) -> int:
         """SIGTERM/SIGINT: every open SA is exported with forced end, then the exporter is flushed."""
@@ -219,6 +244,8 @@ class Agent:
         self.outputs.close()  # IPFIX: sends the final statistics, flushes, waits for TCP delivery
         self.capture.close()
         self.links.close()
+        if self.vici is not None:
+            self.vici.close()
         flush_suppressed(final=True)
         return 0
 

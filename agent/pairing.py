@@ -4,30 +4,64 @@ Child-SA SPIs travel encrypted inside IKE, so a passive observer pairs by heuris
 unpaired reverse candidates, prefer one seen at the same observation point (a coherent view of one
 link), then the one first seen closest in time. An SA is never paired twice; rekeyed SAs (new SPIs)
 form a new pair. Candidates are indexed by flow key, so pairing never scans the SA table.
+
+On a gateway an authority (strongSwan over vici, agent.strongswan) may know the true partner and
+name of an SA: then it wins, its SAs are no candidates for SAs it does not know, and every SA whose
+heuristic partner (the one it had, or would have had) is not the authority's counts as a disagreement.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from agent.sa import SA
 
 
+class Claim(Protocol):
+    @property
+    def name(self) -> str: ...  # the SA's tunnel name
+
+    @property
+    def peer(self) -> bytes: ...  # the partner SA's identity (SA.ident)
+
+
+class PairAuthority(Protocol):
+    def claim(self, sa: SA) -> Claim | None: ...
+
+
 class Pairer:
-    def __init__(self) -> None:
+    def __init__(self, authority: PairAuthority | None = None) -> None:
         self.unpaired: dict[tuple, list[SA]] = {}
         self.next_tunnel = 1
+        self.authority = authority
+        self.disagreements = 0
 
     def add(self, sa: SA) -> SA | None:
         """Offer a new SA; returns its partner when one was found."""
-        candidates = self.unpaired.get(sa.reverse_flow_key())
-        if candidates:
-            peer = min(candidates, key=lambda c: (c.obs != sa.obs, abs(c.first_seen - sa.first_seen)))
-            candidates.remove(peer)
-            if not candidates:
-                del self.unpaired[sa.reverse_flow_key()]
-            self._pair(peer, sa)
-            return peer
-        self.unpaired.setdefault(sa.flow_key, []).append(sa)
-        return None
+        claim = self.authority.claim(sa) if self.authority is not None else None
+        candidates = self.unpaired.get(sa.reverse_flow_key(), [])
+        if claim is None:
+            return self._place(sa, [c for c in candidates if c.name is None])
+        sa.name = claim.name
+        guess = _closest(sa, candidates)
+        peer = self._place(sa, [c for c in candidates if c.ident == claim.peer])
+        if guess is not None and guess is not peer:
+            self.disagreements += 1
+        return peer
+
+    def adopt(self, sa: SA, claim: Claim) -> None:
+        """The authority named an SA after it was offered: its partner replaces the heuristic's."""
+        sa.name = claim.name
+        peer = sa.peer
+        if peer is not None:
+            if peer.ident == claim.peer:
+                return
+            self.disagreements += 1
+            sa.peer = peer.peer = sa.tunnel_id = peer.tunnel_id = None
+            self.add(peer)
+        else:
+            self.remove(sa)
+        self._place(sa, [c for c in self.unpaired.get(sa.reverse_flow_key(), []) if c.ident == claim.peer])
 
     def remove(self, sa: SA) -> None:
         """An SA left the table unpaired: it can no longer be a candidate."""
@@ -40,7 +74,8 @@ class Pairer:
                 del self.unpaired[sa.flow_key]
 
     def inherit(self, old: SA, new: SA) -> None:
-        """A new generation of an SA keeps its partner and tunnel; an unpaired one stays a candidate."""
+        """A new generation of an SA keeps its partner, tunnel and name; an unpaired one stays a candidate."""
+        new.name = old.name
         if old.peer is not None:
             new.peer, new.tunnel_id = old.peer, old.tunnel_id
             if old.peer.peer is old:
@@ -49,7 +84,27 @@ class Pairer:
             self.remove(old)
             self.add(new)
 
+    def _place(self, sa: SA, candidates: list[SA]) -> SA | None:
+        """Pair `sa` with the closest of `candidates`, or make it a candidate itself."""
+        peer = _closest(sa, candidates)
+        if peer is None:
+            self.unpaired.setdefault(sa.flow_key, []).append(sa)
+            return None
+        reverse = self.unpaired[sa.reverse_flow_key()]
+        reverse.remove(peer)
+        if not reverse:
+            del self.unpaired[sa.reverse_flow_key()]
+        self._pair(peer, sa)
+        return peer
+
     def _pair(self, first: SA, second: SA) -> None:
         first.peer, second.peer = second, first
         first.tunnel_id = second.tunnel_id = self.next_tunnel
         self.next_tunnel += 1
+
+
+def _closest(sa: SA, candidates: list[SA]) -> SA | None:
+    """The heuristic: same observation point first, then the closest first-seen time."""
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: (c.obs != sa.obs, abs(c.first_seen - sa.first_seen)))

@@ -99,7 +99,10 @@ def _direction(sa: SA) -> int | None:
 
 
 def tunnel_name(sa: SA, names: dict[str, str]) -> str | None:
-    """The configured name of either peer address (config `tunnel_names`)."""
+    """The one place a name is chosen, for every output: strongSwan's `IKE_SA/CHILD_SA` when charon
+    on this box knows the SA, else the configured name of either peer address (config `tunnel_names`)."""
+    if sa.name is not None:
+        return sa.name
     if not names:
         return None
     return names.get(str(sa.src)) or names.get(str(sa.dst))

@@ -19,6 +19,7 @@ class SA(SeqTracker):
         "packets", "octets", "incomplete", "first_seen", "last_seen",
         "peer", "tunnel_id", "active", "trial", "interval_start", "iv_seen", "held_octets", "held_seen", "local", "due",
         "fseq", "ftime",
+        "name",
         "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
         "x_incomplete", "x_last",
     )
@@ -47,6 +48,7 @@ class SA(SeqTracker):
         self.due = 0.0  # when the export schedule next looks at this SA
         self.fseq = -1  # the in-order fast path applies while last + 1 < fseq and now <= ftime
         self.ftime = 0.0
+        self.name: str | None = None  # from strongSwan (agent.strongswan) when this box runs it
         self.x_packets = self.x_octets = self.x_datagrams = self.x_lost = 0
         self.x_reordered = self.x_duplicates = self.x_late = self.x_incomplete = 0
         self.x_last = -1

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.capture import CaptureSettings
-from agent.config import LogConfig, Settings, load_config
+from agent.config import LogConfig, Settings, StrongSwanConfig, load_config
 from agent.meter import MeterSettings
 from agent.metrics import MetricsSettings
 from agent.satable import TableSettings
@@ -44,6 +44,7 @@ class Runtime:
     log: LogConfig
     user: str | None
     metrics: MetricsSettings | None  # None: no endpoint
+    strongswan: StrongSwanConfig
 
 
 def runtime(cfg: Settings) -> Runtime:
@@ -86,6 +87,7 @@ def runtime(cfg: Settings) -> Runtime:
         log=cfg.log,
         user=cfg.user,
         metrics=MetricsSettings(**cfg.metrics.model_dump()) if cfg.metrics.listen else None,
+        strongswan=cfg.strongswan,
     )
 
 

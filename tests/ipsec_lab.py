@@ -88,6 +88,7 @@ class ChildSA:
     bytes_out: int
     local_ts: tuple[str, ...] = ()
     remote_ts: tuple[str, ...] = ()
+    ike: str = ""  # name of the IKE_SA (its connection) the CHILD_SA belongs to
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -165,7 +166,7 @@ def child_sas_from_raw(text: str) -> list[ChildSA]:
     """All CHILD_SAs of all IKE_SAs in `swanctl --list-sas --raw` output."""
     result = []
     for message in parse_vici_raw(text):
-        for ike in message.values():
+        for ike_name, ike in message.items():
             if not isinstance(ike, dict):
                 continue
             for child in ike.get("child-sas", {}).values():
@@ -176,7 +177,7 @@ def child_sas_from_raw(text: str) -> list[ChildSA]:
                     packets_in=_int(child.get("packets-in")), packets_out=_int(child.get("packets-out")),
                     bytes_in=_int(child.get("bytes-in")), bytes_out=_int(child.get("bytes-out")),
                     local_ts=tuple(child.get("local-ts", ())), remote_ts=tuple(child.get("remote-ts", ())),
-                    raw=child))
+                    ike=ike_name, raw=child))
     return result
 
 
@@ -565,10 +566,14 @@ secrets {{
     }}
 }}
 """)
+        self._spawn_charon(charon)
+
+    @staticmethod
+    def _spawn_charon(charon: _Charon) -> None:
         # Private /run (pid file, default sockets are compiled-in paths) via a mount namespace of its own.
         script = f"mount -t tmpfs -o size=4m,mode=755 espm-run /run && exec {CHARON}"
         env = dict(os.environ, STRONGSWAN_CONF=str(charon.workdir / "strongswan.conf"))
-        with open(charon.workdir / "charon.stderr", "wb") as err:
+        with open(charon.workdir / "charon.stderr", "ab") as err:
             charon.proc = subprocess.Popen(
                 ["ip", "netns", "exec", charon.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT, env=env)
@@ -585,6 +590,28 @@ secrets {{
             if time.monotonic() > deadline:
                 raise LabError(f"charon vici in {charon.ns} not answering: {proc.stderr}\n{charon.log_tail()}")
             time.sleep(0.05)
+
+    def vici_uri(self, side: str) -> str:
+        """unix://PATH of SIDE's charon vici socket (in the lab's temp dir, reachable from every namespace)."""
+        return self._charons[side].vici
+
+    def restart_charon(self, side: str, *, down_s: float = 0.0) -> dict[str, ChildSA]:
+        """Stop SIDE's charon (SIGTERM: it deletes its IKE_SAs at the peer), keep it down DOWN_S seconds
+        with its socket file removed, start it again and re-establish the CHILD_SA from left.
+        Returns the new CHILD_SAs (new SPIs on both ends)."""
+        charon = self._charons[side]
+        old = self.installed()
+        old_spis = {spi for sa in old.values() for spi in (sa.spi_in, sa.spi_out)}
+        assert charon.proc is not None
+        self._stop(charon.proc)
+        Path(charon.vici.removeprefix("unix://")).unlink(missing_ok=True)
+        time.sleep(down_s)
+        self._spawn_charon(charon)
+        self._wait_vici(charon)
+        self.swanctl(side, "--load-all", "--file", str(charon.workdir / "swanctl.conf"))
+        self.swanctl("left", "--initiate", "--child", CHILD, "--timeout", str(int(self.setup_timeout)),
+                     timeout=self.setup_timeout + 5)
+        return self.wait_installed(exclude_spis=old_spis, only=True)
 
     def list_sas(self) -> dict[str, list[ChildSA]]:
         """{'left': [...], 'right': [...]}: CHILD_SAs as each end reports them (`swanctl --list-sas --raw`)."""
