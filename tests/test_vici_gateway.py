@@ -12,10 +12,14 @@ from __future__ import annotations
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agent.sa import udp_ident
+from agent.satable import SATable, TableSettings
+from agent.strongswan import Vici
 from exporter.collect import read_file
 from tests.ipfix_sums import pairs, sums
 from tests.ipsec_lab import ChildSA, EspCounters, IPsecLab
@@ -145,3 +149,41 @@ def test_bad_vici_socket_one_line_and_metering_goes_on(tmp_path: Path, kind: str
     assert got[sa.spi_out]["datagrams"] == d["left"].passed and got[sa.spi_in]["datagrams"] == d["right"].passed
     found = pairs(read_file(str(out)))
     assert (sa.spi_out, sa.spi_in) in found and (sa.spi_in, sa.spi_out) in found  # the heuristic paired
+
+
+def _wait(cond: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_sas_seen_before_charon_names_them_are_named_by_asking(tmp_path: Path) -> None:
+    """The authority against a real charon, without the daemon: SAs that appear before the snapshot
+    wait for it; an SA whose event was missed is named by asking charon (`list-sas`)."""
+    with IPsecLab() as lab:
+        sa = lab.installed()["left"]
+        gw, peer = (bytes(int(x) for x in a.split(".")) for a in (lab.left_addr, lab.right_addr))
+        out_key = (None, udp_ident(gw, peer, 4500, 4500, sa.spi_out))
+        in_key = (None, udp_ident(peer, gw, 4500, 4500, sa.spi_in))
+        table = SATable(TableSettings(), lambda *_: None)
+        vici = Vici(lab.vici_uri("left"))
+        table.pairer.authority = vici  # SAs before the reader runs: they wait
+        vici.table, vici.pairer = table, table.pairer
+        first = table.create(out_key, True, 0.0, None)
+        assert first.name is None and first.ident in vici.waiting
+        vici.reader.start()
+        try:
+            _wait(lambda: (vici.apply(), first.name)[1] is not None)
+            assert first.name == f"{sa.ike}/{sa.name}" and not vici.waiting
+            vici.claims.clear()  # as if the child-updown had been missed: charon must be asked
+            second = table.create(in_key, True, 1.0, None)
+            assert second.name is None and second.peer is None
+            t0 = time.monotonic()
+            _wait(lambda: (vici.apply(), second.name)[1] is not None)
+            asked_s = time.monotonic() - t0
+        finally:
+            vici.close()
+        assert second.peer is first and first.peer is second and second.name == first.name
+        assert table.pairer.disagreements == 0
+        print(f"vici: unknown SA named by asking charon after {asked_s * 1000:.0f} ms")
