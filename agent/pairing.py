@@ -38,14 +38,18 @@ class Pairer:
 
     def add(self, sa: SA) -> SA | None:
         """Offer a new SA; returns its partner when one was found."""
+        return self._offer(sa, count=True)
+
+    def _offer(self, sa: SA, count: bool) -> SA | None:
         claim = self.authority.claim(sa) if self.authority is not None else None
         candidates = self.unpaired.get(sa.reverse_flow_key(), [])
-        if claim is None:
-            return self._place(sa, [c for c in candidates if c.name is None])
-        sa.name = claim.name
-        guess = _closest(sa, candidates)
-        peer = self._place(sa, [c for c in candidates if c.ident == claim.peer])
-        if guess is not None and guess is not peer:
+        guess = _closest(sa, candidates)  # what the heuristic alone would choose
+        if claim is None:  # the heuristic, among the SAs the authority does not reserve
+            peer = self._place(sa, [c for c in candidates if c.name is None])
+        else:
+            sa.name = claim.name
+            peer = self._place(sa, [c for c in candidates if c.ident == claim.peer])
+        if count and guess is not None and guess is not peer:
             self.disagreements += 1
         return peer
 
@@ -58,7 +62,7 @@ class Pairer:
                 return
             self.disagreements += 1
             sa.peer = peer.peer = sa.tunnel_id = peer.tunnel_id = None
-            self.add(peer)
+            self._offer(peer, count=False)
         else:
             self.remove(sa)
         self._place(sa, [c for c in self.unpaired.get(sa.reverse_flow_key(), []) if c.ident == claim.peer])
