@@ -159,7 +159,8 @@ class ViciReader(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
-        self.join(TIMEOUT_S)
+        if self.ident is not None:  # started
+            self.join(TIMEOUT_S)
 
     def _session(self, sessions: list[Any]) -> Any:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -207,7 +208,10 @@ class ViciReader(threading.Thread):
             self._post("add", ike_claims(message, "new"))
         elif kind == "child-updown":
             claims = ike_claims(message)
-            self._post("add", claims) if _is_up(message) else self._post("remove", list(claims))
+            if _is_up(message):
+                self._post("add", claims)
+            else:
+                self._post("remove", list(claims))
         elif kind == "ike-updown" and not _is_up(message):
             self._post("remove_ike", _ike_ids(message))
 
@@ -217,7 +221,10 @@ class ViciReader(threading.Thread):
             os.write(self.wake, b"\0")
 
     def _lost(self, exc: BaseException) -> None:
-        reason = _why(self.path, exc)
+        if self.connected and isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+            reason = "charon closed the connection"
+        else:
+            reason = _why(self.path, exc)
         if self.connected:
             log.warning("strongSwan vici %s: connection lost (%s); pairing by heuristic until charon answers "
                         "again (retrying every %g s)", self.uri, reason, RETRY_S)
