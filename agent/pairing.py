@@ -6,8 +6,9 @@ link), then the one first seen closest in time. An SA is never paired twice; rek
 form a new pair. Candidates are indexed by flow key, so pairing never scans the SA table.
 
 On a gateway an authority (strongSwan over vici, agent.strongswan) may know the true partner and
-name of an SA: then it wins, its SAs are no candidates for SAs it does not know, and every SA whose
-heuristic partner (the one it had, or would have had) is not the authority's counts as a disagreement.
+name of an SA: then it wins, and its SAs are no candidates for SAs it does not know. An SA it names
+whose heuristic partner (the one it had, or the one it would have taken) is another counts as a
+disagreement.
 """
 
 from __future__ import annotations
@@ -43,12 +44,11 @@ class Pairer:
     def _offer(self, sa: SA, count: bool) -> SA | None:
         claim = self.authority.claim(sa) if self.authority is not None else None
         candidates = self.unpaired.get(sa.reverse_flow_key(), [])
-        guess = _closest(sa, candidates)  # what the heuristic alone would choose
         if claim is None:  # the heuristic, among the SAs the authority does not reserve
-            peer = self._place(sa, [c for c in candidates if c.name is None])
-        else:
-            sa.name = claim.name
-            peer = self._place(sa, [c for c in candidates if c.ident == claim.peer])
+            return self._place(sa, [c for c in candidates if c.name is None])
+        sa.name = claim.name
+        guess = _closest(sa, candidates)  # what the heuristic alone would take
+        peer = self._place(sa, [c for c in candidates if c.ident == claim.peer])
         if count and guess is not None and guess is not peer:
             self.disagreements += 1
         return peer
