@@ -51,6 +51,7 @@ NON_DEFAULT = {
     "log": {"level": "debug"},
     "user": "nobody",
     "metrics": {"listen": "127.0.0.1:9108"},
+    "strongswan": {"vici": "unix:///var/run/charon.vici"},
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import ConfigError, parse_config
 from agent.pairing import Pairer
 from agent.sa import SA, esp_ident, udp_ident
 from agent.satable import SATable, TableSettings
@@ -155,3 +156,10 @@ def test_unreachable_socket_logs_one_line_and_keeps_retrying(tmp_path: Path, kin
     assert len(warnings) == 1 and want in warnings[0] and "heuristic" in warnings[0], warnings
     assert len(attempts) >= 4 and max(b - a for a, b in zip(attempts, attempts[1:], strict=False)) < 1.0
     assert not vici.connected and table.pairer.authority is None
+
+
+@pytest.mark.parametrize("value", ["/var/run/charon.vici", "tcp://127.0.0.1:4502", "unix:///"])
+def test_vici_url_must_be_a_unix_socket_path(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^f.yaml:3: strongswan.vici: .* is not a vici socket URL \(expected unix:"):
+        parse_config(f"interfaces: [eth0]\nstrongswan:\n  vici: '{value}'\n", "f.yaml")
+    assert parse_config("strongswan:\n", "f.yaml").strongswan.vici is None  # commented out: heuristic only
