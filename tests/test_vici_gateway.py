@@ -10,6 +10,8 @@ does not exist, one that is not a socket, charon going away: one log line, meter
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -188,3 +190,61 @@ def test_sas_seen_before_charon_names_them_are_named_by_asking(tmp_path: Path) -
         assert table.pairer.disagreements == 0
         print(f"vici: unknown SA named by asking charon after {asked_s * 1000:.0f} ms")
 
+
+SINK_PORT = 7778
+_SINK = f"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], {SINK_PORT}))
+print("ready", flush=True)
+while True:
+    s.recv(65535)
+"""
+_SEND = f"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+for i in range(int(sys.argv[3])):
+    s.sendto(bytes(64), (sys.argv[2], {SINK_PORT}))
+    time.sleep(0.002)
+"""
+
+
+def test_heuristic_overruled_by_charon_is_counted(tmp_path: Path) -> None:
+    """One-way traffic makes the heuristic wrong: before the rekey only left's outbound SA (A) speaks;
+    after it, right speaks first on its new SA (B'). The heuristic pairs B' with A, the only reverse
+    candidate; charon says B' belongs with A'. The gateway's agent follows charon and counts one
+    disagreement; an agent on the router (no charon) shows what the heuristic alone would export."""
+    gw_out, rt_out = tmp_path / "gw.ipfix", tmp_path / "rt.ipfix"
+    with IPsecLab() as lab:
+        for side, inner in (("left", lab.left_inner), ("right", lab.right_inner)):
+            sink = lab.popen_in(side, [sys.executable, "-c", _SINK, inner], stdout=subprocess.PIPE, text=True)
+            assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        (tmp_path / "gw.yaml").write_text(f"interfaces: [eth0]\ncollectors: ['file://{gw_out}']\n"
+                                          f"strongswan: {{vici: '{lab.vici_uri('left')}'}}\n")
+        (tmp_path / "rt.yaml").write_text(f"interfaces: [{lab.router_ifaces[0]}]\ncollectors: ['file://{rt_out}']\n")
+        gw = AgentProcess(lab.left_ns, ["--config", str(tmp_path / "gw.yaml")], tmp_path / "gw.log")
+        rt = AgentProcess(lab.router_ns, ["--config", str(tmp_path / "rt.yaml")], tmp_path / "rt.log")
+        try:
+            for agent in (gw, rt):
+                agent.wait_for("capturing on")
+            gw.wait_for("connected; names and pairs from charon")
+            old = lab.installed()["left"]
+            lab.run_in("left", [sys.executable, "-c", _SEND, lab.left_inner, lab.right_inner, "50"])
+            time.sleep(0.3)
+            new = lab.rekey(wait_deleted=True)["left"]
+            lab.run_in("right", [sys.executable, "-c", _SEND, lab.right_inner, lab.left_inner, "50"])
+            time.sleep(0.3)
+            assert lab.traffic(50, 0.002)[1] > 0  # now A' speaks too
+            gw.wait_for("heuristic pairing(s) overruled by charon")
+            time.sleep(1.5)  # the agents read what is still in their capture rings before they stop
+            for agent in (gw, rt):
+                assert agent.stop() == 0, agent.log.read_text()
+        finally:
+            for agent in (gw, rt):
+                agent.kill()
+    a, a2, b2 = old.spi_out, new.spi_out, new.spi_in
+    assert {(b2, a2), (a2, b2)} <= pairs(read_file(str(gw_out)))
+    assert not {s for s, p in pairs(read_file(str(gw_out))) if a in (s, p)}  # A's partner never spoke
+    assert (b2, a) in pairs(read_file(str(rt_out)))  # the heuristic alone pairs B' with A
+    assert "1 heuristic pairing(s) overruled by charon (1 since start)" in gw.log.read_text()
