@@ -209,9 +209,6 @@ class Settings(BaseModel):
     max_sas: int = Field(250_000, ge=1, description="Maximum SAs tracked at once; when full, unconfirmed SAs go first.")
     fragment_timeout_s: int = Field(30, ge=1, description="Drop incomplete IP fragments after this long.")
     max_fragments: int = Field(10000, ge=0, description="Maximum IP fragments held for reassembly.")
-    vectorized: bool = Field(
-        True, description="Meter in-order runs with numpy per batch (faster; off saves ~20 MB of RSS)."
-    )
     tunnel_names: dict[PeerIP, str] = Field(
         default_factory=dict, description="Peer IP address -> tunnel name, for readable output."
     )

@@ -160,9 +160,10 @@ class Agent:
             for fd in readable:
                 if fd == self.links.fileno():
                     self._links()
-                elif fd != self.signals.fileno() and (batch := self.capture.read(fd)) is not None:
-                    meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
-                    frames += len(batch.meta) // 16
+                elif fd != self.signals.fileno():
+                    for batch in self.capture.read(fd):
+                        meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+                        frames += len(batch.meta) // 16
             if 0 < frames < COALESCE_FRAMES:
                 time.sleep(COALESCE_S)  # let the ring fill: fewer, larger batches cost less per frame
             events = self.signals.take()

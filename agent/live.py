@@ -18,7 +18,6 @@ import select
 import socket
 from dataclasses import dataclass, field
 
-import numpy as np
 import pcapy
 from pyroute2 import IPRoute, IPRSocket
 from pyroute2.netlink.exceptions import NetlinkError
@@ -173,17 +172,12 @@ class LiveCapture:
     def fds(self) -> list[int]:
         return list(self.by_fd)
 
-    def read(self, fd: int) -> Batch | None:
-        """Drain one readable handle (bounded) into one batch; a handle error closes its interface.
-
-        libpcap hands out one ring block per call; the meter's vectorised path pays per SA and per
-        call, so the blocks read in one wake-up are merged into a single batch.
-        """
+    def read(self, fd: int) -> list[Batch]:
+        """Drain one readable handle (bounded), one batch per ring block; a handle error closes its interface."""
         h = self.by_fd.get(fd)
         if h is None:
-            return None
-        bufs: list[bytes] = []
-        metas: list[bytes] = []
+            return []
+        batches: list[Batch] = []
         frames = 0
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             try:
@@ -198,15 +192,12 @@ class LiveCapture:
                 break
             if not meta:
                 break
-            bufs.append(buf)
-            metas.append(meta)
+            batches.append(Batch(buf, meta, h.linktype, h.ifindex, h.direction))
             frames += len(meta) // 16
             if frames >= BATCH:
                 break
-        if not metas:
-            return None
         self.interfaces[h.ifname].frames += frames
-        return Batch(*merge(bufs, metas), h.linktype, h.ifindex, h.direction)
+        return batches
 
     def poll_drops(self) -> int:
         """Kernel and interface drops over all handles since start (libpcap stats are cumulative)."""
@@ -237,17 +228,6 @@ class LiveCapture:
         for name in list(self.interfaces):
             self.close_interface(name)
         self.ipr.close()
-
-
-def merge(bufs: list[bytes], metas: list[bytes]) -> tuple[bytes, bytes]:
-    """Concatenate next_batch results, rebasing each frame's offset into the joined buffer."""
-    if len(bufs) == 1:
-        return bufs[0], metas[0]
-    m = np.frombuffer(b"".join(metas), dtype=np.uint32).reshape(-1, 4).copy()
-    counts = [len(meta) // 16 for meta in metas]
-    bases = np.cumsum([0] + [len(b) for b in bufs[:-1]], dtype=np.int64)
-    m[:, 2] += np.repeat(bases, counts).astype(np.uint32)
-    return b"".join(bufs), m.tobytes()
 
 
 class LinkMonitor:

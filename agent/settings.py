@@ -66,7 +66,6 @@ def runtime(cfg: Settings) -> Runtime:
         max_fragments=cfg.max_fragments,
         biflow=cfg.records == "biflow",
         tunnel_names=dict(cfg.tunnel_names),
-        vector=cfg.vectorized,
     )
     export = ExportSettings(
         collectors=list(cfg.collectors),

@@ -141,13 +141,6 @@ class SeqTracker:
             self.iv_min = n
         self._behind_window(n - window)
 
-    def advance_run(self, count: int, window: int) -> None:
-        """`count` in-order datagrams after `last` at once (the vectorised path): no new gap opens."""
-        if self.iv_min < 0:
-            self.iv_min = self.last + 1
-        self.last += count
-        self._behind_window(self.last - window)
-
     def _behind_window(self, floor: int) -> None:
         """Numbers <= floor fell behind the window: their gaps are lost, their final ranges forgotten."""
         gaps = self.gaps

@@ -2,7 +2,7 @@
 
 Seeds are the frames of every ground-truth scenario (every link type and encapsulation); each
 round truncates, overwrites bytes of and splices frames, feeds them in pcapy-style batches through
-all paths (numpy runs, inline in C and in Python, reference), and checks: no exception escapes, every frame lands in
+all paths (inline in C and in Python, reference), and checks: no exception escapes, every frame lands in
 exactly one class, and the tracker invariant holds for every SA.
 
     python bench/fuzz.py [--frames 1000000] [--seed 1]
@@ -25,10 +25,9 @@ from agent.report import document  # noqa: E402
 from tests.gt.scenarios import registry  # noqa: E402
 
 MODES = {
-    "vector": MeterSettings(vector_min=1),
-    "compiled": MeterSettings(vector=False),  # agent/_fastpath.c where it is built
-    "inline": MeterSettings(vector=False, compiled=False),
-    "reference": MeterSettings(fast_path=False, vector=False),
+    "compiled": MeterSettings(),  # agent/_fastpath.c where it is built
+    "inline": MeterSettings(compiled=False),
+    "reference": MeterSettings(fast_path=False),
 }
 
 

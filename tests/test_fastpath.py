@@ -1,4 +1,4 @@
-"""The fast paths of Meter.feed (numpy runs, inline per-frame in C or Python) give exactly the general
+"""The fast paths of Meter.feed (the inline per-frame loop, in C or in Python) give exactly the general
 decoder's results."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import random
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,18 +19,14 @@ from agent.offline import meter_file
 from agent.report import document
 from agent.satable import TableSettings
 from agent.tracker import TrackerSettings
-from agent.vector import _group_order
 from tests.gt.scenarios import registry
 
 SCENARIOS = registry()
 
 
 FAST = {
-    "default": MeterSettings(),
-    "vector-everywhere": MeterSettings(vector_min=1),
-    "inline-only": MeterSettings(vector=False),  # in C where it is built
-    "inline-python": MeterSettings(vector=False, compiled=False),
-    "vector-python": MeterSettings(vector_min=1, compiled=False),
+    "default": MeterSettings(),  # the inline loop in C where agent/_fastpath.c is built
+    "inline-python": MeterSettings(compiled=False),
 }
 
 
@@ -41,18 +36,8 @@ def test_fast_paths_equal_reference_path(name: str, mode: str, tmp_path: Path) -
     path = str(tmp_path / f"{name}.pcap")
     SCENARIOS[name]().write(path)
     fast = meter_file(path, FAST[mode], progress=False).doc
-    slow = meter_file(path, MeterSettings(fast_path=False, vector=False), progress=False).doc
+    slow = meter_file(path, MeterSettings(fast_path=False), progress=False).doc
     assert fast == slow
-
-
-def test_group_order_separates_hashes_sharing_a_bucket() -> None:
-    """Two SAs whose hashes share the top 16 bits (the radix bucket) still form two groups, in frame order."""
-    a, b, c = (np.uint64(x) for x in (0xABCD_0000_0000_0001, 0xABCD_0000_0000_0002, 0x1234_0000_0000_0000))
-    h = np.array([a, b, a, c, b, a], dtype=np.uint64)
-    order = _group_order(h)
-    groups = [[int(i) for i in order if h[i] == v] for v in (a, b, c)]
-    assert groups == [[0, 2, 5], [1, 4], [3]]
-    assert all(list(order).index(g[0]) + len(g) - 1 == list(order).index(g[-1]) for g in groups)
 
 
 def _esp_frame(t: int, seq: int) -> bytes:
@@ -86,7 +71,7 @@ step = st.one_of(st.tuples(st.just("run"), st.integers(1, 600)), st.tuples(st.ju
 def test_fast_paths_equal_reference_on_any_arrivals(sas: list, gaps: list, cuts: list, order_seed: int,
                                                     biflow: bool) -> None:
     """Arbitrary in-order runs, gaps, reordering and duplicates on a few SAs, interleaved, in batches of
-    every size (so the numpy, inline and reference paths all run), with timers firing in between: the
+    every size (so the compiled, Python inline and reference paths all run), with timers firing in between: the
     record streams and the documents are identical."""
     rng = random.Random(order_seed)
     queues = []
@@ -104,8 +89,7 @@ def test_fast_paths_equal_reference_on_any_arrivals(sas: list, gaps: list, cuts:
     results = []
     table = TableSettings(active_timeout=1.0, idle_timeout=2.0,
                           tracker=TrackerSettings(window=64, reorder_time=0.5))
-    for mode in ({"vector_min": 1}, {}, {"vector": False}, {"vector": False, "compiled": False},
-                 {"fast_path": False, "vector": False}):
+    for mode in ({}, {"compiled": False}, {"fast_path": False}):
         sink = _Sink()
         meter = Meter(MeterSettings(table=table, biflow=biflow, **mode), sink, keep_history=True)
         t_us, i, c = 1_700_000_000 * 1_000_000, 0, 0
@@ -185,11 +169,11 @@ def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None) -
     the Python inline loop and the reference decoder end every batch in the same state."""
     rng = random.Random(5)
     frames = _stream(rng, 30_000)
-    modes = {"c": MeterSettings(vector=False), "python": MeterSettings(vector=False, compiled=False),
-             "reference": MeterSettings(fast_path=False, vector=False)}
+    modes = {"c": MeterSettings(), "python": MeterSettings(compiled=False),
+             "reference": MeterSettings(fast_path=False)}
     table = MeterSettings().table
     table = type(table)(tracker=table.tracker, active_timeout=1.0, idle_timeout=2.0)
-    meters = {k: Meter(MeterSettings(table=table, vector=s.vector, fast_path=s.fast_path, compiled=s.compiled),
+    meters = {k: Meter(MeterSettings(table=table, fast_path=s.fast_path, compiled=s.compiled),
                        keep_history=True) for k, s in modes.items()}
     at = 0
     t = 1_700_000_000.0

@@ -113,10 +113,9 @@ mutation = st.tuples(
 
 
 PATHS = {
-    "vector": MeterSettings(vector_min=1),  # every batch, however small, takes the numpy run path
-    "inline-c": MeterSettings(vector=False),  # agent/_fastpath.c where it is built
-    "inline-python": MeterSettings(vector=False, compiled=False),
-    "reference": MeterSettings(fast_path=False, vector=False),
+    "inline-c": MeterSettings(),  # agent/_fastpath.c where it is built
+    "inline-python": MeterSettings(compiled=False),
+    "reference": MeterSettings(fast_path=False),
 }
 
 

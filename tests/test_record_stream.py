@@ -24,10 +24,8 @@ from tests.gt.scenarios import registry
 SCENARIOS = registry()
 ACTIVE, IDLE = 1.0, 2.0
 PATHS = {
-    "default": {},
-    "vector-everywhere": {"vector_min": 1},
-    "inline-only": {"vector": False},  # in C where agent/_fastpath.c is built
-    "inline-python": {"vector": False, "compiled": False},
+    "default": {},  # the inline loop in C where agent/_fastpath.c is built
+    "inline-python": {"compiled": False},
 }
 
 
@@ -57,7 +55,7 @@ def _key(src: object, dst: object, spi: int, sport: object, dport: object, vlan:
 def test_record_stream_equals_reference(name: str, path: str, biflow: bool, tmp_path: Path) -> None:
     cap = str(tmp_path / "cap.pcap")
     SCENARIOS[name]().write(cap)
-    reference = stream(cap, biflow, fast_path=False, vector=False)
+    reference = stream(cap, biflow, fast_path=False)
     assert stream(cap, biflow, **PATHS[path]) == reference
 
 

@@ -46,7 +46,6 @@ NON_DEFAULT = {
     "max_sas": 13,
     "fragment_timeout_s": 15,
     "max_fragments": 16,
-    "vectorized": False,
     "tunnel_names": {"192.0.2.1": "paris"},
     "log": {"level": "debug"},
     "user": "nobody",
