@@ -39,6 +39,7 @@ TICK_S = 0.5  # timer resolution of the loop; also the longest select() sleep
 RETRY_S = 5.0  # retry opening interfaces that are missing or failed, besides link events
 COALESCE_FRAMES = 32768  # after a wake-up with fewer frames than this, wait COALESCE_S before reading again
 COALESCE_S = 0.05
+RING_SLACK_S = 0.01  # a frame stamped just before a wake-up may reach the ring just after it
 
 
 @dataclass(slots=True)
@@ -154,9 +155,11 @@ class Agent:
                 readable, _, _ = select.select(fds, [], [], TICK_S)
             except InterruptedError:
                 readable = []
+            woke = self.clock()
             if self.vici is not None:
                 self.vici.apply()  # before the packets: SAs new in this batch find charon's latest word
             frames = 0
+            backlog = False
             for fd in readable:
                 if fd == self.links.fileno():
                     self._links()
@@ -164,6 +167,7 @@ class Agent:
                     for batch in self.capture.read(fd):
                         meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
                         frames += len(batch.meta) // 16
+                    backlog |= self.capture.backlog
             if 0 < frames < COALESCE_FRAMES:
                 time.sleep(COALESCE_S)  # let the ring fill: fewer, larger batches cost less per frame
             events = self.signals.take()
@@ -175,7 +179,10 @@ class Agent:
                 self.dump()
             now = self.clock()
             if now >= next_tick:
-                self._tick(now)
+                # The meter's timers run on capture time: up to the wake-up, whose frames are all read
+                # (later ones are still in the ring), or only up to the last frame read while a ring
+                # holds a backlog; wall-clock time would make a datagram still in the ring late or lost.
+                self._tick(now, meter.now if backlog else woke - RING_SLACK_S)
                 next_tick = now + TICK_S
             if now >= next_retry:
                 self.capture.open_missing()
@@ -184,16 +191,16 @@ class Agent:
                 self.notify.watchdog()
                 next_watchdog = now + watchdog
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, capture_now: float) -> None:
         meter = self.meter
-        meter.now = max(meter.now, now)
+        meter.now = max(meter.now, min(now, capture_now))
         drops = self.capture.poll_drops()
         if drops > self.last_drops:
             log.warning("capture dropped %d packets in the kernel (%d in total): not tunnel loss",
                         drops - self.last_drops, drops, extra=limited("capture drops"))
             self.last_drops = drops
         meter.capture_drops = drops
-        meter.tick(now)
+        meter.tick(meter.now)
         self.outputs.export_stats(self._stats())
         self.outputs.tick()
         status = capture_status(self.capture.states())

@@ -69,6 +69,7 @@ class LiveCapture:
         self.by_fd: dict[int, Handle] = {}
         self.ipr = IPRoute()
         self.drops = 0
+        self.backlog = False  # the last read() left frames in its ring
         self.open_missing()
 
     # -- opening -------------------------------------------------------------------------------
@@ -173,12 +174,15 @@ class LiveCapture:
         return list(self.by_fd)
 
     def read(self, fd: int) -> list[Batch]:
-        """Drain one readable handle (bounded), one batch per ring block; a handle error closes its interface."""
+        """Drain one readable handle (bounded), one batch per ring block; a handle error closes its interface.
+
+        `backlog` says whether the bound left frames in the ring (they are older than the wake-up)."""
         h = self.by_fd.get(fd)
         if h is None:
             return []
         batches: list[Batch] = []
         frames = 0
+        self.backlog = True
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             try:
                 buf, meta = h.pcap.next_batch(BATCH)
@@ -189,8 +193,10 @@ class LiveCapture:
                 self._open(ic)
                 if ic.state == CAPTURING:
                     log.warning("capture on %s failed: %s (reopened)", h.ifname, e)
+                self.backlog = False
                 break
             if not meta:
+                self.backlog = False
                 break
             batches.append(Batch(buf, meta, h.linktype, h.ifindex, h.direction))
             frames += len(meta) // 16
