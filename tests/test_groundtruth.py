@@ -274,6 +274,14 @@ def test_thousands_of_sas(tmp_path: Path) -> None:
     assert len(find(actual, spi=0x5000)) == 5  # the same SPI towards five different spokes
 
 
+def test_concentrator(tmp_path: Path) -> None:
+    """5000 SAs, Zipf popularity, most at or below 1 packet/s: every SA one entry with exact counts."""
+    actual = check("concentrator", tmp_path)
+    assert len(actual["sas"]) == 5000 and len(actual["tunnels"]) == 2500
+    slow = [sa for sa in actual["sas"] if sa["packets"] <= 20]  # 20 s capture
+    assert len(slow) > 0.9 * 5000 and totals(actual, "lost") > 0
+
+
 def test_late_packets(tmp_path: Path) -> None:
     actual = check("late", tmp_path)
     behind_window = find(actual, spi=0xD01)[0]

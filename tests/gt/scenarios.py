@@ -249,6 +249,22 @@ def many_sas(tunnels: int = 1500, packets: int = 20) -> Scenario:
     return sc
 
 
+def concentrator(tunnels: int = 2500, span_us: int = 20 * SEC) -> Scenario:
+    """A VPN concentrator: Zipf popularity (tunnel k, from 1, sends about 2000/k packets each way and at
+    least one), spread over 20 s, so most of its 5000 SAs send at most one packet a second; every SA is
+    seen from its number 1; 0.5 % of the numbers after the first are missing."""
+    sc = Scenario("concentrator")
+    rng = random.Random(13)
+    for t in range(tunnels):
+        count = max(1, round(2000 / (t + 1)))
+        spec = SASpec(v4(t + 1, 1), v4(t + 1, 2), 0x10000 + 2 * t, link=sc.link(), count=count, payload=48,
+                      spacing_us=span_us // count, start_us=rng.randrange(SEC),
+                      drops={s for s in range(2, count) if rng.random() < 0.005})
+        sc.add_tunnel(spec, 0x10001 + 2 * t, rev_delay_us=rng.randrange(1, 50 * MS),
+                      drops={s for s in range(2, count) if rng.random() < 0.005})
+    return sc
+
+
 def late() -> Scenario:
     """Late datagrams: behind the 1024 window (2000 positions), or in it but older than the 2 s reorder time."""
     sc = Scenario("late")
@@ -347,5 +363,5 @@ def registry() -> dict[str, Callable[[], Scenario]]:
     return {f.__name__: f for f in (
         no_loss, random_loss, burst_loss, reorder, dup_loss, fragments_all, fragments_nonfirst_lost,
         fragments_first_lost, fragments_out_of_order, nat_t, rekey, esn_wrap, restart, implausible, ipv6_ext,
-        vlan, sll, sll2, sll2_two_interfaces, raw, null, mid_sa, many_sas, late, malformed, pcapng,
+        vlan, sll, sll2, sll2_two_interfaces, raw, null, mid_sa, many_sas, concentrator, late, malformed, pcapng,
         pcapng_two_interfaces, snaplen, mixed)}
