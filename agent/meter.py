@@ -289,5 +289,7 @@ class Meter:
             truncated=self.classes[d.TRUNCATED],
             capture_drops=self.capture_drops,
             sa_evictions=self.table.evictions,
+            unconfirmed_sas=self.table.unconfirmed_sas,
+            unconfirmed_datagrams=self.table.unconfirmed_datagrams,
             classes=dict(self.classes),
         )

@@ -91,6 +91,9 @@ def test_spi_flood_keeps_real_tunnels_and_bounds_the_table() -> None:
     assert flooded.table.unconfirmed_sas == flooded.table.evictions
     exported = sum(r.datagrams for r in flood_sink.records)
     assert exported + flooded.table.unconfirmed_datagrams == flooded.classes["esp"]
+    stats = flooded.stats(1)  # what the metering statistics options record carries (32473/22, /23)
+    assert (stats.unconfirmed_sas, stats.unconfirmed_datagrams) == (flooded.table.unconfirmed_sas,
+                                                                    flooded.table.unconfirmed_datagrams) != (0, 0)
 
 
 def test_many_slow_new_sas_are_all_kept_while_the_table_has_room() -> None:
