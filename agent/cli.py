@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
+from typing import Any
 
 from agent.capture import CaptureError
 from agent.logsetup import flush_suppressed, setup_logging
@@ -20,10 +22,124 @@ EXIT_DAMAGED = 3  # the capture was damaged part-way: the frames before the dama
 EXIT_UNDELIVERED = 4  # read: some IPFIX messages could not be delivered to a collector
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (and exit 2), like every other error of espmeter."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a bin size in seconds, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0 and round(value * 1e6) >= 1):
+        raise argparse.ArgumentTypeError(f"must be more than 0 (at least a microsecond): {text}")
+    return value
+
+
+def _spi(text: str) -> int:
+    """argparse type: an SPI, decimal or 0x hex."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an SPI (decimal or 0x hex): {text!r}") from None
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"an SPI has 32 bits: {text}")
+    return value
+
+
+def _sa_spec(text: str) -> tuple[str, str, int]:
+    """argparse type: SRC,DST,SPI."""
+    import ipaddress
+
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected SRC,DST,SPI: {text!r}")
+    try:
+        src, dst = (str(ipaddress.ip_address(p.strip())) for p in parts[:2])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return src, dst, _spi(parts[2].strip())
+
+
+def _usage(message: str) -> int:
+    print(f"espmeter read: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _read(args: argparse.Namespace) -> int:
     from agent.meter import MeterSettings
     from agent.offline import meter_file
     from agent.report import write_table
+
+    if args.plot:
+        from agent.plot import PlotError, check_target
+
+        try:
+            check_target(args.plot)
+        except PlotError as e:
+            return _usage(str(e))
+        if args.bins is None:  # a round bin size for about 300 bins over the capture
+            from agent.offline import time_span
+            from agent.plot import auto_bin
+
+            try:
+                args.bins = auto_bin(time_span(args.capture, args.bpf))
+            except CaptureError as e:
+                print(f"espmeter: {e}", file=sys.stderr)
+                return EXIT_USAGE
+        args.events = True
+    drill = args.bins is not None or args.trace is not None or args.sa is not None
+    if args.csv and args.bins is None:
+        return _usage("--csv writes bins: give --bins SECONDS")
+    if args.csv and args.json:
+        return _usage("choose one of --json and --csv")
+    if (args.start or args.end) and not (args.trace is not None or args.sa is not None):
+        return _usage("--from/--to select the lines of --trace or --sa")
+    if args.trace is not None and args.sa is not None:
+        return _usage("choose one of --trace SPI and --sa SRC,DST,SPI")
+    if args.sort is not None:
+        from agent.drill_report import SORT_KEYS
+
+        if args.sort not in SORT_KEYS:
+            return _usage(f"unknown --sort key {args.sort!r} (one of {', '.join(SORT_KEYS)})")
+    observer = None
+    start = end = None
+    if drill:
+        from agent.drill import Observer
+        from agent.drill_report import DrillError, parse_time
+
+        try:
+            start = parse_time(args.start) if args.start else None
+            end = parse_time(args.end) if args.end else None
+        except DrillError as e:
+            return _usage(str(e))
+        if start is not None and end is not None and start > end:
+            return _usage(f"--from {args.start} is after --to {args.end}")
+        if args.trace is not None:
+            spi = args.trace
+            traced = lambda sa: sa.spi == spi  # noqa: E731
+        elif args.sa is not None:
+            want = args.sa
+            traced = lambda sa: (str(sa.src), str(sa.dst), sa.spi) == want  # noqa: E731
+        else:
+            traced = None
+        observer = Observer(round(args.bins * 1e6) if args.bins is not None else None, traced)
+
 
     settings, export = MeterSettings(), None
     if args.config:  # the configuration machinery (pydantic) is loaded only when asked for
@@ -50,7 +166,9 @@ def _read(args: argparse.Namespace) -> int:
             print(f"espmeter: {e}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        result = meter_file(args.capture, settings, exporter, args.bpf)
+        if drill:  # verdicts per datagram: the per-frame reference path (same totals, tests/test_drill.py)
+            settings = replace(settings, fast_path=False)
+        result = meter_file(args.capture, settings, exporter, args.bpf, events=args.events, observer=observer)
     except CaptureError as e:
         print(f"espmeter: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -60,11 +178,35 @@ def _read(args: argparse.Namespace) -> int:
         exporter.close()
         flush_suppressed(final=True)
         undelivered = exporter.undelivered()
-    if args.json:
+    if args.plot:
+        from agent.plot import PlotError, render
+
+        try:
+            render(result.doc, args.plot, args.top if args.top is not None else 4, args.bins)
+        except PlotError as e:
+            return _usage(str(e))
+    if observer is not None and observer.traced is not None:
+        status = _trace(args, result, observer, start, end)
+        if status:
+            return status
+    elif args.json:
         # dumps, not dump: one call to the C encoder instead of a write per token (0.4 s at 2000 SAs)
         sys.stdout.write(json.dumps(result.doc, separators=(",", ":")) + "\n")
+    elif args.csv:
+        from agent.drill_report import write_csv
+
+        write_csv(result.doc, sys.stdout)
     else:
-        write_table(result.doc, sys.stdout)
+        doc = result.doc
+        if args.sort or args.top is not None:
+            from agent.drill_report import sort_top
+
+            doc = sort_top(doc, args.sort, args.top)
+        write_table(doc, sys.stdout, args.max_events)
+        if args.bins is not None:
+            from agent.drill_report import write_bins_table
+
+            write_bins_table(doc, sys.stdout)
     sys.stdout.flush()
     if args.bpf and not result.meter.frames:
         print(f"espmeter: {args.capture}: no frame matches --bpf {args.bpf!r}", file=sys.stderr)
@@ -87,6 +229,25 @@ def _log_format(config: str | None) -> str:
     except Exception:  # no file, not YAML, no such key: the configuration's own check reports it
         return "text"
     return "json" if fmt == "json" else "text"
+
+
+def _trace(args: argparse.Namespace, result: Any, observer: Any, start: float | None, end: float | None) -> int:
+    from agent.drill_report import trace_lines, write_trace
+
+    sas = result.meter.table.all_sas()
+    blocks = [(doc, trace_lines(observer.sa_lines(sa), start, end))
+              for sa, doc in zip(sas, result.doc["sas"], strict=True) if observer.traced(sa)]
+    if not blocks:
+        what = f"SPI 0x{args.trace:08x}" if args.trace is not None else "SA " + ",".join(map(str, args.sa))
+        return _usage(f"no {what} in {args.capture}")
+    if args.json:
+        keys = ("src", "dst", "spi", "sport", "dport", "vlan", "inner_vlan", "interface", "generation")
+        out = {"trace": [{**{k: doc[k] for k in keys}, "lines": [x.json() for x in lines]} for doc, lines in blocks]}
+        json.dump(out, sys.stdout, separators=(",", ":"))
+        sys.stdout.write("\n")
+    else:
+        write_trace(blocks, sys.stdout)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -178,7 +339,7 @@ EXPORTER_COMMANDS = ("templates", "collect")
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """All subcommands; `templates` and `collect` are wired in full only when one of them (or
     help) is asked for, because their module loads the whole IPFIX stack (a fifth of read's start-up)."""
-    parser = argparse.ArgumentParser(prog="espmeter", description=__doc__)
+    parser = _Parser(prog="espmeter", description=__doc__)
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -189,6 +350,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     read.add_argument("--collector", action="append", metavar="URL",
                       help="also export IPFIX: udp://HOST:PORT, tcp://HOST:PORT or file://PATH (repeatable)")
     read.add_argument("--config", metavar="FILE", help="YAML configuration (tracker, timers, export settings)")
+    read.add_argument("--events", action="store_true",
+                      help="loss events per SA: each run of lost numbers with the times around it")
+    read.add_argument("--max-events", type=_count, default=20, metavar="N",
+                      help="loss events shown per SA in the table, longest first when more (default 20)")
+    read.add_argument("--bins", type=_seconds, metavar="SECONDS",
+                      help="time series per SA in bins of SECONDS (aligned to epoch multiples)")
+    read.add_argument("--csv", action="store_true", help="the bins as CSV on stdout (one row per SA and bin)")
+    read.add_argument("--trace", type=_spi, metavar="SPI",
+                      help="every datagram of the SAs with this SPI and the tracker's verdict on it")
+    read.add_argument("--sa", type=_sa_spec, metavar="SRC,DST,SPI", help="like --trace, for one SA")
+    read.add_argument("--from", dest="start", metavar="T", help="trace from T (epoch seconds or ISO 8601)")
+    read.add_argument("--to", dest="end", metavar="T", help="trace up to T (epoch seconds or ISO 8601)")
+    read.add_argument("--sort", metavar="KEY",
+                      help="order the table's tunnels by loss (ratio), lost, packets or reordered, largest first")
+    read.add_argument("--top", type=_count, metavar="N",
+                      help="only the first N tunnels or SAs of the table; of the plot (default 4)")
+    read.add_argument("--plot", metavar="FILE",
+                      help="chart (.png or .svg) of the tunnels with most loss: loss %% and packet rate over time")
     read.set_defaults(func=_read)
 
     run = sub.add_parser("run", help="the agent: capture live, meter, export IPFIX (foreground, for systemd)")

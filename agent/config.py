@@ -41,7 +41,7 @@ from exporter.infomodel import DOC_PEN, check_pen
 from exporter.message import MIN_MTU
 from exporter.transport import parse_collector
 
-_SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log", "metrics", "strongswan"})
+_SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log", "metrics", "strongswan", "loss_events"})
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
 STATE_DIR = "/var/lib/espmeter"  # StateDirectory= of agent/share/espmeter.service: made by systemd at start
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
@@ -164,6 +164,18 @@ class StrongSwanConfig(BaseModel):
     )
 
 
+class LossEventsConfig(BaseModel):
+    """Loss events (runs of lost sequence numbers): IPFIX records of their own, and a log line for long ones."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    min_length: int = Field(1, ge=1, description="Shortest run of lost numbers sent as a loss-event record.")
+    per_interval: int = Field(
+        100, ge=0, description="Loss-event records per SA and record interval; the rest are counted as suppressed."
+    )
+    log_min: int = Field(100, ge=0, description="Log a loss event of at least this many numbers (0: never).")
+
+
 def _interface_item(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
@@ -215,6 +227,7 @@ class Settings(BaseModel):
     strongswan: StrongSwanConfig = Field(
         default_factory=StrongSwanConfig, description="strongSwan on this gateway (names and pairs over vici)."
     )
+    loss_events: LossEventsConfig = Field(default_factory=LossEventsConfig, description="Loss events.")
     # daemon
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")

@@ -18,6 +18,7 @@ from agent.config import load_config
 from agent.decode import ESP
 from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
+from agent.losslog import LossEventLog
 from agent.meter import Meter
 from agent.metrics import CaptureCounters, Health, MetricsOutput
 from agent.outputs import Outputs, OutputSpec
@@ -84,6 +85,9 @@ class Agent:
         if rt.metrics is not None:
             metrics = rt.metrics
             specs.append(OutputSpec("metrics", metrics, lambda: MetricsOutput(metrics, self.meter, self._health)))
+        log_min = rt.loss_events.log_min
+        if log_min:
+            specs.append(OutputSpec("loss-log", log_min, lambda: LossEventLog(log_min)))
         return specs
 
     def _health(self) -> Health:

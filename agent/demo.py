@@ -79,6 +79,12 @@ def write_records(json_lines: str, out: TextIO) -> None:
         if "IPSecSPI" not in rec:
             options += 1
             continue
+        if rec.get("_record") == "loss_event":
+            first, last = rec["espLossEventFirstSequenceNumber"], rec["espLossEventLastSequenceNumber"]
+            out.write(f"    loss event spi 0x{rec['IPSecSPI']:08x}: numbers {first}..{last}"
+                      f" ({rec['espLossEventPacketCount']} lost) between {rec['espLossEventAfterMilliseconds']}"
+                      f" and {rec['espLossEventBeforeMilliseconds']}\n")
+            continue
         src = rec.get("sourceIPv4Address") or rec.get("sourceIPv6Address")
         dst = rec.get("destinationIPv4Address") or rec.get("destinationIPv6Address")
         peer = rec.get("espPeerSPI")

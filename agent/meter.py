@@ -15,14 +15,19 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent import decode as d
 from agent.fragments import FragEntry, FragmentTable
 from agent.ike import IkePair, IkeTable
-from agent.records import Producer, RecordSink
+from agent.records import LossEventSettings, Producer, RecordSink
 from agent.sa import NEVER, SA, esp_ident, udp_ident
 from agent.satable import SATable, TableSettings
+from agent.tracker import LossRun
 from exporter.records import MeteringStats
+
+if TYPE_CHECKING:
+    from agent.drill import Observer
 
 if os.environ.get("ESPMETER_PURE_PYTHON"):  # force the Python path (tests, or to compare)
     _fastpath = None
@@ -48,10 +53,14 @@ class MeterSettings:
     tunnel_names: dict[str, str] = field(default_factory=dict)
     fast_path: bool = True  # inline per-frame fast path (agent.meter)
     compiled: bool = True  # that fast path in C (agent/_fastpath.c) where it is built
+    loss_events: LossEventSettings = LossEventSettings()
 
 
 class _NullSink:
     def export(self, records: list) -> None:
+        pass
+
+    def export_loss_events(self, events: list) -> None:
         pass
 
 
@@ -59,7 +68,10 @@ class Meter:
     def __init__(self, settings: MeterSettings, sink: RecordSink | None = None, keep_history: bool = False,
                  local_addrs: set[bytes] | None = None) -> None:
         self.settings = settings
-        self.producer = Producer(sink or _NullSink(), settings.biflow, settings.tunnel_names, self._finalize)
+        # read mode keeps every SA's loss events (id(sa): the SAs themselves stay in the table's history)
+        self.loss_events: dict[int, list[LossRun]] | None = {} if keep_history else None
+        self.producer = Producer(sink or _NullSink(), settings.biflow, settings.tunnel_names, self._finalize,
+                                 self._keep_events if keep_history else None, settings.loss_events)
         self.table = SATable(settings.table, self.producer, keep_history)
         self.frags = FragmentTable(settings.fragment_timeout, settings.max_fragments, self._fragment_expired)
         self.ike = IkeTable()
@@ -70,6 +82,7 @@ class Meter:
         self.capture_drops = 0
         self.now = 0.0
         self.walk = _fastpath.walk if settings.compiled and settings.fast_path and _fastpath else None
+        self.observer: Observer | None = None  # read's drill-down (agent.drill): per-frame path only
 
     def configure(self, settings: MeterSettings) -> None:
         """New settings on reload; SA state is kept."""
@@ -77,6 +90,7 @@ class Meter:
         self.table.settings = settings.table
         self.frags.timeout, self.frags.max_entries = settings.fragment_timeout, settings.max_fragments
         self.producer.biflow, self.producer.names = settings.biflow, dict(settings.tunnel_names)
+        self.producer.events = settings.loss_events
 
     # -- input ------------------------------------------------------------------------------
     def feed(self, buf: bytes, meta: bytes, linktype: int, ifindex: int | None = None,
@@ -206,12 +220,16 @@ class Meter:
         """One datagram of an SA in the table, through the tracker; returns the SA it belongs to."""
         if not sa.active:
             self.table.reactivate(sa, now)
+        observer = self.observer
+        mark = observer.before(sa, seq) if observer is not None else None
         sa = self.table.observe_slow(sa, seq, ip_len, now)
         if sa.iv_seen < 0:
             sa.iv_seen = now
         sa.packets += 1
         sa.octets += ip_len
         sa.last_seen = now
+        if observer is not None:
+            observer.after(sa, mark, ip_len, now)
         return sa
 
     def _ike(self, f: d.Frame, now: float) -> IkePair:
@@ -238,8 +256,11 @@ class Meter:
                 owner.iv_seen = now
             owner.packets += packets
             owner.octets += octets
+            owner.pin()  # last_seen moves for a fragment, not for a new `last`
             owner.last_seen = max(owner.last_seen, now)
             self.classes[d.ESP] += packets
+            if self.observer is not None:
+                self.observer.fragment(owner, packets, octets, now)
         elif isinstance(owner, IkePair):
             owner.packets += packets
             owner.octets += octets
@@ -260,6 +281,16 @@ class Meter:
             t = self.settings.table.tracker
             sa.finalize_by_time(now, t.reorder_time)
             sa.fast_limits(t.window, t.reorder_time)
+
+    def _keep_events(self, sa: SA, events: list[LossRun], now: float) -> None:
+        assert self.loss_events is not None
+        self.loss_events.setdefault(id(sa), []).extend(events)
+        if self.observer is not None:
+            self.observer.made_final(sa, events, now)
+
+    def events_of(self, sa: SA) -> list[LossRun]:
+        """Read mode: every loss event of `sa` so far, in sequence order."""
+        return self.loss_events.get(id(sa), []) if self.loss_events is not None else []
 
     def _due(self) -> float:
         """When the next SA timer is due (the head of the schedule)."""
@@ -291,5 +322,6 @@ class Meter:
             sa_evictions=self.table.evictions,
             unconfirmed_sas=self.table.unconfirmed_sas,
             unconfirmed_datagrams=self.table.unconfirmed_datagrams,
+            loss_events_suppressed=self.producer.events_suppressed,
             classes=dict(self.classes),
         )

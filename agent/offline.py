@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from agent.capture import STDIN, OfflineSource
+from agent.drill import Observer
 from agent.meter import Meter, MeterSettings
 from agent.pcapng import PcapngSource, is_pcapng
 from agent.records import RecordSink
@@ -29,10 +31,13 @@ class OfflineResult:
 
 
 def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = None, bpf: str | None = None,
-               progress: bool | None = None) -> OfflineResult:
-    """Read `path` to its end (or its damage), ticking timers on capture time, then end every SA."""
-    source = PcapngSource(path, bpf) if path != STDIN and is_pcapng(path) else OfflineSource(path, bpf)
+               progress: bool | None = None, events: bool = False, observer: Observer | None = None) -> OfflineResult:
+    """Read `path` to its end (or its damage), ticking timers on capture time, then end every SA.
+
+    With an `observer` (drill-down: bins, trace) the settings must select the per-frame path."""
+    source = _source(path, bpf)
     meter = Meter(settings, sink, keep_history=True)
+    meter.observer = observer
     show = sys.stderr.isatty() if progress is None else progress
     if show:
         from tqdm import tqdm  # only on a terminal: it costs a tenth of start-up
@@ -49,5 +54,26 @@ def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = Non
         bar.close()
         source.close()
     meter.finish()
-    doc = document(meter, path, source.linktype, source.error, source.interface_names)
+    if observer is not None:
+        observer.finish()
+    doc = document(meter, path, source.linktype, source.error, source.interface_names, events, observer)
     return OfflineResult(doc, meter, source.error)
+
+
+def time_span(path: str, bpf: str | None = None) -> float:
+    """Seconds from the first to the last frame (a pass over the frame headers only)."""
+    source = _source(path, bpf)
+    first = last = None
+    try:
+        while (batch := source.read()) is not None:
+            sec_usec = struct.unpack_from("=II", batch.meta, 0)
+            first = first if first is not None else sec_usec[0] + sec_usec[1] * 1e-6
+            sec, usec = struct.unpack_from("=II", batch.meta, len(batch.meta) - 16)
+            last = sec + usec * 1e-6
+    finally:
+        source.close()
+    return (last - first) if first is not None and last is not None else 0.0
+
+
+def _source(path: str, bpf: str | None) -> OfflineSource | PcapngSource:
+    return PcapngSource(path, bpf) if path != STDIN and is_pcapng(path) else OfflineSource(path, bpf)

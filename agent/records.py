@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.sa import SA
+from agent.tracker import LossRun
 from exporter.records import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
@@ -19,6 +21,7 @@ from exporter.records import (
     ENCAP_UDP,
     END_ACTIVE,
     BiflowRecord,
+    LossEvent,
     SARecord,
 )
 
@@ -26,8 +29,22 @@ from exporter.records import (
 class RecordSink(Protocol):
     def export(self, records: list[SARecord | BiflowRecord]) -> None: ...
 
+    def export_loss_events(self, events: list[LossEvent]) -> None: ...
 
-def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], longest: float) -> SARecord:
+
+@dataclass(frozen=True, slots=True)
+class LossEventSettings:
+    """Loss-event records (config `loss_events:`); the SA records count every event whatever these say."""
+
+    min_length: int = 1  # shorter runs get no record of their own
+    per_interval: int = 100  # records per SA and record interval; the rest are counted as suppressed
+
+
+EventsFn = Callable[[SA, list[LossRun], float], None]  # loss events of an SA that became final in its interval
+
+
+def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], longest: float,
+                runs: list[LossRun] | None = None) -> SARecord:
     """Delta record of `sa` since its previous export; advances the export snapshot.
 
     Start and end are the first and last arrival in the interval; a record without arrivals (loss that
@@ -75,6 +92,8 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], long
         peer_spi=sa.peer.spi if sa.peer is not None else None,
         tunnel_id=sa.tunnel_id,
         tunnel_name=tunnel_name(sa, names),
+        loss_events=len(runs) if runs else 0,
+        longest_loss_run=max((r.count for r in runs), default=0) if runs else 0,
     )
     sa.x_packets, sa.x_octets, sa.x_datagrams = sa.packets, sa.octets, sa.datagrams
     sa.x_lost, sa.x_reordered, sa.x_duplicates = sa.lost, sa.reordered, sa.duplicates
@@ -116,12 +135,17 @@ class Producer:
     """
 
     def __init__(self, sink: RecordSink, biflow: bool = False, names: dict[str, str] | None = None,
-                 finalize: Callable[[SA, float], None] | None = None) -> None:
+                 finalize: Callable[[SA, float], None] | None = None, on_events: EventsFn | None = None,
+                 events: LossEventSettings = LossEventSettings()) -> None:
         self.sink = sink
         self.biflow = biflow
         self.names = {str(ipaddress.ip_address(k)): v for k, v in (names or {}).items()}
         self.finalize = finalize
+        self.on_events = on_events
+        self.events = events
         self.pending: list[SARecord | BiflowRecord] = []
+        self.pending_events: list[LossEvent] = []
+        self.events_suppressed = 0  # loss-event records held back by the per-interval cap, since start
 
     def __call__(self, sa: SA, end_reason: int, now: float, longest: float) -> None:
         if self.finalize is not None:
@@ -131,7 +155,7 @@ class Producer:
             if end_reason == END_ACTIVE and _quiet(sa):
                 sa.interval_start = now
             else:
-                self.pending.append(take_record(sa, end_reason, now, self.names, longest))
+                self.pending.append(self._take(sa, end_reason, now, longest))
             return
         if self.finalize is not None and peer.active:
             self.finalize(peer, now)
@@ -140,14 +164,31 @@ class Producer:
             sa.interval_start = peer.interval_start = now
             return
         a, b = (peer, sa) if peer < sa else (sa, peer)
-        fwd = take_record(a, end_reason, now, self.names, longest)
-        rev = take_record(b, end_reason, now, self.names, longest)
+        fwd = self._take(a, end_reason, now, longest)
+        rev = self._take(b, end_reason, now, longest)
         sides = [r for r in (fwd, rev) if r.packets] or [fwd, rev]  # a silent side has no arrival times
         fwd.start_ms = rev.start_ms = min(r.start_ms for r in sides)
         fwd.end_ms = rev.end_ms = max(r.end_ms for r in sides)
         self.pending.append(BiflowRecord(forward=fwd, reverse=rev))
 
+    def _take(self, sa: SA, end_reason: int, now: float, longest: float) -> SARecord:
+        runs = sa.take_events()
+        rec = take_record(sa, end_reason, now, self.names, longest, runs)
+        if runs:
+            if self.on_events is not None:
+                self.on_events(sa, runs, now)
+            keep = [r for r in runs if r.count >= self.events.min_length]
+            cap = self.events.per_interval
+            self.events_suppressed += max(0, len(keep) - cap)
+            self.pending_events += [
+                LossEvent(rec.src, rec.dst, rec.spi, rec.encap, rec.sport, rec.dport, rec.ingress_if, rec.egress_if,
+                          r.first, r.last, r.after, r.before, rec.tunnel_id, rec.tunnel_name) for r in keep[:cap]]
+        return rec
+
     def flush(self) -> None:
         if self.pending:
             records, self.pending = self.pending, []
             self.sink.export(records)
+        if self.pending_events:  # after the SA records that count them
+            events, self.pending_events = self.pending_events, []
+            self.sink.export_loss_events(events)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from agent.decode import LINKTYPE_OF_DLT
+from agent.drill import Observer
 from agent.meter import Meter
 from agent.records import tunnel_name
 from agent.sa import SA
+from agent.tracker import LossRun
 
 
 def sa_json(sa: SA, tunnel_names: dict[str, str]) -> dict[str, Any]:
@@ -47,9 +50,16 @@ def sa_json(sa: SA, tunnel_names: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def events_json(events: list[LossRun]) -> list[dict[str, Any]]:
+    return [{"first": e.first, "last": e.last, "count": e.count, "after": round(e.after, 6),
+             "before": round(e.before, 6)} for e in events]
+
+
 def document(meter: Meter, source: str, linktype: int, error: str | None = None,
-             interfaces: dict[int, str] | None = None) -> dict[str, Any]:
-    """`interfaces`: the capture's interface numbers -> names (a pcapng file's IDBs)."""
+             interfaces: dict[int, str] | None = None, events: bool = False,
+             observer: Observer | None = None) -> dict[str, Any]:
+    """The `read --json` document. `interfaces`: the capture's interface numbers -> names (a pcapng
+    file's IDBs); with `events`, every SA's `loss_events`; with an observer that bins, every SA's `bins`."""
     sas = meter.table.all_sas()
     names = meter.producer.names
     index = {id(sa): i for i, sa in enumerate(sas)}
@@ -80,6 +90,11 @@ def document(meter: Meter, source: str, linktype: int, error: str | None = None,
     sa_docs = [sa_json(sa, names) for sa in sas]
     for j in sa_docs:
         j["interface"] = (interfaces or {}).get(j["interface"], j["interface"])
+    for sa, doc in zip(sas, sa_docs, strict=True):
+        if events:
+            doc["loss_events"] = events_json(meter.events_of(sa))
+        if observer is not None and observer.bin_us is not None:
+            doc["bins"] = observer.sa_bins(sa, meter.events_of(sa))
     return {
         "sas": sa_docs,
         "tunnels": sorted(tunnels.values(), key=lambda t: t["id"]),
@@ -128,7 +143,26 @@ def _line(sa: dict[str, Any]) -> str:
     )
 
 
-def write_table(doc: dict[str, Any], out: TextIO) -> None:
+def utc(t: float) -> str:
+    """Epoch seconds as ISO 8601 UTC to the microsecond."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _events(sa: dict[str, Any], limit: int) -> str:
+    """An SA's loss events: all in sequence order, or the `limit` longest when there are more."""
+    events = sa.get("loss_events")
+    if not events:
+        return ""
+    shown = events if len(events) <= limit else sorted(events, key=lambda e: (-e["count"], e["first"]))[:limit]
+    lines = [f"      loss events {len(events)}" + (f" ({limit} longest shown)" if len(events) > limit else "") + "\n"]
+    for e in shown:
+        span = f"{e['first']}" if e["first"] == e["last"] else f"{e['first']}..{e['last']}"
+        lines.append(f"        {utc(e['after'])}  {e['before'] - e['after']:+.6f} s  numbers {span}"
+                     f"  count {e['count']}\n")
+    return "".join(lines)
+
+
+def write_table(doc: dict[str, Any], out: TextIO, max_events: int = 20) -> None:
     """One block per tunnel (peer A ⇄ peer B), then unpaired SAs, IKE peers and the frame classes."""
     sas = doc["sas"]
     paired: set[int] = set()
@@ -137,13 +171,13 @@ def write_table(doc: dict[str, Any], out: TextIO) -> None:
         out.write(f"tunnel {t['id']}{name}: {t['a']} <=> {t['b']}  "
                   f"spi 0x{t['spis'][0]:08x} / 0x{t['spis'][1]:08x}\n")
         for i in t["sas"]:
-            out.write(_line(sas[i]))
+            out.write(_line(sas[i]) + _events(sas[i], max_events))
             paired.add(i)
     unpaired = [sa for i, sa in enumerate(sas) if i not in paired]
     if unpaired:
         out.write("unpaired SAs:\n")
         for sa in unpaired:
-            out.write(_line(sa))
+            out.write(_line(sa) + _events(sa, max_events))
     for ike in doc["ike"]:
         out.write(f"IKE {ike['a']} <=> {ike['b']}: {ike['packets']} packets, {ike['octets']} bytes\n")
     cap = doc["capture"]

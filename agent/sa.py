@@ -16,7 +16,7 @@ class SA(SeqTracker):
 
     __slots__ = (
         "key", "ident", "obs", "udp", "generation", "direction",
-        "packets", "octets", "incomplete", "first_seen", "last_seen",
+        "packets", "octets", "incomplete", "first_seen",
         "peer", "tunnel_id", "active", "trial", "interval_start", "iv_seen", "held_octets", "held_seen", "local", "due",
         "fseq", "ftime",
         "name",

@@ -25,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.capture import CaptureSettings
-from agent.config import LogConfig, Settings, StrongSwanConfig, load_config
+from agent.config import LogConfig, LossEventsConfig, Settings, StrongSwanConfig, load_config
 from agent.meter import MeterSettings
 from agent.metrics import MetricsSettings
+from agent.records import LossEventSettings
 from agent.satable import TableSettings
 from agent.tracker import TrackerSettings
 from exporter.settings import ExportSettings
@@ -45,6 +46,7 @@ class Runtime:
     user: str | None
     metrics: MetricsSettings | None  # None: no endpoint
     strongswan: StrongSwanConfig
+    loss_events: LossEventsConfig  # log_min for the loss-event log output (the rest is in meter)
 
 
 def runtime(cfg: Settings) -> Runtime:
@@ -66,6 +68,7 @@ def runtime(cfg: Settings) -> Runtime:
         max_fragments=cfg.max_fragments,
         biflow=cfg.records == "biflow",
         tunnel_names=dict(cfg.tunnel_names),
+        loss_events=LossEventSettings(cfg.loss_events.min_length, cfg.loss_events.per_interval),
     )
     export = ExportSettings(
         collectors=list(cfg.collectors),
@@ -87,6 +90,7 @@ def runtime(cfg: Settings) -> Runtime:
         user=cfg.user,
         metrics=MetricsSettings(**cfg.metrics.model_dump()) if cfg.metrics.listen else None,
         strongswan=cfg.strongswan,
+        loss_events=cfg.loss_events,
     )
 
 

@@ -9,6 +9,13 @@ Memory: instead of a bitmap, the tracker keeps the *missing* ranges inside the w
 no open gap holds two empty lists, whatever its rate; the ranges are bounded by the window size.
 Gaps open in sequence order, so older gaps are always lower: finalisation by time or by window
 always removes a prefix of `gaps`, never scans the whole list.
+
+Loss events (maximal runs of lost numbers) are built here and only here, when a gap's last number
+becomes final, so every packet path shares them. A gap carries the arrival times of the numbers
+around it. The arrival time of `last` is `last_seen` (the time of the latest datagram of any
+verdict) unless a datagram that did not advance `last` came since: such a datagram first pins
+(`last`, its time) in `anchor`, so a clean SA holds no extra state and the in-order fast paths
+only move `last` and `last_seen`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 _NONE: tuple = ()
 _WRAP = 1 << 32
@@ -52,21 +60,36 @@ def infer_esn(low: int, last: int) -> int:
     return cand
 
 
+class LossRun(NamedTuple):
+    """Lost numbers first..last (final); `after`/`before`: arrival of the first copy of first-1 / last+1."""
+
+    first: int
+    last: int
+    after: float
+    before: float
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
 class SeqTracker:
     """Sequence-space state of one SA generation. Times are epoch seconds from the caller's clock."""
 
     __slots__ = (
         "first", "last", "started", "gaps", "finals", "held", "held_time",
         "datagrams", "lost", "reordered", "duplicates", "late", "implausible", "max_extent",
-        "iv_min", "iv_max", "iv_extent",
+        "iv_min", "iv_max", "iv_extent", "last_seen", "anchor", "first_at", "events",
     )
 
     def __init__(self) -> None:
         self.first = -1
         self.last = -1
         self.started = 0.0
-        # pending missing ranges [lo, hi, opened_at] and finalised ones [lo, hi] still inside the window,
-        # ascending; a shared empty tuple until the first gap, so a clean SA allocates no list at all
+        # pending missing ranges [lo, hi, opened_at, after, before, event_first] and finalised ones
+        # [lo, hi] still inside the window, ascending; a shared empty tuple until the first gap, so a
+        # clean SA allocates no list at all. `after`/`before` are the arrival times of lo-1 / hi+1;
+        # event_first < lo once the gap's lower part is final (behind the window)
         self.gaps: list[list] | tuple = _NONE
         self.finals: list[list] | tuple = _NONE
         self.held = -1  # implausible number awaiting confirmation
@@ -82,6 +105,10 @@ class SeqTracker:
         self.iv_min = -1
         self.iv_max = -1
         self.iv_extent = 0
+        self.last_seen = 0.0  # arrival of the latest datagram, any verdict: set by the caller
+        self.anchor: tuple = _NONE  # (n, arrival of n), pinned while last_seen is not the arrival of last
+        self.first_at: float | None = None  # arrival of `first` when it is not `started` (reordered start)
+        self.events: list[LossRun] | tuple = _NONE  # final loss events not yet taken
 
     # -- derived figures -------------------------------------------------------------------
     @property
@@ -109,9 +136,11 @@ class SeqTracker:
         last = self.last
         if n > last:
             if n - last > s.jump_limit:
+                self.pin()
                 return self._hold(n, low, now, s)
             self._advance(n, now, s.window)
             return Verdict.ACCEPTED
+        self.pin()
         if n == last:
             self.duplicates += 1
             return Verdict.DUPLICATE
@@ -122,20 +151,31 @@ class SeqTracker:
             return Verdict.LATE
         if n < self.first:
             return self._below_first(n, now, s)
-        return self._inside(n)
+        return self._inside(n, now)
 
     def _start(self, n: int, now: float) -> None:
         self.first = self.last = n
         self.started = now
         self.iv_min = self.iv_max = n
 
+    def pin(self) -> None:
+        """`last_seen` is about to move for a datagram that is not a new `last`: keep when `last` came."""
+        a = self.anchor
+        if not a or a[0] != self.last:
+            self.anchor = (self.last, self.last_seen)
+
+    def _last_arrival(self) -> float:
+        a = self.anchor
+        return a[1] if a and a[0] == self.last else self.last_seen
+
     def _advance(self, n: int, now: float, window: int) -> None:
         last = self.last
         if n > last + 1:
+            gap = [last + 1, n - 1, now, self._last_arrival(), now, last + 1]
             if self.gaps:
-                self.gaps.append([last + 1, n - 1, now])
+                self.gaps.append(gap)
             else:
-                self.gaps = [[last + 1, n - 1, now]]
+                self.gaps = [gap]
         self.last = n
         if self.iv_min < 0:
             self.iv_min = n
@@ -149,6 +189,7 @@ class SeqTracker:
                 g = gaps[0]
                 if g[1] <= floor:
                     self.lost += g[1] - g[0] + 1
+                    self._event(g)
                     del gaps[0]
                 else:
                     self.lost += floor - g[0] + 1
@@ -163,30 +204,37 @@ class SeqTracker:
         if now - self.started > s.reorder_time:
             self.late += 1
             return Verdict.LATE
-        extent = self._accepted_above(n)
+        extent = self.accepted_above(n)
         if n + 1 <= self.first - 1:
-            self.gaps = [[n + 1, self.first - 1, self.started], *self.gaps]
+            first_at = self.started if self.first_at is None else self.first_at
+            self.gaps = [[n + 1, self.first - 1, self.started, now, first_at, n + 1], *self.gaps]
         self.first = n
+        self.first_at = now
         self._count_reordered(n, extent)
         return Verdict.REORDERED
 
-    def _inside(self, n: int) -> Verdict:
+    def _inside(self, n: int, now: float) -> Verdict:
         """first <= n < last, inside the window: fills a pending gap, or is late or a duplicate."""
         gaps = self.gaps
         i = bisect_right(gaps, n, key=_lo) - 1
         if i >= 0 and gaps[i][1] >= n:
-            extent = self._accepted_above(n)
+            extent = self.accepted_above(n)
             g = gaps[i]
             lo, hi = g[0], g[1]
+            if n == lo and g[5] < lo:  # the final lower part ends here: a complete event
+                self._event([g[5], lo - 1, g[2], g[3], now, g[5]])
             if lo == hi:
                 del gaps[i]
             elif n == lo:
-                g[0] = n + 1
+                g[0] = g[5] = n + 1
+                g[3] = now
             elif n == hi:
                 g[1] = n - 1
+                g[4] = now
             else:
+                gaps.insert(i + 1, [n + 1, hi, g[2], now, g[4], n + 1])
                 g[1] = n - 1
-                gaps.insert(i + 1, [n + 1, hi, g[2]])
+                g[4] = now
             self._count_reordered(n, extent)
             return Verdict.REORDERED
         finals = self.finals
@@ -197,7 +245,7 @@ class SeqTracker:
         self.duplicates += 1
         return Verdict.DUPLICATE
 
-    def _accepted_above(self, n: int) -> int:
+    def accepted_above(self, n: int) -> int:
         """Distinct accepted numbers higher than n (the reorder extent of an arrival of n)."""
         missing = 0
         for ranges in (self.gaps, self.finals):
@@ -237,6 +285,7 @@ class SeqTracker:
                 return Verdict.RESTART  # `held` stays set: the caller starts the new generation there
             self.held = -1
             self._advance(held, self.held_time, s.window)
+            self.anchor = (held, self.held_time)
             return None
         self.held = -1
         self.late += 1
@@ -246,8 +295,10 @@ class SeqTracker:
     def finalize_by_time(self, now: float, reorder_time: float) -> None:
         gaps = self.gaps
         while gaps and now - gaps[0][2] > reorder_time:
-            lo, hi, _ = gaps.pop(0)
+            g = gaps.pop(0)
+            lo, hi = g[0], g[1]
             self.lost += hi - lo + 1
+            self._event(g)
             if self.finals:
                 self.finals.append([lo, hi])
             else:
@@ -260,14 +311,30 @@ class SeqTracker:
         an idle end still tells late arrivals from duplicates.
         """
         finals = list(self.finals)
-        for lo, hi, _ in self.gaps:
+        for g in self.gaps:
+            lo, hi = g[0], g[1]
             self.lost += hi - lo + 1
+            self._event(g)
             finals.append([lo, hi])
         self.gaps = _NONE
         self.finals = finals or _NONE
         if self.held >= 0:
             self.held = -1
             self.late += 1
+
+    def _event(self, g: list) -> None:
+        """Gap `g` is final up to its last number: one loss event."""
+        event = LossRun(g[5], g[1], g[3], g[4])
+        if self.events:
+            self.events.append(event)
+        else:
+            self.events = [event]
+
+    def take_events(self) -> list[LossRun]:
+        """The loss events that became final since the previous call, in sequence order."""
+        events = self.events
+        self.events = _NONE
+        return list(events)
 
     def take_interval(self, last_before: int) -> tuple[int | None, int | None, int]:
         """First/last accepted number and max reorder extent since the previous call; resets them.

@@ -173,6 +173,8 @@ _FLOW_LINE = (  # (label, IE names) of an espmeter SA record, in `espmeter read`
     ("reordered", ("espReorderedPacketDeltaCount",)),
     ("dup", ("espDuplicatePacketDeltaCount",)),
     ("late", ("espLatePacketDeltaCount",)),
+    ("loss events", ("espLossEventDeltaCount",)),
+    ("longest", ("espLongestLossRun",)),
 )
 
 
@@ -214,11 +216,31 @@ def _flow_line(rec: dict[str, Any]) -> str:
     return when + "  ".join(parts)
 
 
+def is_loss_event(rec: dict[str, Any]) -> bool:
+    """A loss-event record (templates/records.yaml `loss_event`), not an SA's counters."""
+    return "espLossEventFirstSequenceNumber" in rec
+
+
+def _loss_event_line(rec: dict[str, Any]) -> str:
+    first, last = rec["espLossEventFirstSequenceNumber"], rec["espLossEventLastSequenceNumber"]
+    numbers = f"{first}" if first == last else f"{first}..{last}"
+    return (f"loss event {_endpoint(rec, 'source')} -> {_endpoint(rec, 'destination')}"
+            f" spi {_text('IPSecSPI', rec['IPSecSPI'])}: numbers {numbers} ({rec['espLossEventPacketCount']} lost)"
+            f" between {_text('', rec['espLossEventAfterMilliseconds'])}"
+            f" and {_text('', rec['espLossEventBeforeMilliseconds'])}")
+
+
 def format_record(rec: dict[str, Any], json_lines: bool) -> str:
-    """JSON with every field, or one readable line: SA records as in `espmeter read`, RFC 5610 type
-    records by name (not their descriptions), other records as name=value."""
+    """JSON with every field (loss events marked `"_record": "loss_event"`), or one readable line: SA
+    records as in `espmeter read`, loss events as such, RFC 5610 type records by name (not their
+    descriptions), other records as name=value."""
     if json_lines:
-        return json.dumps({k: jsonable(v) for k, v in rec.items()}, separators=(",", ":"))
+        out = {k: jsonable(v) for k, v in rec.items()}
+        if is_loss_event(rec):
+            out["_record"] = "loss_event"
+        return json.dumps(out, separators=(",", ":"))
+    if is_loss_event(rec):
+        return _loss_event_line(rec)
     if "IPSecSPI" in rec:
         return _flow_line(rec)
     if "informationElementName" in rec:

@@ -20,7 +20,7 @@ FORMATS = ("iespec", "pmacct", "goflow2", "logstash", "json")
 _EXTRA_STANDARD = ("IPSecSPI", "reverseIPSecSPI", "reverseOctetDeltaCount", "reversePacketDeltaCount",
                    "flowEndReason", "observationDomainId")
 _LOGSTASH_TYPES = {"unsigned8": ":uint8", "unsigned16": ":uint16", "unsigned32": ":uint32",
-                   "unsigned64": ":uint64", "string": ":string"}
+                   "unsigned64": ":uint64", "string": ":string", "dateTimeMilliseconds": ":uint64"}
 _GOFLOW_TYPES = {"string": "string"}
 
 

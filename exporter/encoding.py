@@ -16,7 +16,7 @@ from typing import Any
 from .codec import ADDRESS_TYPES, Constant, ObjectPacker, TemplateCodec
 from .infomodel import SEMANTICS, UNITS, ElementDef, InfoModel
 from .layouts import Layout, Variant, load_layouts
-from .records import ENCAP_UDP, BiflowRecord, MeteringStats, SARecord
+from .records import ENCAP_UDP, PROTO_ESP, PROTO_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord
 
 # the optional groups `sa_mask` knows (records.yaml names them per layout)
 _SA_GROUPS = ("ipv4", "ipv6", "ports", "vlan", "inner_vlan", "ingress", "egress", "direction", "seq", "peer",
@@ -167,6 +167,21 @@ class RecordEncoder:
         var = lay.variant(lay.mask(present))
         return var.codec, var.pack_mapping(values)
 
+    def loss_events(self, events: Iterable[LossEvent]) -> EncodedRecords:
+        """One loss-event record each (layout `loss_event`): the SA's key fields, numbers and times."""
+        out = []
+        for ev in events:
+            values = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)}
+            values.update(protocol=PROTO_UDP if ev.encap == ENCAP_UDP else PROTO_ESP, odid=self.odid,
+                          count=ev.count, after_ms=_ms(ev.after), before_ms=_ms(ev.before), src=ev.src.packed,
+                          dst=ev.dst.packed)
+            present = ["ipv4" if ev.src.version == 4 else "ipv6"]
+            present += [g for g, on in (("ports", ev.encap == ENCAP_UDP and ev.sport is not None),
+                                        ("ingress", ev.ingress_if is not None),
+                                        ("egress", ev.egress_if is not None)) if on]
+            out.append(self._options("loss_event", values, present))
+        return EncodedRecords.of(out)
+
     def metering_stats(self, stats: MeteringStats, messages: int, records: int, octets: int) -> OptionsRecord:
         values = dataclasses.asdict(stats)
         values.update(odid=self.odid, messages=messages, records=records, message_octets=octets)
@@ -197,6 +212,11 @@ class RecordEncoder:
         """All options template variants (sent at start and on every refresh)."""
         return [v.codec for name in ("metering_stats", "exporting_stats", "ie_type")
                 for v in self.layouts[name].variants()]
+
+
+def _ms(t: float) -> int:
+    """Epoch seconds (microsecond precision) to whole milliseconds, without float rounding up or down."""
+    return round(t * 1e6) // 1000
 
 
 def _code(name: str, kind: str) -> int:

@@ -71,7 +71,10 @@ class Exporter:
             session.send(encoded)
 
     def export_loss_events(self, events: Sequence[LossEvent]) -> None:
-        """Loss is in the records' lost counts; IPFIX carries no per-event records (yet)."""
+        """One loss-event record each (template `loss_event` of templates/records.yaml)."""
+        encoded = self.encoder.loss_events(events)
+        for session in self._sessions:
+            session.send(encoded)
 
     def export_stats(self, stats: MeteringStats) -> None:
         """Remember the latest totals; they go out now if `stats_interval_s` has passed, else on tick()."""

@@ -63,6 +63,8 @@ class SARecord:
     peer_spi: int | None = None
     tunnel_id: int | None = None
     tunnel_name: str | None = None
+    loss_events: int = 0  # loss events that became final in the interval
+    longest_loss_run: int = 0  # count of the longest of them
 
     @property
     def ip_version(self) -> int:
@@ -126,6 +128,8 @@ class LossEvent:
     last: int
     after: float
     before: float
+    tunnel_id: int | None = None
+    tunnel_name: str | None = None
 
     @property
     def count(self) -> int:
@@ -144,6 +148,7 @@ class MeteringStats:
     malformed: int = 0
     truncated: int = 0
     capture_drops: int = 0  # kernel/pcap drops reported by libpcap
+    loss_events_suppressed: int = 0  # loss-event records held back by the loss_events: cap / minimum
     first_ignored_ms: int | None = None
     last_ignored_ms: int | None = None
     sa_evictions: int = 0

@@ -135,8 +135,9 @@ def test_file_collector_appends_and_the_result_decodes(tmp_path: Path) -> None:
     assert out.stat().st_size == 2 * size
     dump = subprocess.run(["ipfixDump", "--rfc5610", "-i", str(out)], capture_output=True, text=True, check=True)
     spis = re.findall(r"\(295\)\s+IPSecSPI : (\d+)", dump.stdout)
-    sas = json.loads(espmeter("read", "--json", DEMO).stdout)["sas"]
-    assert sorted(map(int, spis)) == sorted(2 * [sa["spi"] for sa in sas])
+    sas = json.loads(espmeter("read", "--json", "--events", DEMO).stdout)["sas"]
+    per_read = [sa["spi"] for sa in sas] + [sa["spi"] for sa in sas for _ in sa["loss_events"]]  # + event records
+    assert sorted(map(int, spis)) == sorted(2 * per_read)
 
 
 def test_run_config_error_is_json_when_the_file_asks_for_json(tmp_path: Path) -> None:

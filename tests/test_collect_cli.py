@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from exporter.collect import Decoder, SequenceCheck
@@ -117,6 +118,7 @@ def test_sequence_gaps_are_reported_with_the_records_lost(tmp_path: Path) -> Non
         read_to(relay.port, "--config", str(cfg))
     finally:
         relay.close()
+    time.sleep(1.0)  # the last forwarded datagrams (loss-event records, statistics) reach the collector
     collect.proc.terminate()
     out, err = collect.finish()
     decoder = Decoder()

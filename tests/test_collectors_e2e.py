@@ -25,7 +25,7 @@ CAPTURES = ["random_loss", "nat_t", "ipv6_ext", "dup_loss", "reorder"]  # one SA
 def _capture(tmp_path: Path, name: str) -> tuple[str, dict]:
     path = str(tmp_path / f"{name}.pcap")
     SCENARIOS[name]().write(path)
-    return path, read_json(path)
+    return path, read_json(path, "--events")
 
 
 def _export(cap: str, url: str, tmp_path: Path, mode: str = "sa") -> None:
@@ -93,6 +93,10 @@ FIELDS = {"lost": "esp_lost_packet_delta_count", "reordered": "esp_reordered_pac
           "incomplete": "esp_incomplete_datagram_delta_count"}
 
 
+EVENT_FIELDS = ("first_sequence_number", "last_sequence_number", "after_milliseconds", "before_milliseconds",
+                "packet_count")
+
+
 def test_nfacctd_every_enterprise_field(tmp_path: Path) -> None:
     docs = []
     with nfacctd(tmp_path, render("pmacct", 32473)) as col:
@@ -103,10 +107,18 @@ def test_nfacctd_every_enterprise_field(tmp_path: Path) -> None:
         rows = col.stop()
     got: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     peers: dict[int, int] = {}
+    events: dict[int, list[tuple]] = defaultdict(list)
     for row in rows:
         spi = int(row["ipsec_spi"], 16)
         if not spi:
             continue  # options records
+        if int(row["esp_loss_event_packet_count"]):  # a loss-event record: no counters of the SA's
+            events[spi].append(tuple(int(row[f"esp_loss_event_{k}"]) for k in EVENT_FIELDS))
+            assert int(row["esp_lost_packet_delta_count"]) == 0
+            continue
+        g = got[spi]
+        g["events"] += int(row["esp_loss_event_delta_count"])
+        g["longest"] = max(g["longest"], int(row["esp_longest_loss_run"]))
         g = got[spi]
         g["packets"] += row["packets"]
         g["octets"] += row["bytes"]
@@ -114,10 +126,17 @@ def test_nfacctd_every_enterprise_field(tmp_path: Path) -> None:
             g[k] += int(row[name])
         if int(row["esp_peer_spi"], 16):
             peers[spi] = int(row["esp_peer_spi"], 16)
-    want = {}
+    want, want_events = {}, {}
     for doc in docs:
         for sa in doc["sas"]:
-            want[sa["spi"]] = {"packets": sa["packets"], "octets": sa["octets"], **{k: sa[k] for k in FIELDS}}
+            runs = sa["loss_events"]
+            want[sa["spi"]] = {"packets": sa["packets"], "octets": sa["octets"], **{k: sa[k] for k in FIELDS},
+                               "events": len(runs), "longest": max((e["count"] for e in runs), default=0)}
+            if runs:
+                want_events[sa["spi"]] = sorted((e["first"], e["last"], round(e["after"] * 1e6) // 1000,
+                                                 round(e["before"] * 1e6) // 1000, e["count"]) for e in runs)
             if sa["peer_spi"] is not None:
                 assert peers[sa["spi"]] == sa["peer_spi"]
     assert {k: dict(v) for k, v in got.items()} == want
+    assert {k: sorted(v) for k, v in events.items()} == want_events
+    assert sum(len(v) for v in want_events.values()) > 20

@@ -13,7 +13,7 @@ import pytest
 
 from exporter.collect import read_file
 from tests.gt.scenarios import registry
-from tests.ipfix_sums import pairs, read_json, sums, truth
+from tests.ipfix_sums import event_truth, events_exported, is_sa_record, pairs, read_json, sums, truth
 
 SCENARIOS = registry()
 SPLIT = ["random_loss", "burst_loss", "reorder", "dup_loss", "late", "rekey", "nat_t", "fragments_nonfirst_lost",
@@ -28,11 +28,14 @@ def test_record_sums_equal_read(name: str, mode: str, tmp_path: Path) -> None:
     cfg = tmp_path / "espmeter.yaml"
     cfg.write_text(f"records: {mode}\nactive_timeout_s: 1\nidle_timeout_s: 2\n")
     out = tmp_path / "out.ipfix"
-    doc = read_json(cap, "--config", str(cfg), "--collector", f"file://{out}")
+    doc = read_json(cap, "--events", "--config", str(cfg), "--collector", f"file://{out}")
     records = read_file(str(out))
-    data = [r for r in records if "IPSecSPI" in r]
+    data = [r for r in records if is_sa_record(r)]
     assert data, "no data records exported"
     assert sums(records) == truth(doc)
+    # every loss event as a record of its own: numbers exactly, times to the millisecond; the SA records
+    # count them (espLossEventDeltaCount) and name the longest of each interval
+    assert events_exported(records) == event_truth(doc)
     want = {(sa["spi"], sa["peer_spi"]) for sa in doc["sas"] if sa["peer_spi"] is not None}
     assert want <= pairs(records) | {(b, a) for a, b in pairs(records)}
     for rec in data:  # the invariant holds per record, in each direction

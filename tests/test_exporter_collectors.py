@@ -95,7 +95,7 @@ def test_nfcapd_biflow_in_and_out(tmp_path):
 def test_nfcapd_sequence_failures_from_options_records(tmp_path):
     """nfcapd counts only the flow records it decodes; our options records cause false failures."""
     with nfcapd(tmp_path) as col:
-        exp = Exporter(ExportSettings(collectors=[col.url]))  # start: templates + 16 RFC 5610 records
+        exp = Exporter(ExportSettings(collectors=[col.url]))  # start: templates + 24 RFC 5610 records
         exp.export([make_sa(i) for i in range(10)])
         exp.export_stats(_stats())  # 2 options records
         exp.export([make_sa(100 + i) for i in range(10)])
@@ -120,8 +120,8 @@ def test_udp_template_refresh_by_message_count(tmp_path):
     # options templates (set 3) go out only at start and on refresh: after every 5 messages here
     refreshes = [tids for tids, sets in rows if "3" in sets]
     assert len(refreshes) == 1 + (30 - 1) // 5, out
-    # the data template (IPv4 + seq group: 256 + 1 + 256) is first sent inline, then with every refresh
-    assert sum(1 for tids, sets in rows if "2" in sets and "513" in tids) == 1 + (30 - 1) // 5, out
+    # the data template (IPv4 + seq group: 20480 + 1 + 256) is first sent inline, then with every refresh
+    assert sum(1 for tids, sets in rows if "2" in sets and "20737" in tids) == 1 + (30 - 1) // 5, out
 
 
 def test_nfacctd_enterprise_fields_forward_and_reverse(tmp_path):

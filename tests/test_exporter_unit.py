@@ -54,8 +54,14 @@ def test_enterprise_ids_are_the_contract():
         7: ("espIncompleteDatagramDeltaCount", "unsigned64"), 8: ("espFirstSequenceNumber", "unsigned64"),
         9: ("espLastSequenceNumber", "unsigned64"), 10: ("espMaxReorderExtent", "unsigned32"),
         11: ("espPeerSPI", "unsigned32"), 12: ("espEncapsulation", "unsigned8"), 13: ("espTunnelName", "string"),
-        14: ("espTunnelId", "unsigned64"), 22: ("espUnconfirmedSATotalCount", "unsigned64"),
+        14: ("espTunnelId", "unsigned64"), 15: ("espLossEventDeltaCount", "unsigned64"),
+        16: ("espLongestLossRun", "unsigned64"), 17: ("espLossEventFirstSequenceNumber", "unsigned64"),
+        18: ("espLossEventLastSequenceNumber", "unsigned64"),
+        19: ("espLossEventAfterMilliseconds", "dateTimeMilliseconds"),
+        20: ("espLossEventBeforeMilliseconds", "dateTimeMilliseconds"),
+        21: ("espLossEventPacketCount", "unsigned64"), 22: ("espUnconfirmedSATotalCount", "unsigned64"),
         23: ("espUnconfirmedDatagramTotalCount", "unsigned64"),
+        24: ("espLossEventsSuppressedTotalCount", "unsigned64"),
     }
     assert {d.id: (d.name, d.type_name) for d in model.enterprise()} == expected
     assert all(d.id == f.id | 0x4000 and d.pen == f.pen
@@ -143,25 +149,25 @@ def test_biflow_record(tmp_path):
     assert rec["reverseOctetDeltaCount"] == 90000 and rec["reverseEspLostPacketDeltaCount"] == 9
     assert not any(k.startswith(("reverseFlow", "reverseFlowEnd")) for k in rec)
     names = {r["informationElementName"] for r in recs if "informationElementName" in r}
-    assert "reverseEspLostPacketDeltaCount" in names and len(names) == 16 + 10
+    assert "reverseEspLostPacketDeltaCount" in names and len(names) == 24 + 12
 
 
 def test_options_records(tmp_path):
     exp, path = export_to_file(tmp_path, [make_sa(1)])
     exp.export_stats(MeteringStats(observation_domain=1, frames=100, ignored_frames=4, ignored_octets=400,
                                    capture_drops=3, first_ignored_ms=1795651000000, last_ignored_ms=1795651001000,
-                                   unconfirmed_sas=7, unconfirmed_datagrams=11))
+                                   unconfirmed_sas=7, unconfirmed_datagrams=11, loss_events_suppressed=5))
     exp.close()
     recs = decode_messages(path.read_bytes())
     (met,) = [r for r in recs if "ignoredPacketTotalCount" in r]
     counts = (met["ignoredPacketTotalCount"], met["ignoredOctetTotalCount"], met["droppedPacketTotalCount"])
-    assert counts == (4, 400, 3)
+    assert counts == (4, 400, 3) and met["espLossEventsSuppressedTotalCount"] == 5
     assert (met["espUnconfirmedSATotalCount"], met["espUnconfirmedDatagramTotalCount"]) == (7, 11)
     assert met["observationTimeMilliseconds"] < met["observationTimeMilliseconds#2"]
     (rel,) = [r for r in recs if "notSentFlowTotalCount" in r]
     assert rel["notSentFlowTotalCount"] == 0
     types = [r for r in recs if "informationElementName" in r]
-    assert len(types) == 16 and all(len(r) == 4 + 9 for r in types)
+    assert len(types) == 24 and all(len(r) == 4 + 9 for r in types)
 
 
 def test_unwritable_file_does_not_stop_other_collectors(tmp_path, caplog):

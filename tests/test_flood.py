@@ -25,6 +25,9 @@ class Sink:
     def export(self, records: list[SARecord | BiflowRecord]) -> None:
         self.records.extend(r for r in records if isinstance(r, SARecord))
 
+    def export_loss_events(self, events: list) -> None:
+        pass
+
 
 def run(flood: int, seed: int = 5) -> tuple[Meter, Sink, int]:
     real_rng, flood_rng = random.Random(seed), random.Random(seed + 1)  # same real traffic either way

@@ -88,6 +88,20 @@ def compare_sas(expected: list[dict], actual: list[dict]) -> dict[int, int]:
     return tunnel_map
 
 
+def compare_events(expected: list[dict], actual: list[dict]) -> None:
+    """`loss_events` of every SA: numbers exactly, times to the microsecond."""
+    by_key = {sa_key(sa): sa for sa in actual}
+    problems = []
+    for want in expected:
+        got = by_key[sa_key(want)].get("loss_events")
+        if got is None or len(got) != len(want["loss_events"]) or any(
+                (w["first"], w["last"], w["count"]) != (g["first"], g["last"], g["count"])
+                or not all(math.isclose(w[k], g[k], rel_tol=0, abs_tol=1e-6) for k in ("after", "before"))
+                for w, g in zip(want["loss_events"], got, strict=False)):
+            problems.append(f"{sa_key(want)} loss_events: want {want['loss_events']!r} got {got!r}")
+    assert not problems, f"{len(problems)} mismatches:\n" + "\n".join(problems[:20])
+
+
 def check_invariant(actual: list[dict]) -> None:
     for sa in actual:
         assert sa["lost"] + sa["datagrams"] - sa["duplicates"] - sa["late"] == sa["expected"], sa_key(sa)
@@ -131,10 +145,11 @@ def check(scenario: str | Scenario, tmp_path: Path) -> dict[str, Any]:
     sc = registry()[scenario]() if isinstance(scenario, str) else scenario
     path = tmp_path / f"{sc.name}.{sc.fmt}"
     expected = sc.write(path)
-    actual = run_read(path).json()
+    actual = run_read(path, "--events").json()
     assert set(actual) >= {"sas", "tunnels", "ike", "capture"}
     compare_capture(expected["capture"], actual["capture"])
     tunnel_map = compare_sas(expected["sas"], actual["sas"])
+    compare_events(expected["sas"], actual["sas"])
     check_invariant(actual["sas"])
     compare_tunnels(expected, actual, tunnel_map)
     compare_ike(expected["ike"], actual["ike"])
@@ -164,6 +179,32 @@ def test_burst_loss(tmp_path: Path) -> None:
     actual = check("burst_loss", tmp_path)
     assert find(actual, spi=0x51)[0]["lost"] == 61  # 10 + 50 + 999 (last_seq is 1000)
     assert find(actual, spi=0x52)[0]["lost"] == 300
+
+
+def test_gilbert_elliott_bursts(tmp_path: Path) -> None:
+    actual = check("gilbert_elliott", tmp_path)
+    sa = find(actual, spi=0x170)[0]
+    assert sa["lost"] > 0 and max(e["count"] for e in sa["loss_events"]) >= 3
+
+
+def test_reordered_fills_inside_gaps(tmp_path: Path) -> None:
+    actual = check("reorder_loss", tmp_path)
+    sa = find(actual, spi=0x191)[0]
+    spans = [(e["first"], e["last"]) for e in sa["loss_events"]]
+    assert spans == [(100, 104), (106, 110), (200, 204), (300, 304), (400, 409), (600, 600)]
+    split_low, split_high = sa["loss_events"][:2]
+    assert split_low["before"] == split_high["after"]  # both the arrival of the reordered 105
+    assert sa["loss_events"][-1]["after"] > sa["loss_events"][-1]["before"]  # the delayed 599 came after 601
+
+
+def test_outage_longer_than_idle_timeout(tmp_path: Path) -> None:
+    actual = check("outage", tmp_path)
+    for spi in (0x1A1, 0x1A2):
+        (event,) = find(actual, spi=spi)[0]["loss_events"]
+        assert (event["first"], event["last"], event["count"]) == (1000, 1499, 500)
+        assert event["before"] - event["after"] > 40
+    (big,) = find(actual, spi=0x1A3)[0]["loss_events"]
+    assert (big["first"], big["last"]) == (2000, 4999)
 
 
 def test_reorder_without_loss(tmp_path: Path) -> None:

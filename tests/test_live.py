@@ -20,7 +20,7 @@ import pytest
 
 from exporter.collect import read_file
 from tests.gt.scenarios import registry
-from tests.ipfix_sums import pairs, read_json, sums, truth
+from tests.ipfix_sums import is_sa_record, pairs, read_json, sums, truth
 from tests.netns import AgentProcess, cpu_seconds, veth_pair
 
 pytestmark = pytest.mark.root
@@ -57,7 +57,7 @@ def test_live_capture_equals_offline(name: str, tmp_path: Path) -> None:
         ifindex = pair.ifindex(pair.capture_ns, pair.capture_if)
     records = read_file(str(out))
     assert sums(records) == want
-    data = [r for r in records if "IPSecSPI" in r]
+    data = [r for r in records if is_sa_record(r)]
     assert {r["ingressInterface"] for r in data} == {ifindex}
     assert all(r.get("flowDirection") == 0 for r in data)
     stats = [r for r in records if "droppedPacketTotalCount" in r]
@@ -84,7 +84,7 @@ def test_sigterm_flushes_and_sighup_reloads(tmp_path: Path) -> None:
             agent.kill()
     records = read_file(str(out))
     assert sums(records) == truth(doc)
-    data = [r for r in records if "IPSecSPI" in r]
+    data = [r for r in records if is_sa_record(r)]
     assert {r["flowEndReason"] for r in data} == {4}
     assert {r.get("espTunnelName") for r in data} == {"branch-2"}
     assert len(doc["tunnels"]) == 2 and {(t["spis"][0], t["spis"][1]) for t in doc["tunnels"]} <= pairs(records)
@@ -115,7 +115,7 @@ def test_interface_deleted_and_recreated(tmp_path: Path) -> None:
     got = sums(records)
     for key, figures in want.items():  # the new link is a new observation point: new SAs, same figures
         assert got[key] == {k: 2 * v for k, v in figures.items()}
-    assert len({r["ingressInterface"] for r in records if "IPSecSPI" in r}) == 2
+    assert len({r["ingressInterface"] for r in records if is_sa_record(r)}) == 2
 
 
 def _proc_status(pid: int) -> dict[str, str]:
@@ -208,7 +208,7 @@ def test_sas_sent_by_this_box_are_marked(tmp_path: Path) -> None:
             assert agent.stop() == 0
         finally:
             agent.kill()
-    data = [r for r in read_file(str(out)) if "IPSecSPI" in r]
+    data = [r for r in read_file(str(out)) if is_sa_record(r)]
     local = {r["flowDirection"] for r in data if str(r["sourceIPv4Address"]) == "10.0.1.1"}
     others = {r["flowDirection"] for r in data if str(r["sourceIPv4Address"]) != "10.0.1.1"}
     assert local == {1} and others == {0}

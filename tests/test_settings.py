@@ -19,7 +19,7 @@ from exporter import ExportSettings
 from exporter.collect import read_file
 from exporter.infomodel import check_pen
 from tests.gt.scenarios import registry
-from tests.ipfix_sums import sums, truth
+from tests.ipfix_sums import is_sa_record, sums, truth
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +51,7 @@ NON_DEFAULT = {
     "user": "nobody",
     "metrics": {"listen": "127.0.0.1:9108"},
     "strongswan": {"vici": "unix:///var/run/charon.vici"},
+    "loss_events": {"min_length": 2},
 }
 
 
@@ -66,6 +67,8 @@ def test_every_key_reaches_the_runtime() -> None:
     default = runtime(Settings())
     for key, value in NON_DEFAULT.items():
         assert runtime(Settings.model_validate({key: value})) != default, f"{key} is not used by runtime()"
+    for sub in ({"min_length": 2}, {"per_interval": 3}, {"log_min": 7}):  # every key of the section too
+        assert runtime(Settings.model_validate({"loss_events": sub})) != default, sub
 
 
 def test_one_pen_validator_and_6871_is_cert() -> None:
@@ -115,7 +118,7 @@ def test_read_config_exports_to_the_files_collectors(tmp_path: Path) -> None:
     doc = json.loads(res.stdout)
     records = read_file(str(out))
     assert sums(records) == truth(doc)
-    assert all("reverseIPSecSPI" in r for r in records if "IPSecSPI" in r)  # records: biflow
+    assert all("reverseIPSecSPI" in r for r in records if is_sa_record(r))  # records: biflow
     assert {r["_odid"] for r in records} == {77}
     # --collector replaces the file's list
     other, size = tmp_path / "other.ipfix", out.stat().st_size

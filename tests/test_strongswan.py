@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter.collect import read_file
-from tests.ipfix_sums import pairs, sums
+from tests.ipfix_sums import is_sa_record, pairs, sums
 from tests.ipsec_lab import EspCounters, IPsecLab
 from tests.netns import AgentProcess
 
@@ -75,7 +75,7 @@ def test_strongswan_tunnel_metered_live(tmp_path: Path) -> None:
     found = pairs(records)
     for a, b in want_pairs:
         assert (a, b) in found and (b, a) in found, f"pair {a:#x}/{b:#x} not in {found}"
-    data = [r for r in records if "IPSecSPI" in r]
+    data = [r for r in records if is_sa_record(r)]
     assert {r["espTunnelId"] for r in data if "espTunnelId" in r} == {1, 2}  # the rekey made a new pair
     assert {r.get("espTunnelName") for r in data if "espTunnelId" in r} == {"right-site"}
     directions = {(r["IPSecSPI"], r.get("flowDirection")) for r in data}

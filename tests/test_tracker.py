@@ -22,6 +22,7 @@ class Reference:
     received: set[int] = field(default_factory=set)
     final: set[int] = field(default_factory=set)  # missing numbers declared lost
     opened: dict[int, float] = field(default_factory=dict)  # missing number -> time a higher one came
+    arrived: dict[int, float] = field(default_factory=dict)  # accepted number -> arrival of its first copy
     datagrams: int = 0
     reordered: int = 0
     duplicates: int = 0
@@ -41,6 +42,7 @@ class Reference:
             self.first = self.last = n
             self.start = now
             self.received.add(n)
+            self.arrived[n] = now
             return
         self._settle(now)
         if n > self.last:
@@ -48,6 +50,7 @@ class Reference:
                 self.opened[m] = now
             self.last = n
             self.received.add(n)
+            self.arrived[n] = now
             self._settle(now)
             return
         if n == self.last or n in self.received and n > self.last - self.window:
@@ -66,11 +69,24 @@ class Reference:
         self.max_extent = max(self.max_extent, sum(1 for x in self.received if x > n))
         self.reordered += 1
         self.received.add(n)
+        self.arrived[n] = now
 
     def lost(self) -> int:
         if self.last < 0:
             return 0
         return sum(1 for m in range(self.first, self.last + 1) if m not in self.received)
+
+    def events(self) -> list[tuple[int, int, float, float]]:
+        """After the end: maximal runs of numbers never received, with the arrivals around them."""
+        out: list[tuple[int, int, float, float]] = []
+        for m in range(self.first, self.last + 1):
+            if m in self.received:
+                continue
+            if out and out[-1][1] == m - 1:
+                out[-1] = (out[-1][0], m, out[-1][2], 0.0)
+            else:
+                out.append((m, m, self.arrived[m - 1], 0.0))
+        return [(lo, hi, after, self.arrived[hi + 1]) for lo, hi, after, _ in out]
 
 
 arrivals = st.lists(
@@ -94,10 +110,12 @@ def test_tracker_matches_reference(arrivals: list[tuple[int, float]], window: in
     for n, dt in arrivals:
         now += dt
         t.observe(n, now, s)
+        t.last_seen = now
         ref.observe(n, now)
     t.finish()
     assert (t.first, t.last) == (ref.first, ref.last)
     assert t.lost == ref.lost()
+    assert [tuple(e) for e in t.take_events()] == ref.events()
     assert (t.reordered, t.duplicates, t.late, t.max_extent) == (
         ref.reordered, ref.duplicates, ref.late, ref.max_extent)
     assert t.lost + (t.datagrams - t.duplicates - t.late) == t.expected

@@ -74,7 +74,7 @@ class Scenario:
         back = dataclasses.replace(
             fwd, src=fwd.dst, dst=fwd.src, spi=rev_spi, sport=fwd.dport, dport=fwd.sport,
             start_us=fwd.start_us + rev_delay_us, drops=set(), dups={}, delays={}, lates={}, jumps={},
-            truncs=set(), frags={}, seqs=None)
+            truncs=set(), frags={}, pauses={}, seqs=None)
         back = dataclasses.replace(back, **rev)
         i, j = self.add_sa(fwd), self.add_sa(back)
         self.pairs.append((i, j))
@@ -118,8 +118,11 @@ class Scenario:
     # -- construction ------------------------------------------------------------------------
     def _sa_frames(self, idx: int, spec: SASpec) -> list[Emitted]:
         out = []
+        pause = 0
         for pos, item in enumerate(plan_items(spec)):
-            out.extend(self._item_frames(idx, spec, item, spec.start_us + pos * spec.spacing_us))
+            if item.kind == "ok":
+                pause += spec.pauses.get(item.seq, 0)
+            out.extend(self._item_frames(idx, spec, item, spec.start_us + pos * spec.spacing_us + pause))
         return out
 
     def _item_frames(self, idx: int, spec: SASpec, item: Item, ts: int) -> list[Emitted]:
@@ -202,7 +205,15 @@ class Scenario:
             raise AmbiguousScenario(f"SA {spec.key()} has no observed datagram: it would not be reported")
         if self.snaplen is not None and any(e.header_end > self.snaplen for e in frames):
             raise AmbiguousScenario("snaplen must keep ESP headers whole")
-        stats = sequence_stats([(e.item, e.ts_us) for e in frames if e.bears_header and e.item is not None])
+        headers = [e for e in frames if e.bears_header and e.item is not None]
+        stats = sequence_stats([(e.item, e.ts_us) for e in headers])
+        header_us = {id(e.item): e.ts_us for e in headers}
+        # non-first fragments count when they arrive, or with their first fragment when they came before it
+        stats["fragment_arrivals"] = [[max(e.ts_us, header_us[id(e.item)]), e.octets] for e in frames
+                                      if not e.bears_header and e.item is not None]
+        octets = [e.octets for e in headers if e.item.observed]
+        # [us, seq, verdict, extent, IP length] (lists: the expected document is JSON)
+        stats["datagram_verdicts"] = [[*v, n] for v, n in zip(stats["datagram_verdicts"], octets, strict=True)]
         src, dst, spi, sport, dport, vlan, inner_vlan, interface, generation = spec.key()
         return {
             "src": src, "dst": dst, "spi": spi, "encap": spec.encap, "sport": sport, "dport": dport,
@@ -287,6 +298,7 @@ class _Walk:
     accepted: list[int] = field(default_factory=list)
     accepted_at: dict[int, int] = field(default_factory=dict)
     first_us: int | None = None
+    verdicts: list[tuple[int, int, str, int]] = field(default_factory=list)  # (us, seq, verdict, extent)
     counts: dict[str, int] = field(default_factory=lambda: {
         "datagrams": 0, "reordered": 0, "max_reorder_extent": 0, "duplicates": 0, "late": 0,
         "implausible": 0, "incomplete": 0})
@@ -326,7 +338,16 @@ def sequence_stats(items: list[tuple[Item, int]]) -> dict[str, int | None]:
     return {"datagrams": w.counts["datagrams"], "first_seq": first, "last_seq": last, "expected": expected,
             "lost": expected - len(acc), "reordered": w.counts["reordered"],
             "max_reorder_extent": w.counts["max_reorder_extent"], "duplicates": w.counts["duplicates"],
-            "late": w.counts["late"], "implausible": w.counts["implausible"], "incomplete": w.counts["incomplete"]}
+            "late": w.counts["late"], "implausible": w.counts["implausible"], "incomplete": w.counts["incomplete"],
+            "loss_events": loss_events(acc, w.accepted_at), "datagram_verdicts": w.verdicts}
+
+
+def loss_events(accepted: list[int], accepted_at: dict[int, int]) -> list[dict[str, Any]]:
+    """Every maximal run of numbers never accepted between two accepted ones, with the capture times of
+    the first copies of the numbers around it (`read --events`)."""
+    return [{"first": lo + 1, "last": hi - 1, "count": hi - lo - 1, "after": seconds(accepted_at[lo]),
+             "before": seconds(accepted_at[hi])}
+            for lo, hi in zip(accepted, accepted[1:], strict=False) if hi > lo + 1]
 
 
 def _step(w: _Walk, item: Item, now: int, nxt: Item | None) -> None:
@@ -338,6 +359,9 @@ def _step(w: _Walk, item: Item, now: int, nxt: Item | None) -> None:
             if seq - high <= 2 * IMPLAUSIBLE or nxt is None or nxt.kind != "ok" or not seq < nxt.seq <= seq + 64:
                 raise AmbiguousScenario("a jump must be far beyond the limit and confirmed by the next datagram")
             w.counts["implausible"] += 1
+            w.verdicts.append((now, seq, "jump", 0))
+        else:
+            w.verdicts.append((now, seq, "in_order", 0))
         w.accept(seq, now)
     elif item.kind == "reordered":
         if seq in w.accepted_at or high <= seq or high - seq > WINDOW - WINDOW_MARGIN \
@@ -348,18 +372,22 @@ def _step(w: _Walk, item: Item, now: int, nxt: Item | None) -> None:
         extent = len(w.accepted) - bisect_right(w.accepted, seq)
         w.counts["reordered"] += 1
         w.counts["max_reorder_extent"] = max(w.counts["max_reorder_extent"], extent)
+        w.verdicts.append((now, seq, "reordered", extent))
         w.accept(seq, now)
     elif item.kind == "dup":
         if seq not in w.accepted_at or high - seq > WINDOW - WINDOW_MARGIN or _restart_zone(seq, high):
             raise AmbiguousScenario(f"duplicate {seq} is not clearly inside the window")
         w.counts["duplicates"] += 1
+        w.verdicts.append((now, seq, "duplicate", 0))
     elif item.kind == "late":
         behind = high - seq >= WINDOW + WINDOW_MARGIN or w.gap_age(seq, now) >= REORDER_US + TIME_MARGIN_US
         if seq in w.accepted_at or not behind or seq <= RESTART_MAX:
             raise AmbiguousScenario(f"late {seq} is not clearly final (or sits in the restart zone)")
         w.counts["late"] += 1
+        w.verdicts.append((now, seq, "late", 0))
     elif item.kind == "implausible":
         if seq - high <= 2 * IMPLAUSIBLE or nxt is None or nxt.kind != "ok" or nxt.seq > high + WINDOW // 2:
             raise AmbiguousScenario("an unconfirmed jump needs a far target and an ordinary next datagram")
         w.counts["late"] += 1
         w.counts["implausible"] += 1
+        w.verdicts.append((now, seq, "implausible", 0))

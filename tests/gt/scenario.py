@@ -80,6 +80,7 @@ class SASpec:
     jumps: dict[int, int] = field(default_factory=dict)
     truncs: set[int] = field(default_factory=set)
     frags: dict[int, FragPlan] = field(default_factory=dict)
+    pauses: dict[int, int] = field(default_factory=dict)  # seq -> extra microseconds of silence before it
 
     def __post_init__(self) -> None:
         self.src, self.dst = str(ipaddress.ip_address(self.src)), str(ipaddress.ip_address(self.dst))

@@ -79,6 +79,49 @@ def dup_loss() -> Scenario:
     return sc
 
 
+def gilbert_elliott() -> Scenario:
+    """Bursty loss from a two-state Markov chain (good: 0.2 % loss, bad: 60 %) on two tunnels."""
+    sc = Scenario("gilbert_elliott")
+    rng = random.Random(5)
+    for t in range(2):
+        drops, bad = set(), False
+        for s in range(2, 4000):
+            bad = rng.random() < (0.7 if bad else 0.01)
+            if rng.random() < (0.6 if bad else 0.002):
+                drops.add(s)
+        spec = SASpec(v4(t + 1, 1), v4(t + 1, 2), 0x170 + t, link=sc.link(), count=4000, spacing_us=500,
+                      start_us=t * 100, drops=drops)
+        sc.add_tunnel(spec, 0x180 + t, drops={s for s in range(2, 4000) if rng.random() < 0.01})
+    return sc
+
+
+def reorder_loss() -> Scenario:
+    """Reordered datagrams inside gaps: one splits a gap in two, others fill a gap's lowest or highest
+    number; a duplicate and a fragmented datagram just before gaps (their arrival must not move `after`)."""
+    sc = Scenario("reorder_loss")
+    drops = set(range(100, 105)) | set(range(106, 111)) | set(range(200, 205)) | set(range(300, 305)) \
+        | set(range(400, 410)) | {600}
+    spec = SASpec(v4(1, 1), v4(1, 2), 0x191, link=sc.link(), count=1000, drops=drops,
+                  delays={105: 20, 199: 10, 305: 10, 599: 5}, dups={399: 0})
+    sc.add_tunnel(spec, 0x192, drops={500, 501}, dups={499: 2})
+    frag = SASpec(v4(2, 1), v4(2, 2), 0x193, link=sc.link(), count=100, payload=400, start_us=30,
+                  frags={40: FragPlan(3), 60: FragPlan(3, order=(2, 1, 0))}, drops={41, 42, 61})
+    sc.add_sa(frag)
+    return sc
+
+
+def outage() -> Scenario:
+    """Tunnels silent for longer than the idle timeout (30 s) while numbers go on: 500 numbers lost over
+    40 s both ways; 3000 numbers (more than the window) over 35 s on a second tunnel."""
+    sc = Scenario("outage")
+    gone = set(range(1000, 1500))
+    sc.add_tunnel(SASpec(v4(1, 1), v4(1, 2), 0x1A1, link=sc.link(), count=2000, drops=gone,
+                         pauses={1500: 40 * SEC}), 0x1A2, drops=gone, pauses={1500: 40 * SEC})
+    sc.add_tunnel(SASpec(v4(2, 1), v4(2, 2), 0x1A3, link=sc.link(), count=6000, start_us=10,
+                         drops=set(range(2000, 5000)), pauses={5000: 35 * SEC}), 0x1A4)
+    return sc
+
+
 def _fragments(name: str, plan: FragPlan) -> Scenario:
     """The same plan applied to datagrams 10, 20, 30 of an ESP, a UDP and an IPv6 SA."""
     sc = Scenario(name)
@@ -128,10 +171,11 @@ def rekey() -> Scenario:
     sc = Scenario("rekey")
     a, b = "192.0.2.1", "192.0.2.2"
     sc.add_ike(a, b, 4, sc.link(), start_us=0)
-    sc.add_tunnel(SASpec(a, b, 0x1000, link=sc.link(), count=700, spacing_us=10 * MS, start_us=10 * MS), 0x1001)
+    sc.add_tunnel(SASpec(a, b, 0x1000, link=sc.link(), count=700, spacing_us=10 * MS, start_us=10 * MS,
+                         drops=set(range(650, 660))), 0x1001)
     sc.add_ike(b, a, 4, sc.link(), start_us=4900 * MS)
-    sc.add_tunnel(SASpec(a, b, 0x2000, link=sc.link(), count=500, spacing_us=10 * MS, start_us=5 * SEC), 0x2001,
-                  rev_delay_us=900)
+    sc.add_tunnel(SASpec(a, b, 0x2000, link=sc.link(), count=500, spacing_us=10 * MS, start_us=5 * SEC,
+                         drops={30, 31, 32}), 0x2001, rev_delay_us=900, drops={499})
     return sc
 
 
@@ -361,7 +405,8 @@ def mixed(tunnels: int = 20, count: int = 3000) -> Scenario:
 def registry() -> dict[str, Callable[[], Scenario]]:
     """Fresh name -> constructor mapping (no shared mutable module state)."""
     return {f.__name__: f for f in (
-        no_loss, random_loss, burst_loss, reorder, dup_loss, fragments_all, fragments_nonfirst_lost,
+        no_loss, random_loss, burst_loss, gilbert_elliott, reorder, reorder_loss, dup_loss, outage, fragments_all,
+        fragments_nonfirst_lost,
         fragments_first_lost, fragments_out_of_order, nat_t, rekey, esn_wrap, restart, implausible, ipv6_ext,
         vlan, sll, sll2, sll2_two_interfaces, raw, null, mid_sa, many_sas, concentrator, late, malformed, pcapng,
         pcapng_two_interfaces, snaplen, mixed)}
