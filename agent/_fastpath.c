@@ -136,11 +136,12 @@ static inline void parse(Parsed *f, const unsigned char *p, uint32_t caplen) {
     f->ok = 1;
 }
 
-/* ident -> SA for one obs, valid while the SA dict is the same object with the same version tag:
- * a hit replaces the dict lookup (its key tuple and bytes compare) by one cache line. Lossy
- * (2-way buckets of one cache line, about eight entries per SA, at most 2^16 buckets = 4 MiB): a miss
- * just looks the dict up.
- * Borrowed SA pointers: the dict holds them while its version is unchanged. */
+/* ident -> SA for one obs, valid while the table has the same epoch (agent.satable: it changes on every
+ * removal or replacement of an entry, and is unique across tables): a hit replaces the dict lookup
+ * (its key tuple and bytes compare) by one cache line. New entries do not invalidate it, so a
+ * concentrator adding an SA every few frames keeps its hits. Lossy (2-way buckets of one cache line,
+ * about eight entries per SA, at most 2^16 buckets = 4 MiB): a miss just looks the dict up.
+ * Borrowed SA pointers: the dict holds them while the epoch is unchanged. */
 typedef struct {
     uint64_t w0, w1;
     uint32_t gen;
@@ -154,19 +155,8 @@ typedef struct {
 
 static Bucket *cache;
 static uint32_t cache_gen = 1;
-static PyObject *cache_dict;
-static uint64_t cache_tag;
-
-#if PY_VERSION_HEX < 0x030E0000
-#define HAVE_VERSION_TAG 1
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-static inline uint64_t dict_tag(PyObject *d) { return ((PyDictObject *)d)->ma_version_tag; }
-#pragma GCC diagnostic pop
-#else
-#define HAVE_VERSION_TAG 0
-static inline uint64_t dict_tag(PyObject *d) { (void)d; return 0; }
-#endif
+static unsigned long long cache_epoch;
+static Py_ssize_t cache_size; /* table size when the cache was last sized */
 
 /* obs as the cache keys it: -1 for None, the ifindex of (ifindex, None, None); -2: not cacheable */
 static int32_t obs_code(PyObject *obs) {
@@ -240,7 +230,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     Py_ssize_t start;
     PyObject *sas, *obs;
     double due;
-    if (!PyArg_ParseTuple(args, "y*y*nO!Od", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due))
+    unsigned long long epoch;
+    if (!PyArg_ParseTuple(args, "y*y*nO!OdK", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch))
         return NULL;
     const unsigned char *b = buf.buf;
     const unsigned char *m = meta.buf;
@@ -249,10 +240,12 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     PyObject *stop_sa = Py_None; /* the SA of the frame where the walk stopped, when it is one */
     uint32_t stop_seq = 0, stop_total = 0;
     int32_t code = obs_code(obs);
-    if (cache == NULL || !HAVE_VERSION_TAG || sas != cache_dict || dict_tag(sas) != cache_tag) {
-        /* the table changed (or is another one): every entry is stale; resize to the table */
+    Py_ssize_t size = PyDict_GET_SIZE(sas);
+    if (cache == NULL || epoch != cache_epoch || size > 2 * cache_size) {
+        /* an entry left the table (or it is another table, or it doubled): resize to the table, and
+         * every entry is stale */
         int bits = CACHE_MIN_BITS;
-        while (bits < CACHE_MAX_BITS && ((Py_ssize_t)1 << bits) < 4 * PyDict_GET_SIZE(sas))
+        while (bits < CACHE_MAX_BITS && ((Py_ssize_t)1 << bits) < 4 * size)
             bits++;
         if (cache == NULL || bits > cache_bits || bits + 2 < cache_bits) {
             free(cache);
@@ -269,11 +262,9 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         }
         if (cache_gen == 0)
             cache_gen = 1;
-        cache_dict = sas;
-        cache_tag = dict_tag(sas);
+        cache_epoch = epoch;
+        cache_size = size > 64 ? size : 64;
     }
-    if (!HAVE_VERSION_TAG)
-        code = -2;
     Parsed ring[RING];
     for (Py_ssize_t j = i; j < n && j < i + AHEAD_PARSE; j++) {
         uint32_t r[4];
@@ -386,7 +377,7 @@ error:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(buf, meta, start, sas, obs, due) -> (stop, octets, sa, seq, ip_len): consume in-order ESP frames from\n"
+     "walk(buf, meta, start, sas, obs, due, epoch) -> (stop, octets, sa, seq, ip_len): consume in-order ESP frames from\n"
      "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
      "stop frame is an ESP datagram of a known SA (not the next number, or not established), else None."},
     {NULL, NULL, 0, NULL},

@@ -152,13 +152,14 @@ class Meter:
         """`_feed_frames` with the inline fast path in C: `walk` takes frames up to the first one that
         needs this loop (a due timer or the general decoder), which is handled here as there."""
         walk = self.walk
-        sas = self.table.sas
+        table = self.table
+        sas = table.sas
         obs = None if ifindex is None else (ifindex, None, None)
         n = len(meta) // 16
         pos = esp = octets = 0
         due = self._due()
         while True:
-            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due)
+            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due, table.epoch)
             esp += stop - pos
             octets += part
             if stop == n:

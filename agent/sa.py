@@ -7,6 +7,7 @@ import ipaddress
 from agent.tracker import SeqTracker
 
 NO_LIMIT = 1 << 80  # above any 64-bit sequence number
+PROBATION_RUN = 4  # accepted datagrams (each plausible after the previous) that make an SA established
 NEVER = float("inf")  # one shared object: a float per SA would cost 24 bytes each
 SAKey = tuple  # (obs, ident): obs = (ifindex, vlan, inner_vlan) or None; ident = addresses [+ ports] + SPI
 
@@ -62,16 +63,20 @@ class SA(SeqTracker):
         """Until where the next in-order datagram needs no tracker work (see Meter.feed).
 
         With an open gap, only until its lowest number would fall behind the window or its age would
-        pass the reorder time: then the slow path must finalise it. Held numbers, probation and
-        dormancy always take the slow path.
+        pass the reorder time: then the slow path must finalise it. On probation, only until the
+        datagram that ends it (SATable.observe_slow takes that one). Held numbers and dormancy always
+        take the slow path. Only the table's current entry for its key has a limit (fseq >= 0).
         """
-        if not self.active or self.trial or self.held >= 0 or self.last < 0:
+        if not self.active or self.held >= 0 or self.last < 0:
             self.fseq, self.ftime = -1, 0.0
-        elif self.gaps:
+            return
+        if self.gaps:
             g = self.gaps[0]
             self.fseq, self.ftime = g[0] + window, g[2] + reorder_time
         else:
             self.fseq, self.ftime = NO_LIMIT, NEVER
+        if self.trial:
+            self.fseq = min(self.fseq, self.last + PROBATION_RUN - self.accepted)
 
     # -- identity, decoded from the key on demand (not on the packet path) ----------------------
     @property

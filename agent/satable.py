@@ -11,15 +11,15 @@ one), so a flood of one-packet SPIs evicts its own kind, never the established t
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.pairing import Pairer
-from agent.sa import SA, SAKey
+from agent.sa import PROBATION_RUN, SA, SAKey
 from agent.tracker import TrackerSettings, Verdict
 from exporter.records import END_ACTIVE, END_FORCED, END_IDLE, END_RESOURCES
 
-PROBATION_RUN = 4  # accepted datagrams (each plausible after the previous) that make an SA established
 EVICTION_SAMPLE = 64  # schedule entries examined to find the longest-idle SA when the table is full
 
 
@@ -35,8 +35,13 @@ ExportFn = Callable[[SA, int, float, float], None]  # (sa, flowEndReason, now, a
 
 
 class SATable:
+    _epochs = itertools.count(1)
+
     def __init__(self, settings: TableSettings, export: ExportFn, keep_history: bool = False) -> None:
         self.settings = settings
+        # changes whenever an entry of `sas` is removed or replaced, unique across tables: the compiled
+        # walk's SA cache holds borrowed SA pointers while it is unchanged (agent/_fastpath.c)
+        self.epoch = next(self._epochs)
         self.export = export
         self.sas: dict[SAKey, SA] = {}
         self.dormant: dict[SAKey, SA] = {}  # idle-ended SAs, oldest first: evicted before active ones
@@ -109,6 +114,7 @@ class SATable:
         new.local = old.local
         new.trial = False
         self.sas[old.key] = new
+        self.epoch = next(self._epochs)
         self.probation.pop(old.key, None)
         self.pairer.inherit(old, new)
         if self.history is not None:
@@ -227,6 +233,7 @@ class SATable:
     def _forget(self, sa: SA, keep: bool = True) -> None:
         self._stale()
         del self.sas[sa.key]
+        self.epoch = next(self._epochs)
         self.dormant.pop(sa.key, None)
         self.probation.pop(sa.key, None)
         self.pairer.remove(sa)
