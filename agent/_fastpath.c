@@ -107,7 +107,7 @@ static inline void parse(Parsed *f, const unsigned char *p, uint32_t caplen) {
     uint32_t total = be16(p + 16);
     unsigned char ident[16];
     if (p[23] == 50) {
-        if (total < 28)
+        if (total < 28 || be32(p + 34) == 0) /* as agent.decode: SPI 0 is reserved, malformed */
             return;
         memcpy(ident, p + 26, 12);
         memset(ident + 12, 0, 4); /* an ESP-in-UDP ident never ends in four zeros: SPI 0 is the marker */
@@ -238,6 +238,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     Py_ssize_t n = meta.len / 16, i = start < 0 ? 0 : start;
     unsigned long long octets = 0;
     PyObject *stop_sa = Py_None; /* the SA of the frame where the walk stopped, when it is one */
+    PyObject *stop_ident = NULL; /* or, owned, the ident of a parsed ESP frame of an SA not in the table */
     uint32_t stop_seq = 0, stop_total = 0;
     int32_t code = obs_code(obs);
     Py_ssize_t size = PyDict_GET_SIZE(sas);
@@ -313,6 +314,15 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         if (sa == NULL) {
             if (PyErr_Occurred())
                 goto error;
+            /* a new SA: Python creates it without decoding the frame again */
+            unsigned char ident[16];
+            memcpy(ident, &f->w0, 8);
+            memcpy(ident + 8, &f->w1, 8);
+            stop_ident = PyBytes_FromStringAndSize((const char *)ident, f->ident_len);
+            if (stop_ident == NULL)
+                goto error;
+            stop_seq = be32(f->seq);
+            stop_total = f->total;
             break;
         }
         stop_sa = sa;
@@ -362,6 +372,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
+    if (stop_ident != NULL)
+        return Py_BuildValue("nKNII", i, octets, stop_ident, stop_seq, stop_total);
     return Py_BuildValue("nKOII", i, octets, stop_sa, stop_seq, stop_total);
 error_or_stop:
     if (!PyErr_Occurred()) {
@@ -370,6 +382,7 @@ error_or_stop:
         return Py_BuildValue("nKOII", i, octets, stop_sa, stop_seq, stop_total);
     }
 error:
+    Py_XDECREF(stop_ident);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
     return NULL;
@@ -379,7 +392,8 @@ static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(buf, meta, start, sas, obs, due, epoch) -> (stop, octets, sa, seq, ip_len): consume in-order ESP frames from\n"
      "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
-     "stop frame is an ESP datagram of a known SA (not the next number, or not established), else None."},
+     "stop frame is an ESP datagram of a known SA (not the next number, or not established), or its SA\n"
+     "ident (bytes) when it is one of an SA not in the table; else None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -173,6 +173,9 @@ class Meter:
                 self.tick(now)
                 due = self._due()
                 self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
+            elif sa.__class__ is bytes:  # an ESP datagram of a new SA (its ident): _frame without decoding
+                self._sa_datagram((obs, sa), len(sa) == 16, sa[:4], seq, ip_len, now, direction)
+                esp += 1
             elif sa is not None:  # an ESP datagram of a known SA: what _frame would do, without decoding
                 self._esp_datagram(sa, seq, ip_len, now)
                 esp += 1
@@ -207,15 +210,19 @@ class Meter:
     def _esp(self, f: d.Frame, now: float) -> None:
         udp = f.proto == d.PROTO_UDP
         ident = udp_ident(f.src, f.dst, f.sport, f.dport, f.spi) if udp else esp_ident(f.src, f.dst, f.spi)
-        key = (f.obs, ident)
+        sa = self._sa_datagram((f.obs, ident), udp, f.src, f.seq, f.ip_len, now, f.direction)
+        if f.frag_id is not None:
+            self._first_fragment(f, sa, now)
+
+    def _sa_datagram(self, key: tuple, udp: bool, src: bytes, seq: int, ip_len: int, now: float,
+                     direction: str | None) -> SA:
+        """One datagram of the SA `key`, created if the table has none."""
         table = self.table
         sa = table.sas.get(key)
         if sa is None:
-            sa = table.create(key, udp, now, f.direction)
-            sa.local = f.src in self.local_addrs
-        sa = self._esp_datagram(sa, f.seq, f.ip_len, now)
-        if f.frag_id is not None:
-            self._first_fragment(f, sa, now)
+            sa = table.create(key, udp, now, direction)
+            sa.local = src in self.local_addrs
+        return self._esp_datagram(sa, seq, ip_len, now)
 
     def _esp_datagram(self, sa: SA, seq: int, ip_len: int, now: float) -> SA:
         """One datagram of an SA in the table, through the tracker; returns the SA it belongs to."""

@@ -32,7 +32,7 @@ class PairAuthority(Protocol):
 
 class Pairer:
     def __init__(self, authority: PairAuthority | None = None) -> None:
-        self.unpaired: dict[tuple, list[SA]] = {}
+        self.unpaired: dict[bytes, list[SA]] = {}  # flow key -> candidates
         self.next_tunnel = 1
         self.authority = authority
         self.disagreements = 0

@@ -116,15 +116,14 @@ class SA(SeqTracker):
         return self.obs[2] if self.obs else None
 
     @property
-    def flow_key(self) -> tuple[bytes, bytes, int | None, int | None]:
-        """(src, dst, sport, dport) as raw bytes/ints: what the reverse SA mirrors."""
-        n = self.addr_len
-        sport, dport = self.ports
-        return self.ident[:n], self.ident[n:2 * n], sport, dport
+    def flow_key(self) -> bytes:
+        """Addresses [+ ports]: the ident without its SPI, what the reverse SA mirrors."""
+        return self.ident[:-4]
 
-    def reverse_flow_key(self) -> tuple[bytes, bytes, int | None, int | None]:
-        src, dst, sport, dport = self.flow_key
-        return dst, src, dport, sport
+    def reverse_flow_key(self) -> bytes:
+        i, n = self.ident, self.addr_len
+        rev = i[n:2 * n] + i[:n]
+        return rev + i[2 * n + 2:2 * n + 4] + i[2 * n:2 * n + 2] if self.udp else rev
 
 
 def esp_ident(src: bytes, dst: bytes, spi: int) -> bytes:

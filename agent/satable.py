@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,8 +45,11 @@ class SATable:
         self.epoch = next(self._epochs)
         self.export = export
         self.sas: dict[SAKey, SA] = {}
-        self.dormant: dict[SAKey, SA] = {}  # idle-ended SAs, oldest first: evicted before active ones
-        self.probation: dict[SAKey, SA] = {}
+        # idle-ended SAs and SAs on probation, oldest first: the first evicted from a full table. Ordered
+        # dicts: the oldest of a plain dict is found by skipping every entry deleted before it (a flood
+        # made that quadratic: 27 s of 43 for 400 000 SPIs)
+        self.dormant: OrderedDict[SAKey, SA] = OrderedDict()
+        self.probation: OrderedDict[SAKey, SA] = OrderedDict()
         self.schedule: list[tuple[float, SA]] = []
         self.stale_entries = 0  # schedule entries of SAs no longer in the table
         self.pairer = Pairer()
