@@ -16,6 +16,7 @@ import contextlib
 import logging
 import select
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pcapy
@@ -173,37 +174,39 @@ class LiveCapture:
     def fds(self) -> list[int]:
         return list(self.by_fd)
 
-    def read(self, fd: int) -> list[Batch]:
-        """Drain one readable handle (bounded), one batch per ring block; a handle error closes its interface.
+    def read(self, fd: int) -> Iterator[Batch]:
+        """Drain one readable handle (bounded), one batch per ring block, each yielded as it is read (one
+        block in memory at a time, not the whole wake-up); a handle error closes its interface.
 
-        `backlog` says whether the bound left frames in the ring (they are older than the wake-up)."""
+        `backlog` says, once the iteration ends, whether the bound left frames in the ring (they are
+        older than the wake-up)."""
         h = self.by_fd.get(fd)
         if h is None:
-            return []
-        batches: list[Batch] = []
+            return
         frames = 0
         self.backlog = True
-        for _ in range(MAX_BATCHES_PER_WAKEUP):
-            try:
-                buf, meta = h.pcap.next_batch(BATCH)
-            except pcapy.PcapError as e:  # e.g. "The interface went down": reopening says why
-                ic = self.interfaces[h.ifname]
-                ic.errors += 1
-                self.close_interface(h.ifname)
-                self._open(ic)
-                if ic.state == CAPTURING:
-                    log.warning("capture on %s failed: %s (reopened)", h.ifname, e)
-                self.backlog = False
-                break
-            if not meta:
-                self.backlog = False
-                break
-            batches.append(Batch(buf, meta, h.linktype, h.ifindex, h.direction))
-            frames += len(meta) // 16
-            if frames >= BATCH:
-                break
-        self.interfaces[h.ifname].frames += frames
-        return batches
+        try:
+            for _ in range(MAX_BATCHES_PER_WAKEUP):
+                try:
+                    buf, meta = h.pcap.next_batch(BATCH)
+                except pcapy.PcapError as e:  # e.g. "The interface went down": reopening says why
+                    ic = self.interfaces[h.ifname]
+                    ic.errors += 1
+                    self.close_interface(h.ifname)
+                    self._open(ic)
+                    if ic.state == CAPTURING:
+                        log.warning("capture on %s failed: %s (reopened)", h.ifname, e)
+                    self.backlog = False
+                    break
+                if not meta:
+                    self.backlog = False
+                    break
+                frames += len(meta) // 16
+                yield Batch(buf, meta, h.linktype, h.ifindex, h.direction)
+                if frames >= BATCH:
+                    break
+        finally:
+            self.interfaces[h.ifname].frames += frames
 
     def poll_drops(self) -> int:
         """Kernel and interface drops over all handles since start (libpcap stats are cumulative)."""

@@ -42,6 +42,7 @@ def main() -> int:
             agent.wait_for("capturing on")
             time.sleep(0.5)
             cpu0 = cpu_seconds(agent.proc.pid)
+            rss_before = rss_kb(agent.proc.pid)
             t0 = time.monotonic()
             rep = pair.run(pair.sender_ns, "tcpreplay", "--topspeed", "-i", pair.sender_if, args.capture)
             replay_s = time.monotonic() - t0
@@ -70,6 +71,7 @@ def main() -> int:
         "espmeter_cpu_seconds": round(cpu, 3),
         "cpu_us_per_packet": round(1e6 * cpu / max(frames, 1), 3),
         "one_core_pps": round(frames / cpu) if cpu else None,
+        "rss_mb_before_replay": round(rss_before / 1024, 1),
         "rss_mb_after_replay": round(rss_after / 1024, 1),
         "rss_mb_idle": round(rss_idle / 1024, 1),
         "cpu_s_per_5s_idle": round(idle_cpu, 3),
