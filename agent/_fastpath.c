@@ -15,9 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_SLOTS };
+/* the slots every fast datagram touches (prefetched), then those only a new gap touches */
+enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_HOT,
+       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, N_SLOTS };
 static const char *slot_names[N_SLOTS] = {
     "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min", "iv_seen",
+    "gaps", "anchor", "trial",
 };
 static Py_ssize_t slot_off[N_SLOTS];
 static PyTypeObject *sa_type;
@@ -225,13 +228,84 @@ static inline PyObject *cached_sa(const Parsed *f, int32_t code) {
     return e != NULL ? e->sa : NULL;
 }
 
+/* A forward jump on an established SA: what SeqTracker._advance does when the new gap stays inside
+ * the window and no older gap falls behind it (n < the first gap's lo + window): the gap
+ * [last + 1, n - 1] opens, with its arrival times (the time of `last`: the anchor's when it pins
+ * `last`, else last_seen), and the fast limits follow the first gap. 1: done; 0: Python must take
+ * the datagram (probation, an unexpected type, the window); -1: error. */
+static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj, double now, long long window,
+                    double reorder_time) {
+    if (SLOT(sa, S_TRIAL) != Py_False)
+        return 0;
+    PyObject *gaps = SLOT(sa, S_GAPS), *anchor = SLOT(sa, S_ANCHOR), *arrival;
+    long long lo0, a0;
+    int empty = PyTuple_CheckExact(gaps) && PyTuple_GET_SIZE(gaps) == 0;
+    if (empty)
+        lo0 = last + 1;
+    else if (!PyList_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0 || !PyList_CheckExact(PyList_GET_ITEM(gaps, 0))
+             || PyList_GET_SIZE(PyList_GET_ITEM(gaps, 0)) != 6
+             || !as_i64(PyList_GET_ITEM(PyList_GET_ITEM(gaps, 0), 0), &lo0))
+        return PyErr_Occurred() ? -1 : 0;
+    if (!(n < lo0 + window))
+        return 0;
+    if (anchor == NULL || !PyTuple_CheckExact(anchor))
+        return 0;
+    if (PyTuple_GET_SIZE(anchor) == 2 && as_i64(PyTuple_GET_ITEM(anchor, 0), &a0) && a0 == last)
+        arrival = PyTuple_GET_ITEM(anchor, 1);
+    else if (PyErr_Occurred())
+        return -1;
+    else if (PyTuple_GET_SIZE(anchor) == 2 || PyTuple_GET_SIZE(anchor) == 0)
+        arrival = SLOT(sa, S_LAST_SEEN);
+    else
+        return 0;
+    if (arrival == NULL || !PyFloat_CheckExact(arrival))
+        return 0;
+    PyObject *gap = PyList_New(6);
+    if (gap == NULL)
+        return -1;
+    PyObject *items[6] = {PyLong_FromLongLong(last + 1), PyLong_FromLongLong(n - 1), now_obj, arrival, now_obj,
+                          PyLong_FromLongLong(last + 1)};
+    for (int k = 0; k < 6; k++) {
+        if (items[k] == NULL) {
+            for (int j = k + 1; j < 6; j++)
+                if (j != 2 && j != 3 && j != 4)
+                    Py_XDECREF(items[j]);
+            Py_DECREF(gap);
+            return -1;
+        }
+        if (k >= 2 && k <= 4)
+            Py_INCREF(items[k]);
+        PyList_SET_ITEM(gap, k, items[k]);
+    }
+    if (empty) {
+        PyObject *list = PyList_New(1);
+        if (list == NULL) {
+            Py_DECREF(gap);
+            return -1;
+        }
+        PyList_SET_ITEM(list, 0, gap);
+        if (set_slot(sa, S_GAPS, list) < 0 || set_slot(sa, S_FSEQ, PyLong_FromLongLong(last + 1 + window)) < 0
+            || set_slot(sa, S_FTIME, PyFloat_FromDouble(now + reorder_time)) < 0)
+            return -1;
+    } else {
+        int rc = PyList_Append(gaps, gap);
+        Py_DECREF(gap);
+        if (rc < 0)
+            return -1;
+    }
+    return 1;
+}
+
 static PyObject *walk(PyObject *self, PyObject *args) {
     Py_buffer buf, meta;
     Py_ssize_t start;
     PyObject *sas, *obs;
     double due;
     unsigned long long epoch;
-    if (!PyArg_ParseTuple(args, "y*y*nO!OdK", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch))
+    long long window, jump_limit;
+    double reorder_time;
+    if (!PyArg_ParseTuple(args, "y*y*nO!OdKLLd", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch,
+                          &window, &jump_limit, &reorder_time))
         return NULL;
     const unsigned char *b = buf.buf;
     const unsigned char *m = meta.buf;
@@ -292,13 +366,13 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         if (i + AHEAD_SA < n) {
             PyObject *sa = cached_sa(&ring[(i + AHEAD_SA) % RING], code);
             if (sa != NULL)
-                for (int k = 0; k < N_SLOTS; k++)
+                for (int k = 0; k < N_HOT; k++)
                     __builtin_prefetch(&SLOT(sa, k));
         }
         if (i + AHEAD_SLOTS < n) {
             PyObject *sa = cached_sa(&ring[(i + AHEAD_SLOTS) % RING], code);
             if (sa != NULL)
-                for (int k = 0; k < N_SLOTS; k++) {
+                for (int k = 0; k < N_HOT; k++) {
                     PyObject *v = SLOT(sa, k);
                     if (v != NULL)
                         __builtin_prefetch(v);
@@ -344,8 +418,12 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         if (!overflow && !(last + 1 < fseq)) /* overflow > 0: fseq is NO_LIMIT, above any number */
             break;
         PyObject *ft = SLOT(sa, S_FTIME);
-        if (ft == NULL || !PyFloat_CheckExact(ft) || !(now <= PyFloat_AS_DOUBLE(ft))
-            || be32(f->seq) != (uint32_t)(last + 1))
+        if (ft == NULL || !PyFloat_CheckExact(ft) || !(now <= PyFloat_AS_DOUBLE(ft)))
+            break;
+        /* n = last + 1 + skip: the nearest 64-bit number to `last` (agent.tracker.infer_esn) when the
+         * skip is below 2^31; a jump past jump_limit is held, by Python */
+        uint32_t skip = be32(f->seq) - (uint32_t)(last + 1);
+        if (skip != 0 && (skip >= 0x80000000u || (long long)skip + 1 > jump_limit))
             break;
         long long datagrams, packets, sa_octets, iv_min;
         if (!as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || !as_i64(SLOT(sa, S_PACKETS), &packets)
@@ -354,7 +432,18 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         PyObject *iv_seen = SLOT(sa, S_IV_SEEN);
         if (iv_min < 0 && (iv_seen == NULL || !PyFloat_CheckExact(iv_seen)))
             break;
-        if (set_int(sa, S_LAST, last + 1) < 0 || set_int(sa, S_DATAGRAMS, datagrams + 1) < 0
+        if (skip != 0) {
+            PyObject *now_obj = PyFloat_FromDouble(now);
+            if (now_obj == NULL)
+                goto error;
+            int rc = open_gap(sa, last, last + 1 + skip, now_obj, now, window, reorder_time);
+            Py_DECREF(now_obj);
+            if (rc < 0)
+                goto error;
+            if (rc == 0)
+                break;
+        }
+        if (set_int(sa, S_LAST, last + 1 + skip) < 0 || set_int(sa, S_DATAGRAMS, datagrams + 1) < 0
             || set_int(sa, S_PACKETS, packets + 1) < 0 || set_int(sa, S_OCTETS, sa_octets + f->total) < 0
             || set_time(sa, now) < 0)
             goto error;
@@ -390,7 +479,8 @@ error:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(buf, meta, start, sas, obs, due, epoch) -> (stop, octets, sa, seq, ip_len): consume in-order ESP frames from\n"
+     "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time) -> (stop, octets, sa, seq, ip_len):\n"
+     "consume in-order ESP frames (and forward jumps that open a gap inside the window) from\n"
      "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
      "stop frame is an ESP datagram of a known SA (not the next number, or not established), or its SA\n"
      "ident (bytes) when it is one of an SA not in the table; else None."},

@@ -153,13 +153,15 @@ class Meter:
         needs this loop (a due timer or the general decoder), which is handled here as there."""
         walk = self.walk
         table = self.table
+        t = self.settings.table.tracker
         sas = table.sas
         obs = None if ifindex is None else (ifindex, None, None)
         n = len(meta) // 16
         pos = esp = octets = 0
         due = self._due()
         while True:
-            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due, table.epoch)
+            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due, table.epoch, t.window, t.jump_limit,
+                                               t.reorder_time)
             esp += stop - pos
             octets += part
             if stop == n:

@@ -16,10 +16,10 @@ class SA(SeqTracker):
     """Counters are cumulative; `x_*` hold their values at the previous export (deltas = now - x)."""
 
     __slots__ = (
+        "packets", "octets", "iv_seen", "fseq", "ftime",  # first: the fast path's (see SeqTracker)
         "key", "ident", "obs", "udp", "generation", "direction",
-        "packets", "octets", "incomplete", "first_seen",
-        "peer", "tunnel_id", "active", "trial", "interval_start", "iv_seen", "held_octets", "held_seen", "local", "due",
-        "fseq", "ftime",
+        "incomplete", "first_seen",
+        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local", "due",
         "name",
         "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
         "x_incomplete", "x_last",
