@@ -12,12 +12,12 @@ compiled loop; the loop was faster at 2000 and at 100 000 SAs (bench/README.md),
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent import decode as d
+from agent.compiled import fastpath as _fastpath  # agent/_fastpath.c, None where not built
 from agent.fragments import FragEntry, FragmentTable
 from agent.ike import IkePair, IkeTable
 from agent.records import LossEventSettings, Producer, RecordSink
@@ -28,14 +28,6 @@ from exporter.records import MeteringStats
 
 if TYPE_CHECKING:
     from agent.drill import Observer
-
-if os.environ.get("ESPMETER_PURE_PYTHON"):  # force the Python path (tests, or to compare)
-    _fastpath = None
-else:
-    try:
-        from agent import _fastpath  # compiled agent/_fastpath.c (setup.py); optional
-    except ImportError:  # nothing compiled here: the Python path gives the same results, slower
-        _fastpath = None
 
 _META = struct.Struct("=IIII")  # pcapy next_batch: sec, usec, offset, caplen (native endian)
 _ETH_IP4_ESP = struct.Struct("!HBxHxxHxB")  # at +12: ethertype, ver/ihl, total length, frag, protocol
