@@ -477,6 +477,8 @@ error:
     return NULL;
 }
 
+static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: at the end of this file */
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time) -> (stop, octets, sa, seq, ip_len):\n"
@@ -484,6 +486,9 @@ static PyMethodDef methods[] = {
      "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
      "stop frame is an ESP datagram of a known SA (not the next number, or not established), or its SA\n"
      "ident (bytes) when it is one of an SA not in the table; else None."},
+    {"index_pcap", index_pcap, METH_VARARGS,
+     "index_pcap(buf, start, max_frames, swapped, nanos, snapshot, max_caplen) -> (meta, stop): the 16-byte\n"
+     "records (sec, usec, offset, caplen) of the classic pcap records from `start` that are whole in buf."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -527,4 +532,65 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (bind_sa() < 0)
         return NULL;
     return PyModule_Create(&module);
+}
+
+
+/* ---- Classic pcap files (agent.pcapfile) -------------------------------------------------------
+ * index_pcap() walks the 16-byte record headers of a mapped pcap file from `start` and returns, for
+ * at most max_frames records, what pcapy's next_batch returns for them: native u32 sec, usec,
+ * offset of the frame in buf, caplen.  It stops before a record that is not whole in buf or whose
+ * caplen exceeds max_caplen (libpcap's "invalid packet capture length"); agent.pcapfile decides
+ * which of those it is, as libpcap would.  As libpcap 1.9 reads a version 2.4 file at microsecond
+ * precision: nanosecond stamps become tv_usec = nsec / 1000 (signed in the file's own byte order,
+ * unsigned in a byte-swapped file, as libpcap computes it); a caplen above the file's
+ * snapshot length (and within max_caplen) is cut to it, the rest of the record skipped.
+ */
+static inline uint32_t pcap_u32(const unsigned char *p, int swapped) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return swapped ? __builtin_bswap32(v) : v;
+}
+
+static PyObject *index_pcap(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t start, max_frames;
+    int swapped, nanos;
+    unsigned int snapshot, max_caplen;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nnppII", &buf, &start, &max_frames, &swapped, &nanos, &snapshot, &max_caplen))
+        return NULL;
+    if (start < 0 || max_frames < 0 || max_frames > PY_SSIZE_T_MAX / 16) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "index_pcap: bad start or max_frames");
+        return NULL;
+    }
+    PyObject *meta = PyBytes_FromStringAndSize(NULL, 16 * max_frames);
+    if (meta == NULL) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    unsigned char *m = (unsigned char *)PyBytes_AS_STRING(meta);
+    const unsigned char *b = buf.buf;
+    Py_ssize_t pos = start, len = buf.len, n = 0;
+    /* offsets are u32: a record that starts beyond 4 GiB of buf is left for the next buffer */
+    while (n < max_frames && len - pos >= 16 && pos + 16 <= (Py_ssize_t)UINT32_MAX) {
+        const unsigned char *h = b + pos;
+        uint32_t caplen = pcap_u32(h + 8, swapped);
+        if (caplen > max_caplen || (Py_ssize_t)caplen > len - pos - 16)
+            break;
+        uint32_t r[4];
+        r[0] = pcap_u32(h, swapped);
+        r[1] = pcap_u32(h + 4, swapped);
+        if (nanos) /* libpcap: a swapped field is unsigned (SWAPLONG), the native one a signed bpf_int32 */
+            r[1] = swapped ? r[1] / 1000 : (uint32_t)((int32_t)r[1] / 1000);
+        r[2] = (uint32_t)(pos + 16);
+        r[3] = caplen > snapshot ? snapshot : caplen;
+        memcpy(m + 16 * n, r, 16);
+        pos += 16 + (Py_ssize_t)caplen;
+        n++;
+    }
+    PyBuffer_Release(&buf);
+    if (n < max_frames && _PyBytes_Resize(&meta, 16 * n) < 0)
+        return NULL;
+    return Py_BuildValue("Nn", meta, pos);
 }

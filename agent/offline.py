@@ -10,9 +10,12 @@ from typing import Any
 from agent.capture import STDIN, OfflineSource
 from agent.drill import Observer
 from agent.meter import Meter, MeterSettings
+from agent.pcapfile import PcapFileSource
 from agent.pcapng import PcapngSource, is_pcapng
 from agent.records import RecordSink
 from agent.report import document
+
+Source = OfflineSource | PcapngSource | PcapFileSource
 
 
 class _NoBar:
@@ -31,11 +34,13 @@ class OfflineResult:
 
 
 def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = None, bpf: str | None = None,
-               progress: bool | None = None, events: bool = False, observer: Observer | None = None) -> OfflineResult:
+               progress: bool | None = None, events: bool = False, observer: Observer | None = None,
+               source: Source | None = None) -> OfflineResult:
     """Read `path` to its end (or its damage), ticking timers on capture time, then end every SA.
 
-    With an `observer` (drill-down: bins, trace) the settings must select the per-frame path."""
-    source = _source(path, bpf)
+    With an `observer` (drill-down: bins, trace) the settings must select the per-frame path. `source`:
+    an open reader of `path` to use instead of the one `path` selects (tests compare the readers)."""
+    source = _source(path, bpf) if source is None else source
     meter = Meter(settings, sink, keep_history=True)
     meter.observer = observer
     show = sys.stderr.isatty() if progress is None else progress
@@ -75,5 +80,12 @@ def time_span(path: str, bpf: str | None = None) -> float:
     return (last - first) if first is not None and last is not None else 0.0
 
 
-def _source(path: str, bpf: str | None) -> OfflineSource | PcapngSource:
-    return PcapngSource(path, bpf) if path != STDIN and is_pcapng(path) else OfflineSource(path, bpf)
+def _source(path: str, bpf: str | None) -> Source:
+    """pcapng by agent.pcapng, classic pcap mapped by agent.pcapfile; libpcap for standard input,
+    `--bpf` on a pcap file and whatever agent.pcapfile does not read as libpcap would."""
+    if path == STDIN:
+        return OfflineSource(path, bpf)
+    if is_pcapng(path):
+        return PcapngSource(path, bpf)
+    mapped = None if bpf else PcapFileSource.open(path)
+    return mapped if mapped is not None else OfflineSource(path, bpf)
