@@ -1,8 +1,10 @@
-/* Compiled per-frame fast path of agent.meter (Meter._feed_frames): the in-order datagram of an
- * established SA, for Ethernet / IPv4 without options / unfragmented ESP or UDP 4500 (not the
- * non-ESP marker).  walk() consumes frames from `start` while each one is such a datagram and the
- * next timer is not due, updates the SA's slots exactly as the Python inline path does, and returns
- * where it stopped: Python handles that frame (tick, general decoder) and calls again.
+/* Compiled per-frame fast path of agent.meter (Meter._walk_frames): the datagrams of established SAs
+ * that need no tracker decision, for Ethernet / IPv4 without options / unfragmented ESP or UDP 4500
+ * (not the non-ESP marker): the next number, a forward jump that opens a gap inside the window, and
+ * either of them after gaps older than the reorder time became final (SeqTracker.finalize_by_time).
+ * walk() consumes frames from `start` while each one is such a datagram and the next timer is not due,
+ * updates the SA's slots exactly as agent.tracker does, and returns where it stopped: Python handles
+ * that frame (tick, general decoder, the tracker) and calls again.
  *
  * The SA objects stay the source of truth: their slots are read and written through the offsets
  * of the class's member descriptors, fetched once at import.  Floats are computed as Python does
@@ -14,14 +16,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 /* the slots every fast datagram touches (prefetched), then those only a new gap touches */
 enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_HOT,
-       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, N_SLOTS };
+       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, S_LOST, S_EVENTS, S_FINALS, N_SLOTS };
 static const char *slot_names[N_SLOTS] = {
     "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min", "iv_seen",
-    "gaps", "anchor", "trial",
+    "gaps", "anchor", "trial", "lost", "events", "finals",
 };
+static PyObject *loss_run, *no_limit, *never; /* agent.tracker.LossRun, agent.sa.NO_LIMIT, agent.sa.NEVER */
 static Py_ssize_t slot_off[N_SLOTS];
 static PyTypeObject *sa_type;
 
@@ -228,18 +232,115 @@ static inline PyObject *cached_sa(const Parsed *f, int32_t code) {
     return e != NULL ? e->sa : NULL;
 }
 
+/* The latest time at which a gap opened at t0 is not yet older than the reorder time: the largest t
+ * with !(t - t0 > reorder_time), as the tracker tests it (agent.sa.horizon, the same steps). */
+static double horizon(double t0, double reorder_time) {
+    double t = t0 + reorder_time;
+    while (t - t0 > reorder_time)
+        t = nextafter(t, -INFINITY);
+    while (nextafter(t, INFINITY) - t0 <= reorder_time)
+        t = nextafter(t, INFINITY);
+    return t;
+}
+
+/* The fast limits (agent.sa.SA.fast_limits) of an established SA from its first gap, if any. */
+static int set_limits(PyObject *sa, PyObject *gaps, long long window, double reorder_time) {
+    if (PyList_GET_SIZE(gaps) == 0) {
+        Py_INCREF(no_limit);
+        Py_INCREF(never);
+        return set_slot(sa, S_FSEQ, no_limit) < 0 || set_slot(sa, S_FTIME, never) < 0 ? -1 : 0;
+    }
+    PyObject *g = PyList_GET_ITEM(gaps, 0);
+    long long lo;
+    if (!PyList_CheckExact(g) || PyList_GET_SIZE(g) != 6 || !as_i64(PyList_GET_ITEM(g, 0), &lo)
+        || !PyFloat_CheckExact(PyList_GET_ITEM(g, 2))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "agent._fastpath: unexpected gap");
+        return -1;
+    }
+    double opened = PyFloat_AS_DOUBLE(PyList_GET_ITEM(g, 2));
+    return set_slot(sa, S_FSEQ, PyLong_FromLongLong(lo + window)) < 0
+        || set_slot(sa, S_FTIME, PyFloat_FromDouble(horizon(opened, reorder_time))) < 0 ? -1 : 0;
+}
+
+/* `list` slot i with `item` appended; a shared empty tuple in the slot becomes a new list. */
+static int append_slot(PyObject *sa, int i, PyObject *item) {
+    PyObject *cur = SLOT(sa, i);
+    if (cur != NULL && PyList_CheckExact(cur))
+        return PyList_Append(cur, item);
+    PyObject *list = PyList_New(1);
+    if (list == NULL)
+        return -1;
+    Py_INCREF(item);
+    PyList_SET_ITEM(list, 0, item);
+    return set_slot(sa, i, list);
+}
+
+/* SeqTracker.finalize_by_time on an established SA: the gaps older than the reorder time become
+ * lost, each a loss event and a final range; then the fast limits follow the next gap. 1: done;
+ * 0: Python must take the datagram; -1: error. */
+static int finalize_by_time(PyObject *sa, double now, long long window, double reorder_time) {
+    if (SLOT(sa, S_TRIAL) != Py_False)
+        return 0;
+    PyObject *gaps = SLOT(sa, S_GAPS), *events = SLOT(sa, S_EVENTS), *finals = SLOT(sa, S_FINALS);
+    long long lost;
+    if (gaps == NULL || !PyList_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0 || !as_i64(SLOT(sa, S_LOST), &lost)
+        || events == NULL || finals == NULL || !(PyList_CheckExact(events) || PyTuple_CheckExact(events))
+        || !(PyList_CheckExact(finals) || PyTuple_CheckExact(finals)))
+        return PyErr_Occurred() ? -1 : 0;
+    Py_ssize_t k = 0, n = PyList_GET_SIZE(gaps);
+    for (; k < n; k++) {
+        PyObject *g = PyList_GET_ITEM(gaps, k);
+        long long lo, hi;
+        if (!PyList_CheckExact(g) || PyList_GET_SIZE(g) != 6 || !PyFloat_CheckExact(PyList_GET_ITEM(g, 2)))
+            break;
+        if (!(now - PyFloat_AS_DOUBLE(PyList_GET_ITEM(g, 2)) > reorder_time))
+            break;
+        if (!as_i64(PyList_GET_ITEM(g, 0), &lo) || !as_i64(PyList_GET_ITEM(g, 1), &hi))
+            break;
+        lost += hi - lo + 1;
+        PyObject *event = PyObject_CallFunctionObjArgs(loss_run, PyList_GET_ITEM(g, 5), PyList_GET_ITEM(g, 1),
+                                                       PyList_GET_ITEM(g, 3), PyList_GET_ITEM(g, 4), NULL);
+        if (event == NULL)
+            return -1;
+        int rc = append_slot(sa, S_EVENTS, event);
+        Py_DECREF(event);
+        PyObject *range = PyList_New(2);
+        if (rc < 0 || range == NULL) {
+            Py_XDECREF(range);
+            return -1;
+        }
+        Py_INCREF(PyList_GET_ITEM(g, 0));
+        Py_INCREF(PyList_GET_ITEM(g, 1));
+        PyList_SET_ITEM(range, 0, PyList_GET_ITEM(g, 0));
+        PyList_SET_ITEM(range, 1, PyList_GET_ITEM(g, 1));
+        rc = append_slot(sa, S_FINALS, range);
+        Py_DECREF(range);
+        if (rc < 0)
+            return -1;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    if (k == 0)
+        return 0;
+    if (PyList_SetSlice(gaps, 0, k, NULL) < 0 || set_slot(sa, S_LOST, PyLong_FromLongLong(lost)) < 0)
+        return -1;
+    return set_limits(sa, gaps, window, reorder_time) < 0 ? -1 : 1;
+}
+
 /* A forward jump on an established SA: what SeqTracker._advance does when the new gap stays inside
  * the window and no older gap falls behind it (n < the first gap's lo + window): the gap
  * [last + 1, n - 1] opens, with its arrival times (the time of `last`: the anchor's when it pins
  * `last`, else last_seen), and the fast limits follow the first gap. 1: done; 0: Python must take
  * the datagram (probation, an unexpected type, the window); -1: error. */
-static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj, double now, long long window,
+static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj, long long window,
                     double reorder_time) {
     if (SLOT(sa, S_TRIAL) != Py_False)
         return 0;
     PyObject *gaps = SLOT(sa, S_GAPS), *anchor = SLOT(sa, S_ANCHOR), *arrival;
     long long lo0, a0;
-    int empty = PyTuple_CheckExact(gaps) && PyTuple_GET_SIZE(gaps) == 0;
+    int empty = (PyTuple_CheckExact(gaps) && PyTuple_GET_SIZE(gaps) == 0)
+        || (PyList_CheckExact(gaps) && PyList_GET_SIZE(gaps) == 0);
     if (empty)
         lo0 = last + 1;
     else if (!PyList_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0 || !PyList_CheckExact(PyList_GET_ITEM(gaps, 0))
@@ -277,22 +378,10 @@ static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj
             Py_INCREF(items[k]);
         PyList_SET_ITEM(gap, k, items[k]);
     }
-    if (empty) {
-        PyObject *list = PyList_New(1);
-        if (list == NULL) {
-            Py_DECREF(gap);
-            return -1;
-        }
-        PyList_SET_ITEM(list, 0, gap);
-        if (set_slot(sa, S_GAPS, list) < 0 || set_slot(sa, S_FSEQ, PyLong_FromLongLong(last + 1 + window)) < 0
-            || set_slot(sa, S_FTIME, PyFloat_FromDouble(now + reorder_time)) < 0)
-            return -1;
-    } else {
-        int rc = PyList_Append(gaps, gap);
-        Py_DECREF(gap);
-        if (rc < 0)
-            return -1;
-    }
+    int rc = append_slot(sa, S_GAPS, gap);
+    Py_DECREF(gap);
+    if (rc < 0 || (empty && set_limits(sa, SLOT(sa, S_GAPS), window, reorder_time) < 0))
+        return -1;
     return 1;
 }
 
@@ -415,10 +504,26 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
         if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
             goto error_or_stop;
-        if (!overflow && !(last + 1 < fseq)) /* overflow > 0: fseq is NO_LIMIT, above any number */
+        if (!overflow && fseq < 0) /* no fast path for this SA (see SA.fast_limits) */
             break;
         PyObject *ft = SLOT(sa, S_FTIME);
-        if (ft == NULL || !PyFloat_CheckExact(ft) || !(now <= PyFloat_AS_DOUBLE(ft)))
+        if (ft == NULL || !PyFloat_CheckExact(ft))
+            break;
+        if (!(now <= PyFloat_AS_DOUBLE(ft))) { /* a gap passed the reorder time: it becomes final first */
+            int rc = finalize_by_time(sa, now, window, reorder_time);
+            if (rc < 0)
+                goto error;
+            if (rc == 0)
+                break;
+            fo = SLOT(sa, S_FSEQ);
+            fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
+            if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
+                goto error_or_stop;
+            ft = SLOT(sa, S_FTIME);
+            if (!(now <= PyFloat_AS_DOUBLE(ft)))
+                break;
+        }
+        if (!overflow && !(last + 1 < fseq)) /* overflow > 0: fseq is NO_LIMIT, above any number */
             break;
         /* n = last + 1 + skip: the nearest 64-bit number to `last` (agent.tracker.infer_esn) when the
          * skip is below 2^31; a jump past jump_limit is held, by Python */
@@ -436,7 +541,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             PyObject *now_obj = PyFloat_FromDouble(now);
             if (now_obj == NULL)
                 goto error;
-            int rc = open_gap(sa, last, last + 1 + skip, now_obj, now, window, reorder_time);
+            int rc = open_gap(sa, last, last + 1 + skip, now_obj, window, reorder_time);
             Py_DECREF(now_obj);
             if (rc < 0)
                 goto error;
@@ -524,8 +629,16 @@ static int bind_sa(void) {
             return -1;
         }
     }
-    sa_type = (PyTypeObject *)cls; /* kept for the module's lifetime */
-    return 0;
+    sa_type = (PyTypeObject *)cls; /* kept for the module's lifetime, as the three below */
+    PyObject *sa_mod = PyImport_ImportModule("agent.sa"), *tracker = PyImport_ImportModule("agent.tracker");
+    if (sa_mod != NULL && tracker != NULL) {
+        no_limit = PyObject_GetAttrString(sa_mod, "NO_LIMIT");
+        never = PyObject_GetAttrString(sa_mod, "NEVER");
+        loss_run = PyObject_GetAttrString(tracker, "LossRun");
+    }
+    Py_XDECREF(sa_mod);
+    Py_XDECREF(tracker);
+    return no_limit != NULL && never != NULL && loss_run != NULL ? 0 : -1;
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

@@ -2,9 +2,10 @@
 
 `feed()` walks one pcapy `next_batch` result. The common frame (Ethernet, IPv4 without options,
 unfragmented ESP or ESP-in-UDP 4500, the next number of an established SA) is taken by the compiled
-loop (agent/_fastpath.c) or, where nothing compiled, by the same loop inline in Python: that is most
-of the traffic of a healthy tunnel, and the general decoder costs several times more per frame (see
-bench/). Everything else goes through `agent.decode` and `SATable.observe_slow`, which give
+loop (agent/_fastpath.c: also forward jumps and gaps that become final by time, and the ident of a new
+SA, so it is not decoded twice) or, where nothing compiled, by the in-order part of that loop inline in
+Python: that is most of the traffic of a healthy tunnel, and the general decoder costs several times
+more per frame (see bench/). Everything else goes through `agent.decode` and `SATable.observe_slow`, which give
 identical results (tested on every ground-truth capture, record stream by record stream, and on
 fuzzed frames with the fast paths on and off). A numpy path over whole batches existed before the
 compiled loop; the loop was faster at 2000 and at 100 000 SAs (bench/README.md), so it went.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 
 from agent.tracker import SeqTracker
 
@@ -72,7 +73,7 @@ class SA(SeqTracker):
             return
         if self.gaps:
             g = self.gaps[0]
-            self.fseq, self.ftime = g[0] + window, g[2] + reorder_time
+            self.fseq, self.ftime = g[0] + window, horizon(g[2], reorder_time)
         else:
             self.fseq, self.ftime = NO_LIMIT, NEVER
         if self.trial:
@@ -124,6 +125,17 @@ class SA(SeqTracker):
         i, n = self.ident, self.addr_len
         rev = i[n:2 * n] + i[:n]
         return rev + i[2 * n + 2:2 * n + 4] + i[2 * n:2 * n + 2] if self.udp else rev
+
+
+def horizon(opened: float, reorder_time: float) -> float:
+    """The latest time at which a gap opened at `opened` is not yet older than the reorder time, as the
+    tracker tests it (`now - opened > reorder_time`): `now <= horizon` says the same, rounding included."""
+    t = opened + reorder_time
+    while t - opened > reorder_time:
+        t = math.nextafter(t, -math.inf)
+    while math.nextafter(t, math.inf) - opened <= reorder_time:
+        t = math.nextafter(t, math.inf)
+    return t
 
 
 def esp_ident(src: bytes, dst: bytes, spi: int) -> bytes:
