@@ -19,7 +19,8 @@ link type's maximum is damage ("invalid packet capture length ..."); one within 
 above the file's snapshot length is cut to the snapshot length; a file ending inside a record is
 damage with libpcap's "truncated dump file; ..." text. The frames before the damage are counted, as
 OfflineSource's salvage counts them. Unlike libpcap, frames written to the file after it was opened
-are not read.
+are not read, and a file cut short by another process while it is being read ends the process with
+SIGBUS (as with any memory-mapped reader) instead of a "truncated dump file" error.
 """
 
 from __future__ import annotations

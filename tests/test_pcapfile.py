@@ -17,7 +17,7 @@ import pytest
 from agent import compiled
 from agent.capture import OfflineSource
 from agent.meter import MeterSettings
-from agent.offline import Source, _source, meter_file
+from agent.offline import Source, _source, meter_file, time_span
 from agent.pcapfile import PcapFileSource, index_records, pcap_format
 from tests.conftest import REPO, run_read
 from tests.gt import registry
@@ -83,6 +83,17 @@ def test_every_scenario_reads_as_libpcap_reads_it(name: str, tmp_path: Path) -> 
     SCENARIOS[name]().write(path)
     assert isinstance(_source(str(path), None), PcapFileSource)  # what `read` uses on it
     assert document(path, mapped(path)) == pcapy_document(path)
+
+
+def test_time_span_is_the_frames_span(tmp_path: Path) -> None:
+    """`read --plot`'s bin size: first to last frame, through the mapped reader, damaged files too."""
+    path = tmp_path / "outage.pcap"
+    SCENARIOS["outage"]().write(path)
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(path.read_bytes()[:-5])
+    for capture in (path, cut):
+        stamps = [sec + usec * 1e-6 for sec, usec, _ in frames(OfflineSource(str(capture)))[0]]
+        assert time_span(str(capture)) == stamps[-1] - stamps[0] > 1
 
 
 def test_batches_and_windows_do_not_change_the_frames(tmp_path: Path) -> None:
