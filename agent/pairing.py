@@ -42,7 +42,9 @@ class Pairer:
         return self._offer(sa, count=True)
 
     def _offer(self, sa: SA, count: bool) -> SA | None:
-        claim = self.authority.claim(sa) if self.authority is not None else None
+        if self.authority is None:  # the heuristic alone (no SA has a name from an authority)
+            return self._place(sa, self.unpaired.get(sa.reverse_flow_key(), []))
+        claim = self.authority.claim(sa)
         candidates = self.unpaired.get(sa.reverse_flow_key(), [])
         if claim is None:  # the heuristic, among the SAs the authority does not reserve
             return self._place(sa, [c for c in candidates if c.name is None])
@@ -109,6 +111,6 @@ class Pairer:
 
 def _closest(sa: SA, candidates: list[SA]) -> SA | None:
     """The heuristic: same observation point first, then the closest first-seen time."""
-    if not candidates:
-        return None
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
     return min(candidates, key=lambda c: (c.obs != sa.obs, abs(c.first_seen - sa.first_seen)))
