@@ -5,6 +5,8 @@ Reports the agent's RSS before and after the flood and the SA evictions, and che
 tunnels' exported figures equal `espmeter read --json` of a capture holding only them. Needs root.
 
     python bench/flood.py [--flood 1000000] [--max-sas N (default: the agent default)] [--pps 100000]
+
+Default settings otherwise (capture ring, table size); CPU is the agent's during the replay.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exporter.collect import read_file  # noqa: E402
 from tests.ipfix_sums import read_json, sums, truth  # noqa: E402
-from tests.netns import AgentProcess, rss_kb, veth_pair  # noqa: E402
+from tests.netns import AgentProcess, cpu_seconds, rss_kb, veth_pair  # noqa: E402
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 
@@ -77,14 +79,18 @@ def main() -> int:
     out = work / "records.ipfix"
     with veth_pair() as pair:
         cfg = work / "espmeter.yaml"
-        cfg.write_text(f"interfaces: [{pair.capture_if}]\ncollectors: ['file://{out}']\nbuffer_size_mb: 64\n"
+        cfg.write_text(f"interfaces: [{pair.capture_if}]\ncollectors: ['file://{out}']\n"
                        + (f"max_sas: {args.max_sas}\n" if args.max_sas else ""))
         agent = AgentProcess(pair.capture_ns, ["--config", str(cfg)], work / "agent.log")
         try:
             agent.wait_for("capturing on")
             before = rss_kb(agent.proc.pid)
+            cpu0 = cpu_seconds(agent.proc.pid)
+            t0 = time.monotonic()
             pair.replay(str(work / "flood.pcap"), pps=args.pps)
+            replay_s = time.monotonic() - t0
             time.sleep(1.0)
+            cpu = cpu_seconds(agent.proc.pid) - cpu0
             after = rss_kb(agent.proc.pid)
             assert agent.stop() == 0, agent.log.read_text()
         finally:
@@ -92,10 +98,14 @@ def main() -> int:
     records = read_file(str(out))
     got = sums(records)
     evicted = sum(1 for r in records if r.get("flowEndReason") == 5)
-    drops = [r for r in records if "droppedPacketTotalCount" in r][-1]["droppedPacketTotalCount"]
+    stats = [r for r in records if "droppedPacketTotalCount" in r][-1]
+    drops = stats["droppedPacketTotalCount"]
     exact = all(got.get(k) == v for k, v in want.items())
     print(json.dumps({"frames": len(frames), "flood_spis": args.flood, "real_sas": len(want),
+                      "replay_s": round(replay_s, 2), "agent_cpu_s": round(cpu, 2),
                       "rss_kb_before": before, "rss_kb_after": after, "evicted_records": evicted,
+                      "unconfirmed_sas": stats.get("espUnconfirmedSATotalCount"),
+                      "unconfirmed_datagrams": stats.get("espUnconfirmedDatagramTotalCount"),
                       "kernel_drops": drops, "real_tunnels_exact": exact}))
     return 0 if exact else 1
 
