@@ -169,11 +169,12 @@ class SATable:
         heapq.heappush(self.schedule, (due, sa))
 
     def _stale(self) -> None:
-        """An SA left the table with an entry still in the schedule: drop dead entries once they are
-        half the heap, so a flood of evicted SAs is not kept alive by its schedule (amortised O(1))."""
+        """An SA left the table with an entry still in the schedule: drop dead entries once they are a
+        quarter of the heap, so a flood of evicted SAs is not kept alive by its schedule (amortised O(1);
+        at half, a full table under a flood held up to one dead SA per live one)."""
         self.stale_entries += 1
         heap = self.schedule
-        if self.stale_entries > 1024 and self.stale_entries * 2 > len(heap):
+        if self.stale_entries > 1024 and self.stale_entries * 4 > len(heap):
             self.schedule = [e for e in heap if e[1].active and e[1].due == e[0] and self.sas.get(e[1].key) is e[1]]
             heapq.heapify(self.schedule)
             self.stale_entries = 0
