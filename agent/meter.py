@@ -49,21 +49,13 @@ class MeterSettings:
     loss_events: LossEventSettings = LossEventSettings()
 
 
-class _NullSink:
-    def export(self, records: list) -> None:
-        pass
-
-    def export_loss_events(self, events: list) -> None:
-        pass
-
-
 class Meter:
     def __init__(self, settings: MeterSettings, sink: RecordSink | None = None, keep_history: bool = False,
                  local_addrs: set[bytes] | None = None) -> None:
         self.settings = settings
         # read mode keeps every SA's loss events (id(sa): the SAs themselves stay in the table's history)
         self.loss_events: dict[int, list[LossRun]] | None = {} if keep_history else None
-        self.producer = Producer(sink or _NullSink(), settings.biflow, settings.tunnel_names, self._finalize,
+        self.producer = Producer(sink, settings.biflow, settings.tunnel_names, self._finalize,
                                  self._keep_events if keep_history else None, settings.loss_events)
         self.table = SATable(settings.table, self.producer, keep_history)
         self.frags = FragmentTable(settings.fragment_timeout, settings.max_fragments, self._fragment_expired)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.sa import SA
+from agent.sa import SA, address, address_text
 from agent.tracker import LossRun
 from exporter.records import (
     DIRECTION_EGRESS,
@@ -51,10 +51,11 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], long
     became final, an idle end) spans the interval itself, at most `longest` (the active timeout).
     """
     first_seq, last_seq, extent = sa.take_interval(sa.x_last)
-    src, dst = sa.src, sa.dst
+    src, dst = sa.addresses
     sport, dport = sa.ports
     ifindex = sa.ifindex
     direction = _direction(sa)
+    egress = direction == DIRECTION_EGRESS
     accepted = (sa.datagrams - sa.x_datagrams) - (sa.duplicates - sa.x_duplicates) - (sa.late - sa.x_late)
     lost = sa.lost - sa.x_lost
     if sa.iv_seen >= 0:
@@ -62,45 +63,39 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], long
     else:
         start = sa.interval_start
         end = max(start, min(now, start + longest))
-    rec = SARecord(
-        start_ms=int(start * 1000),
-        end_ms=int(end * 1000),
-        src=src,
-        dst=dst,
-        spi=sa.spi,
-        encap=ENCAP_UDP if sa.udp else ENCAP_ESP,
-        sport=sport,
-        dport=dport,
-        packets=sa.packets - sa.x_packets,
-        octets=sa.octets - sa.x_octets,
-        datagrams=sa.datagrams - sa.x_datagrams,
-        lost=lost,
-        reordered=sa.reordered - sa.x_reordered,
-        duplicates=sa.duplicates - sa.x_duplicates,
-        late=sa.late - sa.x_late,
-        expected=lost + accepted,
-        incomplete=sa.incomplete - sa.x_incomplete,
-        first_seq=first_seq,
-        last_seq=last_seq,
-        max_reorder_extent=extent,
-        end_reason=end_reason,
-        vlan=sa.vlan,
-        inner_vlan=sa.inner_vlan,
-        ingress_if=ifindex if direction != DIRECTION_EGRESS else None,
-        egress_if=ifindex if direction == DIRECTION_EGRESS else None,
-        direction=direction,
-        peer_spi=sa.peer.spi if sa.peer is not None else None,
-        tunnel_id=sa.tunnel_id,
-        tunnel_name=tunnel_name(sa, names),
-        loss_events=len(runs) if runs else 0,
-        longest_loss_run=max((r.count for r in runs), default=0) if runs else 0,
+    peer = sa.peer
+    rec = SARecord(  # positional, in field order: keywords cost 3 µs of a 6 µs record
+        int(start * 1000), int(end * 1000),  # start_ms, end_ms
+        address(src), address(dst), sa.spi, ENCAP_UDP if sa.udp else ENCAP_ESP, sport, dport,
+        sa.packets - sa.x_packets,  # packets
+        sa.octets - sa.x_octets,  # octets
+        sa.datagrams - sa.x_datagrams,  # datagrams
+        lost,
+        sa.reordered - sa.x_reordered,  # reordered
+        sa.duplicates - sa.x_duplicates,  # duplicates
+        sa.late - sa.x_late,  # late
+        lost + accepted,  # expected
+        sa.incomplete - sa.x_incomplete,  # incomplete
+        first_seq, last_seq, extent, end_reason,
+        sa.vlan, sa.inner_vlan,
+        None if egress else ifindex, ifindex if egress else None,  # ingress_if, egress_if
+        direction,
+        peer.spi if peer is not None else None,  # peer_spi
+        sa.tunnel_id, tunnel_name(sa, names),
+        len(runs) if runs else 0,  # loss_events
+        max([r.count for r in runs]) if runs else 0,  # longest_loss_run
     )
+    _advance(sa, now)
+    return rec
+
+
+def _advance(sa: SA, now: float) -> None:
+    """The export snapshot moves to now: the next record counts from here."""
     sa.x_packets, sa.x_octets, sa.x_datagrams = sa.packets, sa.octets, sa.datagrams
     sa.x_lost, sa.x_reordered, sa.x_duplicates = sa.lost, sa.reordered, sa.duplicates
     sa.x_late, sa.x_incomplete, sa.x_last = sa.late, sa.incomplete, sa.last
     sa.interval_start = now
     sa.iv_seen = -1.0
-    return rec
 
 
 def _quiet(sa: SA) -> bool:
@@ -124,22 +119,24 @@ def tunnel_name(sa: SA, names: dict[str, str]) -> str | None:
         return sa.name
     if not names:
         return None
-    return names.get(str(sa.src)) or names.get(str(sa.dst))
+    src, dst = sa.addresses
+    return names.get(address_text(src)) or names.get(address_text(dst))
 
 
 class Producer:
-    """Builds per-SA or biflow records at each export and hands them to the sink.
+    """Builds per-SA or biflow records at each export and hands them to the sink (with no sink, as
+    `read` without collectors, no record is built: only each SA's export snapshot moves).
 
     In biflow mode a paired SA's export also takes its partner's delta, so both directions share
     one interval (one start/end: nfdump would overwrite forward times with reverse ones).
     """
 
-    def __init__(self, sink: RecordSink, biflow: bool = False, names: dict[str, str] | None = None,
+    def __init__(self, sink: RecordSink | None, biflow: bool = False, names: dict[str, str] | None = None,
                  finalize: Callable[[SA, float], None] | None = None, on_events: EventsFn | None = None,
                  events: LossEventSettings = LossEventSettings()) -> None:
         self.sink = sink
         self.biflow = biflow
-        self.names = {str(ipaddress.ip_address(k)): v for k, v in (names or {}).items()}
+        self.names = {address_text(ipaddress.ip_address(k).packed): v for k, v in (names or {}).items()}
         self.finalize = finalize
         self.on_events = on_events
         self.events = events
@@ -154,8 +151,8 @@ class Producer:
         if not self.biflow or peer is None:
             if end_reason == END_ACTIVE and _quiet(sa):
                 sa.interval_start = now
-            else:
-                self.pending.append(self._take(sa, end_reason, now, longest))
+            elif (rec := self._take(sa, end_reason, now, longest)) is not None:
+                self.pending.append(rec)
             return
         if self.finalize is not None and peer.active:
             self.finalize(peer, now)
@@ -166,26 +163,38 @@ class Producer:
         a, b = (peer, sa) if peer < sa else (sa, peer)
         fwd = self._take(a, end_reason, now, longest)
         rev = self._take(b, end_reason, now, longest)
+        if fwd is None or rev is None:
+            return
         sides = [r for r in (fwd, rev) if r.packets] or [fwd, rev]  # a silent side has no arrival times
         fwd.start_ms = rev.start_ms = min(r.start_ms for r in sides)
         fwd.end_ms = rev.end_ms = max(r.end_ms for r in sides)
         self.pending.append(BiflowRecord(forward=fwd, reverse=rev))
 
-    def _take(self, sa: SA, end_reason: int, now: float, longest: float) -> SARecord:
+    def _take(self, sa: SA, end_reason: int, now: float, longest: float) -> SARecord | None:
+        """The record of `sa`'s interval; without a sink only the snapshot moves (no record is built)."""
         runs = sa.take_events()
-        rec = take_record(sa, end_reason, now, self.names, longest, runs)
+        if self.sink is None:
+            sa.take_interval(sa.x_last)
+            _advance(sa, now)
+            rec = None
+        else:
+            rec = take_record(sa, end_reason, now, self.names, longest, runs)
         if runs:
             if self.on_events is not None:
                 self.on_events(sa, runs, now)
             keep = [r for r in runs if r.count >= self.events.min_length]
             cap = self.events.per_interval
             self.events_suppressed += max(0, len(keep) - cap)
-            self.pending_events += [
-                LossEvent(rec.src, rec.dst, rec.spi, rec.encap, rec.sport, rec.dport, rec.ingress_if, rec.egress_if,
-                          r.first, r.last, r.after, r.before, rec.tunnel_id, rec.tunnel_name) for r in keep[:cap]]
+            if rec is not None:
+                self.pending_events += [
+                    LossEvent(rec.src, rec.dst, rec.spi, rec.encap, rec.sport, rec.dport, rec.ingress_if,
+                              rec.egress_if, r.first, r.last, r.after, r.before, rec.tunnel_id, rec.tunnel_name)
+                    for r in keep[:cap]]
         return rec
 
     def flush(self) -> None:
+        if self.sink is None:
+            return
         if self.pending:
             records, self.pending = self.pending, []
             self.sink.export(records)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
+from ipaddress import IPv4Address, IPv6Address
+from socket import AF_INET, AF_INET6, inet_ntop
 
 from agent.tracker import SeqTracker
+from exporter.records import IPAddress
 
 NO_LIMIT = 1 << 80  # above any 64-bit sequence number
 PROBATION_RUN = 4  # accepted datagrams (each plausible after the previous) that make an SA established
@@ -85,13 +87,19 @@ class SA(SeqTracker):
         return 4 if len(self.ident) in (12, 16) else 16
 
     @property
-    def src(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        return ipaddress.ip_address(self.ident[:self.addr_len])
+    def addresses(self) -> tuple[bytes, bytes]:
+        """(src, dst) packed; `address_text` renders them."""
+        n = self.addr_len
+        return self.ident[:n], self.ident[n:2 * n]
 
     @property
-    def dst(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    def src(self) -> IPAddress:
+        return address(self.ident[:self.addr_len])
+
+    @property
+    def dst(self) -> IPAddress:
         n = self.addr_len
-        return ipaddress.ip_address(self.ident[n:2 * n])
+        return address(self.ident[n:2 * n])
 
     @property
     def spi(self) -> int:
@@ -136,6 +144,24 @@ def horizon(opened: float, reorder_time: float) -> float:
     while math.nextafter(t, math.inf) - opened <= reorder_time:
         t = math.nextafter(t, math.inf)
     return t
+
+
+def address(packed: bytes) -> IPAddress:
+    """The address object of 4 or 16 packed bytes (ipaddress.ip_address tries IPv4 first, and raises
+    and catches for every IPv6 address)."""
+    return IPv4Address(packed) if len(packed) == 4 else IPv6Address(packed)
+
+
+_V4_EMBEDDED = bytes(10)  # IPv6 addresses starting so are where inet_ntop and ipaddress may differ
+
+
+def address_text(packed: bytes) -> str:
+    """An address as every output writes it: ipaddress's text form (RFC 5952 for IPv6), through
+    inet_ntop, which writes the same text three times faster, except IPv4-mapped/compatible IPv6
+    addresses (inet_ntop writes `::ffff:192.0.2.1`, ipaddress `::ffff:c000:201`)."""
+    if len(packed) == 4:
+        return inet_ntop(AF_INET, packed)
+    return inet_ntop(AF_INET6, packed) if packed[:10] != _V4_EMBEDDED else str(IPv6Address(packed))
 
 
 def esp_ident(src: bytes, dst: bytes, spi: int) -> bytes:
