@@ -190,8 +190,7 @@ def _read(args: argparse.Namespace) -> int:
         if status:
             return status
     elif args.json:
-        # dumps, not dump: one call to the C encoder instead of a write per token (0.4 s at 2000 SAs)
-        sys.stdout.write(json.dumps(result.doc, separators=(",", ":")) + "\n")
+        result.write_json(sys.stdout)
     elif args.csv:
         from agent.drill_report import write_csv
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from agent.capture import STDIN, OfflineSource
 from agent.drill import Observer
@@ -13,7 +14,7 @@ from agent.meter import Meter, MeterSettings
 from agent.pcapfile import PcapFileSource
 from agent.pcapng import PcapngSource, is_pcapng
 from agent.records import RecordSink
-from agent.report import document
+from agent.report import document, write_json
 
 Source = OfflineSource | PcapngSource | PcapFileSource
 
@@ -28,9 +29,32 @@ class _NoBar:
 
 @dataclass(slots=True)
 class OfflineResult:
-    doc: dict[str, Any]
+    """A metered file; its `read --json` document is made on demand, as a dict or written as it goes."""
+
     meter: Meter
     error: str | None  # the file was damaged after the frames that were counted
+    path: str
+    linktype: int
+    interfaces: dict[int, str] | None  # a pcapng file's interface numbers -> names
+    events: bool
+    observer: Observer | None
+    _doc: dict[str, Any] | None = None
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        if self._doc is None:
+            self._doc = document(self.meter, self.path, self.linktype, self.error, self.interfaces, self.events,
+                                 self.observer)
+        return self._doc
+
+    def write_json(self, out: TextIO) -> None:
+        """The document as `json.dumps(self.doc, separators=(",", ":"))` and a newline, without building it
+        (unless it was: bins are counted as they are made, so it is made once)."""
+        if self._doc is not None:
+            out.write(json.dumps(self._doc, separators=(",", ":")) + "\n")
+        else:
+            write_json(out, self.meter, self.path, self.linktype, self.error, self.interfaces, self.events,
+                       self.observer)
 
 
 def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = None, bpf: str | None = None,
@@ -61,8 +85,7 @@ def meter_file(path: str, settings: MeterSettings, sink: RecordSink | None = Non
     meter.finish()
     if observer is not None:
         observer.finish()
-    doc = document(meter, path, source.linktype, source.error, source.interface_names, events, observer)
-    return OfflineResult(doc, meter, source.error)
+    return OfflineResult(meter, source.error, path, source.linktype, source.interface_names, events, observer)
 
 
 def time_span(path: str, bpf: str | None = None) -> float:
