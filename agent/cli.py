@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -82,6 +83,18 @@ def _usage(message: str) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
+    """A read keeps every SA to its end, so the cyclic collector has nothing to free: it would only walk
+    the growing table again and again (100 000 SAs: 7.7 -> 6.1 s CPU without it)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_capture(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_capture(args: argparse.Namespace) -> int:
     from agent.meter import MeterSettings
     from agent.offline import meter_file
     from agent.report import write_table
