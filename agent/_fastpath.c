@@ -1,7 +1,8 @@
 /* Compiled per-frame fast path of agent.meter (Meter._walk_frames): the datagrams of established SAs
  * that need no tracker decision, for Ethernet / IPv4 without options / unfragmented ESP or UDP 4500
- * (not the non-ESP marker): the next number, a forward jump that opens a gap inside the window, and
- * either of them after gaps older than the reorder time became final (SeqTracker.finalize_by_time).
+ * (not the non-ESP marker): the next number (also the one that ends an SA's probation), a forward
+ * jump that opens a gap inside the window, and either of them after gaps older than the reorder time
+ * became final (SeqTracker.finalize_by_time).
  * walk() consumes frames from `start` while each one is such a datagram and the next timer is not due,
  * updates the SA's slots exactly as agent.tracker does, and returns where it stopped: Python handles
  * that frame (tick, general decoder, the tracker) and calls again.
@@ -20,12 +21,13 @@
 
 /* the slots every fast datagram touches (prefetched), then those only a new gap touches */
 enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_HOT,
-       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, S_LOST, S_EVENTS, S_FINALS, N_SLOTS };
+       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, S_LOST, S_EVENTS, S_FINALS, S_DUPLICATES, S_LATE, S_KEY, N_SLOTS };
 static const char *slot_names[N_SLOTS] = {
     "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min", "iv_seen",
-    "gaps", "anchor", "trial", "lost", "events", "finals",
+    "gaps", "anchor", "trial", "lost", "events", "finals", "duplicates", "late", "key",
 };
 static PyObject *loss_run, *no_limit, *never; /* agent.tracker.LossRun, agent.sa.NO_LIMIT, agent.sa.NEVER */
+static long long probation_run; /* agent.sa.PROBATION_RUN */
 static Py_ssize_t slot_off[N_SLOTS];
 static PyTypeObject *sa_type;
 
@@ -245,7 +247,7 @@ static double horizon(double t0, double reorder_time) {
 
 /* The fast limits (agent.sa.SA.fast_limits) of an established SA from its first gap, if any. */
 static int set_limits(PyObject *sa, PyObject *gaps, long long window, double reorder_time) {
-    if (PyList_GET_SIZE(gaps) == 0) {
+    if (PyTuple_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0) { /* the shared empty tuple, or an emptied list */
         Py_INCREF(no_limit);
         Py_INCREF(never);
         return set_slot(sa, S_FSEQ, no_limit) < 0 || set_slot(sa, S_FTIME, never) < 0 ? -1 : 0;
@@ -385,6 +387,25 @@ static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj
     return 1;
 }
 
+/* Whether the next number ends the probation of a trial SA (SATable.observe_slow: PROBATION_RUN accepted
+ * datagrams) with nothing else for the tracker to do: no gap falls behind the window. */
+static int ends_trial(PyObject *sa, long long last, long long window) {
+    long long datagrams, duplicates, late, lo0;
+    if (SLOT(sa, S_TRIAL) != Py_True || !as_i64(SLOT(sa, S_DATAGRAMS), &datagrams)
+        || !as_i64(SLOT(sa, S_DUPLICATES), &duplicates) || !as_i64(SLOT(sa, S_LATE), &late)
+        || datagrams + 1 - duplicates - late != probation_run)
+        return 0;
+    PyObject *gaps = SLOT(sa, S_GAPS);
+    if (gaps == NULL)
+        return 0;
+    if (PyTuple_CheckExact(gaps) || (PyList_CheckExact(gaps) && PyList_GET_SIZE(gaps) == 0))
+        return 1;
+    if (!PyList_CheckExact(gaps) || !PyList_CheckExact(PyList_GET_ITEM(gaps, 0))
+        || PyList_GET_SIZE(PyList_GET_ITEM(gaps, 0)) != 6 || !as_i64(PyList_GET_ITEM(PyList_GET_ITEM(gaps, 0), 0), &lo0))
+        return 0;
+    return last + 1 < lo0 + window;
+}
+
 static PyObject *walk(PyObject *self, PyObject *args) {
     Py_buffer buf, meta;
     Py_ssize_t start;
@@ -393,8 +414,9 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     unsigned long long epoch;
     long long window, jump_limit;
     double reorder_time;
-    if (!PyArg_ParseTuple(args, "y*y*nO!OdKLLd", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch,
-                          &window, &jump_limit, &reorder_time))
+    PyObject *probation;
+    if (!PyArg_ParseTuple(args, "y*y*nO!OdKLLdO", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch,
+                          &window, &jump_limit, &reorder_time, &probation))
         return NULL;
     const unsigned char *b = buf.buf;
     const unsigned char *m = meta.buf;
@@ -523,13 +545,19 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if (!(now <= PyFloat_AS_DOUBLE(ft)))
                 break;
         }
-        if (!overflow && !(last + 1 < fseq)) /* overflow > 0: fseq is NO_LIMIT, above any number */
-            break;
         /* n = last + 1 + skip: the nearest 64-bit number to `last` (agent.tracker.infer_esn) when the
          * skip is below 2^31; a jump past jump_limit is held, by Python */
         uint32_t skip = be32(f->seq) - (uint32_t)(last + 1);
         if (skip != 0 && (skip >= 0x80000000u || (long long)skip + 1 > jump_limit))
             break;
+        int trial_ends = 0; /* overflow > 0: fseq is NO_LIMIT, above any number */
+        if (!overflow && !(last + 1 < fseq)) {
+            if (skip != 0 || last + 1 != fseq || !(trial_ends = ends_trial(sa, last, window))) {
+                if (PyErr_Occurred())
+                    goto error;
+                break;
+            }
+        }
         long long datagrams, packets, sa_octets, iv_min;
         if (!as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || !as_i64(SLOT(sa, S_PACKETS), &packets)
             || !as_i64(SLOT(sa, S_OCTETS), &sa_octets) || !as_i64(SLOT(sa, S_IV_MIN), &iv_min))
@@ -561,6 +589,18 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if (PyFloat_AS_DOUBLE(iv_seen) < 0 && set_slot(sa, S_IV_SEEN, PyFloat_FromDouble(now)) < 0)
                 goto error;
         }
+        if (trial_ends) { /* established: off probation, and the limits of an established SA */
+            Py_INCREF(Py_False);
+            if (set_slot(sa, S_TRIAL, Py_False) < 0)
+                goto error;
+            if (PyObject_DelItem(probation, SLOT(sa, S_KEY)) < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_KeyError))
+                    goto error;
+                PyErr_Clear();
+            }
+            if (set_limits(sa, SLOT(sa, S_GAPS), window, reorder_time) < 0)
+                goto error;
+        }
         octets += r[3];
         stop_sa = Py_None;
     }
@@ -586,7 +626,8 @@ static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: 
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time) -> (stop, octets, sa, seq, ip_len):\n"
+     "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time, probation)\n"
+     "-> (stop, octets, sa, seq, ip_len):\n"
      "consume in-order ESP frames (and forward jumps that open a gap inside the window) from\n"
      "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
      "stop frame is an ESP datagram of a known SA (not the next number, or not established), or its SA\n"
@@ -635,10 +676,13 @@ static int bind_sa(void) {
         no_limit = PyObject_GetAttrString(sa_mod, "NO_LIMIT");
         never = PyObject_GetAttrString(sa_mod, "NEVER");
         loss_run = PyObject_GetAttrString(tracker, "LossRun");
+        PyObject *run = PyObject_GetAttrString(sa_mod, "PROBATION_RUN");
+        probation_run = run != NULL ? PyLong_AsLongLong(run) : -1;
+        Py_XDECREF(run);
     }
     Py_XDECREF(sa_mod);
     Py_XDECREF(tracker);
-    return no_limit != NULL && never != NULL && loss_run != NULL ? 0 : -1;
+    return no_limit != NULL && never != NULL && loss_run != NULL && probation_run > 0 ? 0 : -1;
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

@@ -146,7 +146,7 @@ class Meter:
         due = self._due()
         while True:
             stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due, table.epoch, t.window, t.jump_limit,
-                                               t.reorder_time)
+                                               t.reorder_time, table.probation)
             esp += stop - pos
             octets += part
             if stop == n:
