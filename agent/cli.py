@@ -209,7 +209,8 @@ def _read_capture(args: argparse.Namespace) -> int:
 
         write_csv(result.doc, sys.stdout)
     else:
-        doc = result.doc
+        # the table alone reads each entry once; sorting and bins need the document itself
+        doc = result.doc if args.sort or args.top is not None or args.bins is not None else result.view()
         if args.sort or args.top is not None:
             from agent.drill_report import sort_top
 

@@ -60,7 +60,7 @@ def demo(capture: str | None = None) -> int:
     exporter.close()
     sent = sum(c.records for c in exporter.counters.values())
     print(f"== espmeter read {path}\n")
-    write_table(result.doc, sys.stdout)
+    write_table(result.view(), sys.stdout)
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline and received.getvalue().count("\n") < sent:
         time.sleep(0.1)

@@ -14,7 +14,7 @@ from agent.meter import Meter, MeterSettings
 from agent.pcapfile import PcapFileSource
 from agent.pcapng import PcapngSource, is_pcapng
 from agent.records import RecordSink
-from agent.report import document, write_json
+from agent.report import document, document_view, write_json
 
 Source = OfflineSource | PcapngSource | PcapFileSource
 
@@ -46,6 +46,13 @@ class OfflineResult:
             self._doc = document(self.meter, self.path, self.linktype, self.error, self.interfaces, self.events,
                                  self.observer)
         return self._doc
+
+    def view(self) -> dict[str, Any]:
+        """The document for one pass over its entries (`report.document_view`), or the document if it was built."""
+        if self._doc is not None:
+            return self._doc
+        return document_view(self.meter, self.path, self.linktype, self.error, self.interfaces, self.events,
+                             self.observer)
 
     def write_json(self, out: TextIO) -> None:
         """The document as `json.dumps(self.doc, separators=(",", ":"))` and a newline, without building it

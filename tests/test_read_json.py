@@ -1,6 +1,7 @@
 """`read --json` is written entry by entry (agent.report.write_json): its text must be, byte for byte,
 `json.dumps(document, separators=(",", ":"))` and a newline, on every ground-truth capture, with loss
-events, bins and tunnel names; and metering without a sink (no records built) must not change it."""
+events, bins and tunnel names; the table from entries made as it reads them must be the document's;
+and metering without a sink (no records built) must not change either."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from agent.report import (
     STR,
     STR_OR_NULL,
     _json_text,
+    write_table,
 )
 from agent.sa import address_text
 from tests.gt.scenarios import registry
@@ -56,6 +58,11 @@ def test_streamed_document_is_the_dumped_one(name: str, tmp_path: Path) -> None:
         # a second meter: bins are counted as they are made (drill.Observer.sa_bins)
         assert out.getvalue() == _dumps(_read(cap, settings, events, bins).doc)
         assert json.loads(out.getvalue())["sas"]  # every scenario has SAs: the entries were written
+        if not bins:  # the table from entries made as it reads them (bins need the document)
+            tables = [io.StringIO(), io.StringIO()]
+            write_table(_read(cap, settings, events, bins).view(), tables[0])
+            write_table(_read(cap, settings, events, bins).doc, tables[1])
+            assert tables[0].getvalue() == tables[1].getvalue() != ""
     with_sink = meter_file(cap, MeterSettings(tunnel_names=NAMES), Sink(), progress=False, events=True)
     assert _dumps(with_sink.doc) == _dumps(meter_file(cap, MeterSettings(tunnel_names=NAMES), progress=False,
                                                       events=True).doc)
