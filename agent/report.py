@@ -17,7 +17,7 @@ from agent.sa import SA, address_text
 from agent.tracker import LossRun
 
 # how a value of a flat entry is written (`_json_text`); FLOAT: finite floats (times)
-INT, INT_OR_NULL, STR, STR_OR_NULL, BOOL, FLOAT, ANY = range(7)
+INT, INT_OR_NULL, STR, STR_OR_NULL, BOOL, FLOAT, INTS, ANY = range(8)  # INTS: a list of ints
 # the `sas[]` entry (docs/read-json.md: key order is part of the contract); values from `sa_values`
 SA_FIELDS: tuple[tuple[str, int], ...] = (
     ("src", STR), ("dst", STR), ("spi", INT), ("encap", STR), ("sport", INT_OR_NULL), ("dport", INT_OR_NULL),
@@ -29,6 +29,9 @@ SA_FIELDS: tuple[tuple[str, int], ...] = (
     ("last_seen", FLOAT),
 )
 SA_KEYS = tuple(k for k, _ in SA_FIELDS)
+# the `tunnels[]` entry: id, name, the forward SA's addresses, the two SAs' indexes in `sas[]` and SPIs
+TUNNEL_FIELDS = (("id", INT), ("name", STR_OR_NULL), ("a", STR), ("b", STR), ("sas", INTS), ("spis", INTS))
+TUNNEL_KEYS = tuple(k for k, _ in TUNNEL_FIELDS)
 
 
 def sa_values(sa: SA, tunnel_names: dict[str, str], interfaces: dict[int, str] | None = None) -> tuple[Any, ...]:
@@ -60,7 +63,8 @@ def _json_text(fields: tuple[tuple[str, int], ...]) -> Callable[[tuple[Any, ...]
     env: dict[str, Any] = {"_q": encode_basestring_ascii, "_any": _ENCODE}
     forms = {INT: "{v[%d]}", INT_OR_NULL: '{"null" if v[%d] is None else v[%d]}', STR: "{_q(v[%d])}",
              STR_OR_NULL: '{"null" if v[%d] is None else _q(v[%d])}', BOOL: '{"true" if v[%d] else "false"}',
-             FLOAT: "{v[%d]!r}", ANY: '{"null" if v[%d] is None else _any(v[%d])}'}
+             FLOAT: "{v[%d]!r}", INTS: '[{",".join(map(str, v[%d]))}]',
+             ANY: '{"null" if v[%d] is None else _any(v[%d])}'}
     body = ",".join(f"{_ENCODE(key)}:" + forms[kind].replace("%d", str(i)) for i, (key, kind) in enumerate(fields))
     source = f"def text(v):\n    return f'''{{{{{body}}}}}'''\n"
     exec(compile(source, "<json entry>", "exec"), env)  # noqa: S102 - keys are the constants above
@@ -69,6 +73,7 @@ def _json_text(fields: tuple[tuple[str, int], ...]) -> Callable[[tuple[Any, ...]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # as json.dumps(x, separators=(",", ":"))
 _SA_TEXT = _json_text(SA_FIELDS)
+_TUNNEL_TEXT = _json_text(TUNNEL_FIELDS)
 
 
 def events_json(events: list[LossRun]) -> list[dict[str, Any]]:
@@ -134,17 +139,17 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
             extra["bins"] = observer.sa_bins(sa, meter.events_of(sa))
         return extra
 
-    def tunnel_entry(tunnel: tuple[int, SA, SA]) -> dict[str, Any]:
+    def tunnel_values(tunnel: tuple[int, SA, SA]) -> tuple[Any, ...]:
         tid, fwd, rev = tunnel
         src, dst = fwd.addresses
-        return {
-            "id": tid,
-            "name": tunnel_name(fwd, names),
-            "a": address_text(src),
-            "b": address_text(dst),
-            "sas": [index[id(fwd)], index[id(rev)]],
-            "spis": [fwd.spi, rev.spi],
-        }
+        return (tid, tunnel_name(fwd, names), address_text(src), address_text(dst), [index[id(fwd)], index[id(rev)]],
+                [fwd.spi, rev.spi])
+
+    def tunnel_entry(tunnel: tuple[int, SA, SA]) -> dict[str, Any]:
+        return dict(zip(TUNNEL_KEYS, tunnel_values(tunnel), strict=True))
+
+    def tunnel_text(tunnel: tuple[int, SA, SA]) -> str:
+        return _TUNNEL_TEXT(tunnel_values(tunnel))
 
     capture: dict[str, Any] = {
         "file": source,
@@ -157,7 +162,7 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
     if error:
         capture["error"] = error
     sections = [_Section("sas", sas, sa_entry, sa_text),
-                _Section("tunnels", [(t, *pairs[t]) for t in sorted(pairs)], tunnel_entry),
+                _Section("tunnels", [(t, *pairs[t]) for t in sorted(pairs)], tunnel_entry, tunnel_text),
                 _Section("ike", list(meter.ike.pairs.values()), _ike_json)]
     return sections, capture
 

@@ -23,10 +23,11 @@ from agent.report import (
     FLOAT,
     INT,
     INT_OR_NULL,
+    INTS,
     SA_FIELDS,
-    SA_KEYS,
     STR,
     STR_OR_NULL,
+    TUNNEL_FIELDS,
     _json_text,
     write_table,
 )
@@ -70,14 +71,18 @@ def test_streamed_document_is_the_dumped_one(name: str, tmp_path: Path) -> None:
 
 _VALUES = {INT: st.integers(0, 2**64), INT_OR_NULL: st.none() | st.integers(0, 2**64), STR: st.text(),
            STR_OR_NULL: st.none() | st.text(), BOOL: st.booleans(),
-           FLOAT: st.floats(allow_nan=False, allow_infinity=False), ANY: st.none() | st.integers() | st.text()}
+           FLOAT: st.floats(allow_nan=False, allow_infinity=False), INTS: st.lists(st.integers()),
+           ANY: st.none() | st.integers() | st.text()}
 
 
-@given(st.tuples(*[_VALUES[kind] for _, kind in SA_FIELDS]))
-def test_compiled_entry_text_is_json_dumps(values: tuple) -> None:
+@pytest.mark.parametrize("fields", [SA_FIELDS, TUNNEL_FIELDS], ids=["sas", "tunnels"])
+@given(data=st.data())
+def test_compiled_entry_text_is_json_dumps(fields: tuple, data: st.DataObject) -> None:
     """Any value of each kind (names come from configuration and strongSwan: quotes, control characters,
     non-ASCII) is written as json.dumps writes it."""
-    assert _json_text(SA_FIELDS)(values) == json.dumps(dict(zip(SA_KEYS, values, strict=True)), separators=(",", ":"))
+    values = data.draw(st.tuples(*[_VALUES[kind] for _, kind in fields]))
+    doc = dict(zip([k for k, _ in fields], values, strict=True))
+    assert _json_text(fields)(values) == json.dumps(doc, separators=(",", ":"))
 
 
 @given(st.ip_addresses())
