@@ -64,7 +64,7 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], long
         start = sa.interval_start
         end = max(start, min(now, start + longest))
     peer = sa.peer
-    rec = SARecord(  # positional, in field order: keywords cost 3 µs of a 6 µs record
+    rec = SARecord(  # positional, in field order: 31 keywords make the call 4.1 instead of 0.65 µs
         int(start * 1000), int(end * 1000),  # start_ms, end_ms
         address(src), address(dst), sa.spi, ENCAP_UDP if sa.udp else ENCAP_ESP, sport, dport,
         sa.packets - sa.x_packets,  # packets
