@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <arpa/inet.h>
 
 /* the slots every fast datagram touches (prefetched), then those only a new gap touches */
 enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_HOT,
@@ -622,6 +623,266 @@ error:
     return NULL;
 }
 
+/* ---- `read --json` SA entries (agent.report) ---------------------------------------------------
+ * sa_entries() writes the `sas[]` entries of a list of SAs, joined by commas, exactly as
+ * agent.report's compiled f-string writes `sa_values(sa, names, interfaces)` (the Python path, and
+ * the oracle: tests/test_read_json.py).  An SA with a value this writer does not handle (an int
+ * beyond 63 bits, a strongSwan or configured name, an IPv4-embedded IPv6 address, a pcapng interface
+ * name that is not a str...) is written by the Python function `slow(sa)`.
+ */
+enum { J_IDENT, J_UDP, J_OBS, J_DIRECTION, J_LOCAL, J_GENERATION, J_PACKETS, J_OCTETS, J_DATAGRAMS, J_FIRST,
+       J_LAST, J_LOST, J_REORDERED, J_MAX_EXTENT, J_DUPLICATES, J_LATE, J_IMPLAUSIBLE, J_INCOMPLETE, J_PEER,
+       J_TUNNEL_ID, J_NAME, J_FIRST_SEEN, J_LAST_SEEN, N_JSLOTS };
+static const char *json_slot_names[N_JSLOTS] = {
+    "ident", "udp", "obs", "direction", "local", "generation", "packets", "octets", "datagrams", "first",
+    "last", "lost", "reordered", "max_extent", "duplicates", "late", "implausible", "incomplete", "peer",
+    "tunnel_id", "name", "first_seen", "last_seen",
+};
+static Py_ssize_t json_off[N_JSLOTS];
+static PyObject *encode_str; /* json.encoder.encode_basestring_ascii */
+#define JSLOT(o, i) (*(PyObject **)((char *)(o) + json_off[i]))
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} Text;
+
+static int reserve(Text *t, Py_ssize_t n) {
+    if (t->len + n <= t->cap)
+        return 0;
+    Py_ssize_t cap = t->cap ? t->cap : 1 << 16;
+    while (cap < t->len + n)
+        cap *= 2;
+    char *p = PyMem_Realloc(t->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->p = p;
+    t->cap = cap;
+    return 0;
+}
+
+static int put(Text *t, const char *s, Py_ssize_t n) {
+    if (reserve(t, n) < 0)
+        return -1;
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    return 0;
+}
+
+#define PUTS(t, s) put(t, s, (Py_ssize_t)strlen(s))
+
+/* 1 written, 0 not handled here (the SA goes to `slow`), -1 error */
+static int put_int(Text *t, PyObject *o) {
+    long long v;
+    if (!as_i64(o, &v))
+        return PyErr_Occurred() ? -1 : 0;
+    char s[24];
+    return put(t, s, snprintf(s, sizeof s, "%lld", v)) < 0 ? -1 : 1;
+}
+
+static int put_int_or_null(Text *t, PyObject *o) {
+    return o == Py_None ? (PUTS(t, "null") < 0 ? -1 : 1) : put_int(t, o);
+}
+
+/* an ASCII str as json.dumps writes it */
+static int put_str(Text *t, PyObject *o) {
+    if (!PyUnicode_CheckExact(o))
+        return 0;
+    PyObject *q = PyObject_CallOneArg(encode_str, o);
+    if (q == NULL)
+        return -1;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(q, &n);
+    int r = s == NULL ? -1 : put(t, s, n) < 0 ? -1 : 1;
+    Py_DECREF(q);
+    return r;
+}
+
+static int put_str_or_null(Text *t, PyObject *o) {
+    return o == Py_None ? (PUTS(t, "null") < 0 ? -1 : 1) : put_str(t, o);
+}
+
+/* repr(round(x, 6)): the correctly rounded 6-decimal text (what round() computes), read back, and its
+ * shortest repr */
+static int put_time(Text *t, PyObject *o) {
+    if (!PyFloat_CheckExact(o) || !isfinite(PyFloat_AS_DOUBLE(o)))
+        return 0;
+    char *fixed = PyOS_double_to_string(PyFloat_AS_DOUBLE(o), 'f', 6, 0, NULL);
+    if (fixed == NULL)
+        return -1;
+    double r = PyOS_string_to_double(fixed, NULL, NULL);
+    PyMem_Free(fixed);
+    if (r == -1.0 && PyErr_Occurred())
+        return -1;
+    char *s = PyOS_double_to_string(r, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (s == NULL)
+        return -1;
+    int ok = PUTS(t, s);
+    PyMem_Free(s);
+    return ok < 0 ? -1 : 1;
+}
+
+static int put_address(Text *t, const unsigned char *a, int n) {
+    char s[INET6_ADDRSTRLEN + 2];
+    static const unsigned char zeros[10];
+    if (n == 16 && memcmp(a, zeros, 10) == 0) /* inet_ntop and ipaddress differ here (agent.sa.address_text) */
+        return 0;
+    s[0] = '"';
+    if (inet_ntop(n == 4 ? AF_INET : AF_INET6, a, s + 1, INET6_ADDRSTRLEN) == NULL)
+        return 0;
+    size_t len = strlen(s);
+    s[len] = '"';
+    return put(t, s, (Py_ssize_t)len + 1) < 0 ? -1 : 1;
+}
+
+#define TRY(expr)                  \
+    do {                           \
+        int r_ = (expr);           \
+        if (r_ <= 0)               \
+            return r_;             \
+    } while (0)
+
+/* one SA's entry, in agent.report.SA_FIELDS order */
+static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) {
+    PyObject *ident = JSLOT(sa, J_IDENT), *udp = JSLOT(sa, J_UDP), *obs = JSLOT(sa, J_OBS);
+    PyObject *first = JSLOT(sa, J_FIRST), *last = JSLOT(sa, J_LAST), *peer = JSLOT(sa, J_PEER);
+    PyObject *name = JSLOT(sa, J_NAME);
+    if (ident == NULL || !PyBytes_CheckExact(ident) || (udp != Py_True && udp != Py_False))
+        return 0;
+    Py_ssize_t len = PyBytes_GET_SIZE(ident);
+    int n = len == 12 || len == 16 ? 4 : 16; /* as SA.addr_len */
+    if (len != (udp == Py_True ? 2 * n + 8 : 2 * n + 4))
+        return 0;
+    const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
+    PyObject *ifindex = Py_None, *vlan = Py_None, *inner = Py_None;
+    if (obs != Py_None) {
+        if (obs == NULL || !PyTuple_CheckExact(obs) || PyTuple_GET_SIZE(obs) != 3)
+            return 0;
+        ifindex = PyTuple_GET_ITEM(obs, 0);
+        vlan = PyTuple_GET_ITEM(obs, 1);
+        inner = PyTuple_GET_ITEM(obs, 2);
+    }
+    PyObject *iface = ifindex; /* interfaces.get(ifindex, ifindex) if interfaces else ifindex */
+    if (interfaces != Py_None && PyDict_GET_SIZE(interfaces)) {
+        iface = PyDict_GetItemWithError(interfaces, ifindex);
+        if (iface == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            iface = ifindex;
+        }
+    }
+    if (name == NULL || (name == Py_None && PyDict_GET_SIZE(names))) /* a configured name: tunnel_name() */
+        return 0;
+    long long f, l;
+    if (!as_i64(first, &f) || !as_i64(last, &l) || (l >= 0 && (f < 0 || l - f == LLONG_MAX)))
+        return PyErr_Occurred() ? -1 : 0;
+    if (peer == NULL || (peer != Py_None && (Py_TYPE(peer) != sa_type || JSLOT(peer, J_IDENT) == NULL
+                                              || !PyBytes_CheckExact(JSLOT(peer, J_IDENT))
+                                              || PyBytes_GET_SIZE(JSLOT(peer, J_IDENT)) < 4)))
+        return 0;
+    char s[64];
+    TRY(PUTS(t, "{\"src\":") < 0 ? -1 : 1);
+    TRY(put_address(t, id, n));
+    TRY(PUTS(t, ",\"dst\":") < 0 ? -1 : 1);
+    TRY(put_address(t, id + n, n));
+    TRY(put(t, s, snprintf(s, sizeof s, ",\"spi\":%u", (unsigned)be32(id + len - 4))) < 0 ? -1 : 1);
+    if (udp == Py_True)
+        TRY(put(t, s, snprintf(s, sizeof s, ",\"encap\":\"udp\",\"sport\":%u,\"dport\":%u", be16(id + 2 * n),
+                               be16(id + 2 * n + 2))) < 0 ? -1 : 1);
+    else
+        TRY(PUTS(t, ",\"encap\":\"esp\",\"sport\":null,\"dport\":null") < 0 ? -1 : 1);
+    TRY(PUTS(t, ",\"vlan\":") < 0 ? -1 : 1);
+    TRY(put_int_or_null(t, vlan));
+    TRY(PUTS(t, ",\"inner_vlan\":") < 0 ? -1 : 1);
+    TRY(put_int_or_null(t, inner));
+    TRY(PUTS(t, ",\"interface\":") < 0 ? -1 : 1);
+    TRY(PyUnicode_CheckExact(iface) ? put_str(t, iface) : put_int_or_null(t, iface));
+    TRY(PUTS(t, ",\"direction\":") < 0 ? -1 : 1);
+    TRY(put_str_or_null(t, JSLOT(sa, J_DIRECTION)));
+    PyObject *local = JSLOT(sa, J_LOCAL);
+    if (local != Py_True && local != Py_False)
+        return 0;
+    TRY(PUTS(t, local == Py_True ? ",\"local\":true" : ",\"local\":false") < 0 ? -1 : 1);
+    static const char *counters[] = {",\"generation\":", ",\"packets\":", ",\"octets\":", ",\"datagrams\":"};
+    for (int i = 0; i < 4; i++) {
+        TRY(PUTS(t, counters[i]) < 0 ? -1 : 1);
+        TRY(put_int(t, JSLOT(sa, J_GENERATION + i)));
+    }
+    if (l >= 0) {
+        TRY(put(t, s, snprintf(s, sizeof s, ",\"first_seq\":%lld", f)) < 0 ? -1 : 1);
+        TRY(put(t, s, snprintf(s, sizeof s, ",\"last_seq\":%lld", l)) < 0 ? -1 : 1);
+    } else
+        TRY(PUTS(t, ",\"first_seq\":null,\"last_seq\":null") < 0 ? -1 : 1);
+    TRY(put(t, s, snprintf(s, sizeof s, ",\"expected\":%lld", l >= 0 ? l - f + 1 : 0)) < 0 ? -1 : 1);
+    static const char *tracker[] = {",\"lost\":", ",\"reordered\":", ",\"max_reorder_extent\":", ",\"duplicates\":",
+                                    ",\"late\":", ",\"implausible\":", ",\"incomplete\":"};
+    for (int i = 0; i < 7; i++) {
+        TRY(PUTS(t, tracker[i]) < 0 ? -1 : 1);
+        TRY(put_int(t, JSLOT(sa, J_LOST + i)));
+    }
+    if (peer != Py_None) {
+        PyObject *pid = JSLOT(peer, J_IDENT);
+        TRY(put(t, s, snprintf(s, sizeof s, ",\"peer_spi\":%u",
+                               (unsigned)be32((const unsigned char *)PyBytes_AS_STRING(pid) + PyBytes_GET_SIZE(pid) - 4)))
+            < 0 ? -1 : 1);
+    } else {
+        TRY(PUTS(t, ",\"peer_spi\":null") < 0 ? -1 : 1);
+    }
+    TRY(PUTS(t, ",\"tunnel\":") < 0 ? -1 : 1);
+    TRY(put_int_or_null(t, JSLOT(sa, J_TUNNEL_ID)));
+    TRY(PUTS(t, ",\"tunnel_name\":") < 0 ? -1 : 1);
+    TRY(put_str_or_null(t, name));
+    TRY(PUTS(t, ",\"first_seen\":") < 0 ? -1 : 1);
+    TRY(put_time(t, JSLOT(sa, J_FIRST_SEEN)));
+    TRY(PUTS(t, ",\"last_seen\":") < 0 ? -1 : 1);
+    TRY(put_time(t, JSLOT(sa, J_LAST_SEEN)));
+    return PUTS(t, "}") < 0 ? -1 : 1;
+}
+
+static PyObject *sa_entries(PyObject *self, PyObject *args) {
+    PyObject *sas, *names, *interfaces, *slow;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &sas, &PyDict_Type, &names, &interfaces, &slow))
+        return NULL;
+    if (interfaces != Py_None && !PyDict_Check(interfaces)) {
+        PyErr_SetString(PyExc_TypeError, "sa_entries: interfaces must be a dict or None");
+        return NULL;
+    }
+    Text t = {NULL, 0, 0};
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sas); i++) {
+        PyObject *sa = PyList_GET_ITEM(sas, i);
+        if (i && put(&t, ",", 1) < 0)
+            goto error;
+        Py_ssize_t mark = t.len;
+        int r = Py_TYPE(sa) == sa_type ? put_sa(&t, sa, names, interfaces) : 0;
+        if (r < 0)
+            goto error;
+        if (r == 0) { /* not handled here: what was written of it is dropped, Python writes it */
+            t.len = mark;
+            PyObject *text = PyObject_CallOneArg(slow, sa);
+            if (text == NULL)
+                goto error;
+            Py_ssize_t n;
+            const char *s = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
+            if (s == NULL || put(&t, s, n) < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "sa_entries: slow() must return a str");
+                Py_DECREF(text);
+                goto error;
+            }
+            Py_DECREF(text);
+        }
+    }
+    PyObject *out = PyUnicode_DecodeUTF8(t.p, t.len, NULL);
+    PyMem_Free(t.p);
+    return out;
+error:
+    PyMem_Free(t.p);
+    return NULL;
+}
+
 static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: at the end of this file */
 
 static PyMethodDef methods[] = {
@@ -635,12 +896,33 @@ static PyMethodDef methods[] = {
     {"index_pcap", index_pcap, METH_VARARGS,
      "index_pcap(buf, start, max_frames, swapped, nanos, snapshot, max_caplen) -> (meta, stop): the 16-byte\n"
      "records (sec, usec, offset, caplen) of the classic pcap records from `start` that are whole in buf."},
+    {"sa_entries", sa_entries, METH_VARARGS,
+     "sa_entries(sas, names, interfaces, slow) -> str: the `read --json` entries of a list of SAs, joined by\n"
+     "commas, as agent.report writes them; slow(sa) -> str writes the SAs this function does not handle."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, methods};
 
-/* The slot offsets of agent.sa.SA, from its member descriptors (inherited ones included). */
+/* The offsets of slots `names` of class `cls`, from its member descriptors (inherited ones included). */
+static int bind_slots(PyObject *cls, const char **names, int n, Py_ssize_t *offsets) {
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyObject_GetAttrString(cls, names[i]);
+        if (d == NULL)
+            return -1;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_ImportError, "agent.sa.SA.%s is not a slot", names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The slot offsets of agent.sa.SA, and what the module keeps of agent.sa, agent.tracker and json. */
 static int bind_sa(void) {
     PyObject *mod = PyImport_ImportModule("agent.sa");
     if (mod == NULL)
@@ -654,21 +936,9 @@ static int bind_sa(void) {
         PyErr_SetString(PyExc_ImportError, "agent.sa.SA is not a class");
         return -1;
     }
-    for (int i = 0; i < N_SLOTS; i++) {
-        PyObject *d = PyObject_GetAttrString(cls, slot_names[i]);
-        if (d == NULL) {
-            Py_DECREF(cls);
-            return -1;
-        }
-        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
-        if (ok)
-            slot_off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-        Py_DECREF(d);
-        if (!ok) {
-            Py_DECREF(cls);
-            PyErr_Format(PyExc_ImportError, "agent.sa.SA.%s is not a slot", slot_names[i]);
-            return -1;
-        }
+    if (bind_slots(cls, slot_names, N_SLOTS, slot_off) < 0 || bind_slots(cls, json_slot_names, N_JSLOTS, json_off) < 0) {
+        Py_DECREF(cls);
+        return -1;
     }
     sa_type = (PyTypeObject *)cls; /* kept for the module's lifetime, as the three below */
     PyObject *sa_mod = PyImport_ImportModule("agent.sa"), *tracker = PyImport_ImportModule("agent.tracker");
@@ -682,7 +952,12 @@ static int bind_sa(void) {
     }
     Py_XDECREF(sa_mod);
     Py_XDECREF(tracker);
-    return no_limit != NULL && never != NULL && loss_run != NULL && probation_run > 0 ? 0 : -1;
+    PyObject *json = PyImport_ImportModule("json.encoder");
+    if (json != NULL) {
+        encode_str = PyObject_GetAttrString(json, "encode_basestring_ascii");
+        Py_DECREF(json);
+    }
+    return encode_str != NULL && no_limit != NULL && never != NULL && loss_run != NULL && probation_run > 0 ? 0 : -1;
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
@@ -751,3 +1026,4 @@ static PyObject *index_pcap(PyObject *self, PyObject *args) {
         return NULL;
     return Py_BuildValue("Nn", meta, pos);
 }
+

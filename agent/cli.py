@@ -84,12 +84,15 @@ def _usage(message: str) -> int:
 
 def _read(args: argparse.Namespace) -> int:
     """A read keeps every SA to its end, so the cyclic collector has nothing to free: it would only walk
-    the growing table again and again (100 000 SAs: 7.7 -> 6.1 s CPU without it)."""
+    the growing table again and again (100 000 SAs: 7.7 -> 6.1 s CPU without it). Its objects are then
+    frozen: back on, the collector would first walk all of them once more, only to free the paired SAs
+    of a process that is about to exit (0.45 s at 100 000 SAs)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         return _read_capture(args)
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple, TextIO
 
+from agent.compiled import fastpath
 from agent.decode import LINKTYPE_OF_DLT
 from agent.drill import Observer
 from agent.ike import IkePair
@@ -96,13 +97,13 @@ _CHUNK = 1000  # entries per write (and per encoder call: its per-call cost is p
 
 
 class _Section(NamedTuple):
-    """A list of the document: its items, each one's entry, and the entry's text where it is compiled
-    (else a chunk of entries is encoded at once)."""
+    """A list of the document: its items, each one's entry, and the text of a chunk of entries joined by
+    commas where it is compiled (else the chunk's entries are encoded at once)."""
 
     key: str
     items: Sequence[Any]
     entry: Callable[[Any], dict[str, Any]]
-    text: Callable[[Any], str] | None = None
+    text: Callable[[Sequence[Any]], str] | None = None
 
 
 def _sections(meter: Meter, source: str, linktype: int, error: str | None, interfaces: dict[int, str] | None,
@@ -130,6 +131,11 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
         text = _SA_TEXT(sa_values(sa, names, interfaces))
         return text[:-1] + "," + _ENCODE(sa_extra(sa))[1:] if extras else text  # {...,"loss_events":...}
 
+    def sa_texts(chunk: list[SA]) -> str:
+        if fastpath is None or extras:
+            return ",".join(map(sa_text, chunk))
+        return fastpath.sa_entries(chunk, names, interfaces, sa_text)  # the same text, 10x faster
+
     def sa_extra(sa: SA) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if events:
@@ -148,8 +154,8 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
     def tunnel_entry(tunnel: tuple[int, SA, SA]) -> dict[str, Any]:
         return dict(zip(TUNNEL_KEYS, tunnel_values(tunnel), strict=True))
 
-    def tunnel_text(tunnel: tuple[int, SA, SA]) -> str:
-        return _TUNNEL_TEXT(tunnel_values(tunnel))
+    def tunnel_texts(chunk: list[tuple[int, SA, SA]]) -> str:
+        return ",".join(_TUNNEL_TEXT(tunnel_values(t)) for t in chunk)
 
     capture: dict[str, Any] = {
         "file": source,
@@ -161,8 +167,8 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
     }
     if error:
         capture["error"] = error
-    sections = [_Section("sas", sas, sa_entry, sa_text),
-                _Section("tunnels", [(t, *pairs[t]) for t in sorted(pairs)], tunnel_entry, tunnel_text),
+    sections = [_Section("sas", sas, sa_entry, sa_texts),
+                _Section("tunnels", [(t, *pairs[t]) for t in sorted(pairs)], tunnel_entry, tunnel_texts),
                 _Section("ike", list(meter.ike.pairs.values()), _ike_json)]
     return sections, capture
 
@@ -215,7 +221,7 @@ def write_json(out: TextIO, meter: Meter, source: str, linktype: int, error: str
         for i in range(0, len(s.items), _CHUNK):
             chunk = s.items[i:i + _CHUNK]
             # the entries joined by commas (a list's text without its brackets)
-            text = ",".join(map(s.text, chunk)) if s.text else _ENCODE([s.entry(x) for x in chunk])[1:-1]
+            text = s.text(chunk) if s.text else _ENCODE([s.entry(x) for x in chunk])[1:-1]
             out.write("," + text if i else text)
         out.write("],")
     out.write(f'"capture":{_ENCODE(capture)}}}\n')
