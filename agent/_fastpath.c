@@ -626,7 +626,7 @@ error:
 /* ---- `read --json` SA entries (agent.report) ---------------------------------------------------
  * sa_entries() writes the `sas[]` entries of a list of SAs, joined by commas, exactly as
  * agent.report's compiled f-string writes `sa_values(sa, names, interfaces)` (the Python path, and
- * the oracle: tests/test_read_json.py).  An SA with a value this writer does not handle (an int
+ * the oracle: tests/test_read_json.py); tunnel_entries() the `tunnels[]` entries so.  An SA with a value this writer does not handle (an int
  * beyond 63 bits, a strongSwan or configured name, an IPv4-embedded IPv6 address, a pcapng interface
  * name that is not a str...) is written by the Python function `slow(sa)`.
  */
@@ -841,34 +841,64 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
     return PUTS(t, "}") < 0 ? -1 : 1;
 }
 
-static PyObject *sa_entries(PyObject *self, PyObject *args) {
-    PyObject *sas, *names, *interfaces, *slow;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &sas, &PyDict_Type, &names, &interfaces, &slow))
-        return NULL;
-    if (interfaces != Py_None && !PyDict_Check(interfaces)) {
-        PyErr_SetString(PyExc_TypeError, "sa_entries: interfaces must be a dict or None");
-        return NULL;
-    }
+/* one `tunnels[]` entry (agent.report.TUNNEL_FIELDS) of (id, forward SA, reverse SA, their indexes) */
+static int put_tunnel(Text *t, PyObject *item, PyObject *names, PyObject *unused) {
+    (void)unused;
+    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 5)
+        return 0;
+    PyObject *fwd = PyTuple_GET_ITEM(item, 1), *rev = PyTuple_GET_ITEM(item, 2);
+    if (Py_TYPE(fwd) != sa_type || Py_TYPE(rev) != sa_type)
+        return 0;
+    PyObject *ident = JSLOT(fwd, J_IDENT), *rident = JSLOT(rev, J_IDENT), *name = JSLOT(fwd, J_NAME);
+    if (ident == NULL || rident == NULL || !PyBytes_CheckExact(ident) || !PyBytes_CheckExact(rident)
+        || PyBytes_GET_SIZE(rident) < 4 || name == NULL || (name == Py_None && PyDict_GET_SIZE(names)))
+        return 0;
+    Py_ssize_t len = PyBytes_GET_SIZE(ident);
+    int n = len == 12 || len == 16 ? 4 : 16; /* as SA.addr_len */
+    if (len < 2 * n + 4)
+        return 0;
+    const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
+    const unsigned char *rid = (const unsigned char *)PyBytes_AS_STRING(rident) + PyBytes_GET_SIZE(rident) - 4;
+    char s[64];
+    TRY(PUTS(t, "{\"id\":") < 0 ? -1 : 1);
+    TRY(put_int(t, PyTuple_GET_ITEM(item, 0)));
+    TRY(PUTS(t, ",\"name\":") < 0 ? -1 : 1);
+    TRY(put_str_or_null(t, name));
+    TRY(PUTS(t, ",\"a\":") < 0 ? -1 : 1);
+    TRY(put_address(t, id, n));
+    TRY(PUTS(t, ",\"b\":") < 0 ? -1 : 1);
+    TRY(put_address(t, id + n, n));
+    TRY(PUTS(t, ",\"sas\":[") < 0 ? -1 : 1);
+    TRY(put_int(t, PyTuple_GET_ITEM(item, 3)));
+    TRY(PUTS(t, ",") < 0 ? -1 : 1);
+    TRY(put_int(t, PyTuple_GET_ITEM(item, 4)));
+    return put(t, s, snprintf(s, sizeof s, "],\"spis\":[%u,%u]}", (unsigned)be32(id + len - 4), (unsigned)be32(rid)))
+        < 0 ? -1 : 1;
+}
+
+typedef int (*put_entry)(Text *t, PyObject *item, PyObject *names, PyObject *interfaces);
+
+/* the entries of `items` joined by commas; slow(item) -> str writes those `put` leaves (returns 0) */
+static PyObject *entries(PyObject *items, put_entry put_one, PyObject *names, PyObject *interfaces, PyObject *slow) {
     Text t = {NULL, 0, 0};
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sas); i++) {
-        PyObject *sa = PyList_GET_ITEM(sas, i);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
         if (i && put(&t, ",", 1) < 0)
             goto error;
         Py_ssize_t mark = t.len;
-        int r = Py_TYPE(sa) == sa_type ? put_sa(&t, sa, names, interfaces) : 0;
+        int r = put_one(&t, item, names, interfaces);
         if (r < 0)
             goto error;
         if (r == 0) { /* not handled here: what was written of it is dropped, Python writes it */
             t.len = mark;
-            PyObject *text = PyObject_CallOneArg(slow, sa);
+            PyObject *text = PyObject_CallOneArg(slow, item);
             if (text == NULL)
                 goto error;
             Py_ssize_t n;
             const char *s = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
             if (s == NULL || put(&t, s, n) < 0) {
                 if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_TypeError, "sa_entries: slow() must return a str");
+                    PyErr_SetString(PyExc_TypeError, "slow() must return a str");
                 Py_DECREF(text);
                 goto error;
             }
@@ -881,6 +911,30 @@ static PyObject *sa_entries(PyObject *self, PyObject *args) {
 error:
     PyMem_Free(t.p);
     return NULL;
+}
+
+static int put_sa_entry(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) {
+    return Py_TYPE(sa) == sa_type ? put_sa(t, sa, names, interfaces) : 0;
+}
+
+static PyObject *sa_entries(PyObject *self, PyObject *args) {
+    PyObject *sas, *names, *interfaces, *slow;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &sas, &PyDict_Type, &names, &interfaces, &slow))
+        return NULL;
+    if (interfaces != Py_None && !PyDict_Check(interfaces)) {
+        PyErr_SetString(PyExc_TypeError, "sa_entries: interfaces must be a dict or None");
+        return NULL;
+    }
+    return entries(sas, put_sa_entry, names, interfaces, slow);
+}
+
+static PyObject *tunnel_entries(PyObject *self, PyObject *args) {
+    PyObject *tunnels, *names, *slow;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &tunnels, &PyDict_Type, &names, &slow))
+        return NULL;
+    return entries(tunnels, put_tunnel, names, Py_None, slow);
 }
 
 static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: at the end of this file */
@@ -899,6 +953,9 @@ static PyMethodDef methods[] = {
     {"sa_entries", sa_entries, METH_VARARGS,
      "sa_entries(sas, names, interfaces, slow) -> str: the `read --json` entries of a list of SAs, joined by\n"
      "commas, as agent.report writes them; slow(sa) -> str writes the SAs this function does not handle."},
+    {"tunnel_entries", tunnel_entries, METH_VARARGS,
+     "tunnel_entries(tunnels, names, slow) -> str: the `tunnels[]` entries of (id, forward SA, reverse SA,\n"
+     "index of forward, index of reverse) tuples, as sa_entries."},
     {NULL, NULL, 0, NULL},
 };
 

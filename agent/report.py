@@ -53,6 +53,16 @@ def sa_values(sa: SA, tunnel_names: dict[str, str], interfaces: dict[int, str] |
     )
 
 
+Tunnel = tuple[int, SA, SA, int, int]  # id, forward and reverse SA, their indexes in `sas[]`
+
+
+def tunnel_values(tunnel: Tunnel, tunnel_names: dict[str, str]) -> tuple[Any, ...]:
+    """The values of a `tunnels[]` entry, in `TUNNEL_FIELDS` order."""
+    tid, fwd, rev, i, j = tunnel
+    src, dst = fwd.addresses
+    return tid, tunnel_name(fwd, tunnel_names), address_text(src), address_text(dst), [i, j], [fwd.spi, rev.spi]
+
+
 def sa_json(sa: SA, tunnel_names: dict[str, str], interfaces: dict[int, str] | None = None) -> dict[str, Any]:
     """An SA's `sas[]` entry."""
     return dict(zip(SA_KEYS, sa_values(sa, tunnel_names, interfaces), strict=True))
@@ -145,17 +155,16 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
             extra["bins"] = observer.sa_bins(sa, meter.events_of(sa))
         return extra
 
-    def tunnel_values(tunnel: tuple[int, SA, SA]) -> tuple[Any, ...]:
-        tid, fwd, rev = tunnel
-        src, dst = fwd.addresses
-        return (tid, tunnel_name(fwd, names), address_text(src), address_text(dst), [index[id(fwd)], index[id(rev)]],
-                [fwd.spi, rev.spi])
+    def tunnel_entry(tunnel: Tunnel) -> dict[str, Any]:
+        return dict(zip(TUNNEL_KEYS, tunnel_values(tunnel, names), strict=True))
 
-    def tunnel_entry(tunnel: tuple[int, SA, SA]) -> dict[str, Any]:
-        return dict(zip(TUNNEL_KEYS, tunnel_values(tunnel), strict=True))
+    def tunnel_text(tunnel: Tunnel) -> str:
+        return _TUNNEL_TEXT(tunnel_values(tunnel, names))
 
-    def tunnel_texts(chunk: list[tuple[int, SA, SA]]) -> str:
-        return ",".join(_TUNNEL_TEXT(tunnel_values(t)) for t in chunk)
+    def tunnel_texts(chunk: list[Tunnel]) -> str:
+        if fastpath is None:
+            return ",".join(map(tunnel_text, chunk))
+        return fastpath.tunnel_entries(chunk, names, tunnel_text)
 
     capture: dict[str, Any] = {
         "file": source,
@@ -168,7 +177,8 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
     if error:
         capture["error"] = error
     sections = [_Section("sas", sas, sa_entry, sa_texts),
-                _Section("tunnels", [(t, *pairs[t]) for t in sorted(pairs)], tunnel_entry, tunnel_texts),
+                _Section("tunnels", [(t, f, r, index[id(f)], index[id(r)]) for t, (f, r) in sorted(pairs.items())],
+                         tunnel_entry, tunnel_texts),
                 _Section("ike", list(meter.ike.pairs.values()), _ike_json)]
     return sections, capture
 

@@ -21,6 +21,7 @@ from agent.meter import MeterSettings
 from agent.offline import OfflineResult, meter_file
 from agent.report import (
     _SA_TEXT,
+    _TUNNEL_TEXT,
     ANY,
     BOOL,
     FLOAT,
@@ -33,6 +34,7 @@ from agent.report import (
     TUNNEL_FIELDS,
     _json_text,
     sa_values,
+    tunnel_values,
     write_table,
 )
 from agent.sa import SA, address_text
@@ -154,3 +156,17 @@ def test_compiled_sa_entries_are_the_python_ones(data: st.DataObject) -> None:
         return _SA_TEXT(sa_values(sa, names, interfaces))
 
     assert fastpath.sa_entries(sas, names, interfaces, slow) == ",".join(map(slow, sas))
+
+
+@given(data=st.data())
+def test_compiled_tunnel_entries_are_the_python_ones(data: st.DataObject) -> None:
+    """As above, for `tunnels[]` entries."""
+    assert fastpath is not None, "the extension is not built"
+    names = data.draw(st.sampled_from([{}, NAMES]))
+    tunnels = data.draw(st.lists(st.tuples(_SMALL, _sa(data.draw(st.booleans())), _sa(False), _SMALL, _SMALL),
+                                 max_size=4))
+
+    def slow(tunnel: tuple) -> str:
+        return _TUNNEL_TEXT(tunnel_values(tunnel, names))
+
+    assert fastpath.tunnel_entries(tunnels, names, slow) == ",".join(map(slow, tunnels))
