@@ -704,21 +704,29 @@ static int put_str_or_null(Text *t, PyObject *o) {
     return o == Py_None ? (PUTS(t, "null") < 0 ? -1 : 1) : put_str(t, o);
 }
 
-/* repr(round(x, 6)): the correctly rounded 6-decimal text (what round() computes), read back, and its
- * shortest repr */
+/* repr(round(x, 6)). When repr(x) has at most six decimals and no exponent (a pcap time: always), x is
+ * the double nearest that decimal, which is also what rounding x's exact value to six places gives:
+ * round(x, 6) is x.  Else as round() computes it: the correctly rounded 6-decimal text, read back. */
 static int put_time(Text *t, PyObject *o) {
     if (!PyFloat_CheckExact(o) || !isfinite(PyFloat_AS_DOUBLE(o)))
         return 0;
-    char *fixed = PyOS_double_to_string(PyFloat_AS_DOUBLE(o), 'f', 6, 0, NULL);
-    if (fixed == NULL)
-        return -1;
-    double r = PyOS_string_to_double(fixed, NULL, NULL);
-    PyMem_Free(fixed);
-    if (r == -1.0 && PyErr_Occurred())
-        return -1;
-    char *s = PyOS_double_to_string(r, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    char *s = PyOS_double_to_string(PyFloat_AS_DOUBLE(o), 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (s == NULL)
         return -1;
+    const char *dot = strchr(s, '.');
+    if (dot == NULL || strchr(s, 'e') != NULL || strlen(dot + 1) > 6) {
+        PyMem_Free(s);
+        char *fixed = PyOS_double_to_string(PyFloat_AS_DOUBLE(o), 'f', 6, 0, NULL);
+        if (fixed == NULL)
+            return -1;
+        double r = PyOS_string_to_double(fixed, NULL, NULL);
+        PyMem_Free(fixed);
+        if (r == -1.0 && PyErr_Occurred())
+            return -1;
+        s = PyOS_double_to_string(r, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (s == NULL)
+            return -1;
+    }
     int ok = PUTS(t, s);
     PyMem_Free(s);
     return ok < 0 ? -1 : 1;
