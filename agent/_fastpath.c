@@ -673,13 +673,29 @@ static int put(Text *t, const char *s, Py_ssize_t n) {
 
 #define PUTS(t, s) put(t, s, (Py_ssize_t)strlen(s))
 
+/* a decimal as str(int) writes it (snprintf was a third of the writer's time) */
+static int put_i64(Text *t, long long v) {
+    char s[24], *e = s + sizeof s, *p = e;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do
+        *--p = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        *--p = '-';
+    return put(t, p, e - p);
+}
+
+/* a literal, then a decimal */
+static int put_named(Text *t, const char *name, long long v) {
+    return PUTS(t, name) < 0 ? -1 : put_i64(t, v);
+}
+
 /* 1 written, 0 not handled here (the SA goes to `slow`), -1 error */
 static int put_int(Text *t, PyObject *o) {
     long long v;
     if (!as_i64(o, &v))
         return PyErr_Occurred() ? -1 : 0;
-    char s[24];
-    return put(t, s, snprintf(s, sizeof s, "%lld", v)) < 0 ? -1 : 1;
+    return put_i64(t, v) < 0 ? -1 : 1;
 }
 
 static int put_int_or_null(Text *t, PyObject *o) {
@@ -704,41 +720,73 @@ static int put_str_or_null(Text *t, PyObject *o) {
     return o == Py_None ? (PUTS(t, "null") < 0 ? -1 : 1) : put_str(t, o);
 }
 
-/* repr(round(x, 6)). When repr(x) has at most six decimals and no exponent (a pcap time: always), x is
- * the double nearest that decimal, which is also what rounding x's exact value to six places gives:
- * round(x, 6) is x.  Else as round() computes it: the correctly rounded 6-decimal text, read back. */
+/* repr(round(x, 6)).  A time of a capture, 1 <= x < 2^33 (ulp below 1e-6), is x = m / 1e6 for the
+ * nearest integer m of x * 1e6 when it has six decimals: that decimal is then the only one of at most
+ * six that reads back as x (any other is 1e-6 away, more than an ulp), so it is repr(x), and x is
+ * round(x, 6).  Else as round() and repr() compute it: the correctly rounded 6-decimal text, read
+ * back, and its shortest repr (dtoa: most of the writer's time when every time went this way). */
 static int put_time(Text *t, PyObject *o) {
     if (!PyFloat_CheckExact(o) || !isfinite(PyFloat_AS_DOUBLE(o)))
         return 0;
-    char *s = PyOS_double_to_string(PyFloat_AS_DOUBLE(o), 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    double x = PyFloat_AS_DOUBLE(o);
+    if (x >= 1.0 && x < 8589934592.0) {
+        long long m = llround(x * 1e6);
+        if ((double)m / 1e6 == x) {
+            char s[32], *e = s + sizeof s, *p = e;
+            long long frac = m % 1000000;
+            int digits = 6;
+            while (digits > 1 && frac % 10 == 0) { /* repr: no trailing zeros, but one digit after the dot */
+                frac /= 10;
+                digits--;
+            }
+            for (int i = 0; i < digits; i++, frac /= 10)
+                *--p = (char)('0' + frac % 10);
+            *--p = '.';
+            long long whole = m / 1000000;
+            do
+                *--p = (char)('0' + whole % 10);
+            while (whole /= 10);
+            return put(t, p, e - p) < 0 ? -1 : 1;
+        }
+    }
+    char *fixed = PyOS_double_to_string(x, 'f', 6, 0, NULL);
+    if (fixed == NULL)
+        return -1;
+    double r = PyOS_string_to_double(fixed, NULL, NULL);
+    PyMem_Free(fixed);
+    if (r == -1.0 && PyErr_Occurred())
+        return -1;
+    char *s = PyOS_double_to_string(r, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (s == NULL)
         return -1;
-    const char *dot = strchr(s, '.');
-    if (dot == NULL || strchr(s, 'e') != NULL || strlen(dot + 1) > 6) {
-        PyMem_Free(s);
-        char *fixed = PyOS_double_to_string(PyFloat_AS_DOUBLE(o), 'f', 6, 0, NULL);
-        if (fixed == NULL)
-            return -1;
-        double r = PyOS_string_to_double(fixed, NULL, NULL);
-        PyMem_Free(fixed);
-        if (r == -1.0 && PyErr_Occurred())
-            return -1;
-        s = PyOS_double_to_string(r, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-        if (s == NULL)
-            return -1;
-    }
     int ok = PUTS(t, s);
     PyMem_Free(s);
     return ok < 0 ? -1 : 1;
 }
 
+/* an address as agent.sa.address_text writes it, quoted; IPv4 by hand (glibc's inet_ntop formats it with
+ * sprintf) */
 static int put_address(Text *t, const unsigned char *a, int n) {
     char s[INET6_ADDRSTRLEN + 2];
     static const unsigned char zeros[10];
-    if (n == 16 && memcmp(a, zeros, 10) == 0) /* inet_ntop and ipaddress differ here (agent.sa.address_text) */
+    if (n == 4) {
+        char *p = s;
+        *p++ = '"';
+        for (int i = 0; i < 4; i++) {
+            unsigned v = a[i];
+            if (v >= 100)
+                *p++ = (char)('0' + v / 100);
+            if (v >= 10)
+                *p++ = (char)('0' + v / 10 % 10);
+            *p++ = (char)('0' + v % 10);
+            *p++ = i < 3 ? '.' : '"';
+        }
+        return put(t, s, p - s) < 0 ? -1 : 1;
+    }
+    if (memcmp(a, zeros, 10) == 0) /* inet_ntop and ipaddress differ here (agent.sa.address_text) */
         return 0;
     s[0] = '"';
-    if (inet_ntop(n == 4 ? AF_INET : AF_INET6, a, s + 1, INET6_ADDRSTRLEN) == NULL)
+    if (inet_ntop(AF_INET6, a, s + 1, INET6_ADDRSTRLEN) == NULL)
         return 0;
     size_t len = strlen(s);
     s[len] = '"';
@@ -790,16 +838,15 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
                                               || !PyBytes_CheckExact(JSLOT(peer, J_IDENT))
                                               || PyBytes_GET_SIZE(JSLOT(peer, J_IDENT)) < 4)))
         return 0;
-    char s[64];
     TRY(PUTS(t, "{\"src\":") < 0 ? -1 : 1);
     TRY(put_address(t, id, n));
     TRY(PUTS(t, ",\"dst\":") < 0 ? -1 : 1);
     TRY(put_address(t, id + n, n));
-    TRY(put(t, s, snprintf(s, sizeof s, ",\"spi\":%u", (unsigned)be32(id + len - 4))) < 0 ? -1 : 1);
-    if (udp == Py_True)
-        TRY(put(t, s, snprintf(s, sizeof s, ",\"encap\":\"udp\",\"sport\":%u,\"dport\":%u", be16(id + 2 * n),
-                               be16(id + 2 * n + 2))) < 0 ? -1 : 1);
-    else
+    TRY(put_named(t, ",\"spi\":", be32(id + len - 4)) < 0 ? -1 : 1);
+    if (udp == Py_True) {
+        TRY(put_named(t, ",\"encap\":\"udp\",\"sport\":", be16(id + 2 * n)) < 0 ? -1 : 1);
+        TRY(put_named(t, ",\"dport\":", be16(id + 2 * n + 2)) < 0 ? -1 : 1);
+    } else
         TRY(PUTS(t, ",\"encap\":\"esp\",\"sport\":null,\"dport\":null") < 0 ? -1 : 1);
     TRY(PUTS(t, ",\"vlan\":") < 0 ? -1 : 1);
     TRY(put_int_or_null(t, vlan));
@@ -819,11 +866,11 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
         TRY(put_int(t, JSLOT(sa, J_GENERATION + i)));
     }
     if (l >= 0) {
-        TRY(put(t, s, snprintf(s, sizeof s, ",\"first_seq\":%lld", f)) < 0 ? -1 : 1);
-        TRY(put(t, s, snprintf(s, sizeof s, ",\"last_seq\":%lld", l)) < 0 ? -1 : 1);
+        TRY(put_named(t, ",\"first_seq\":", f) < 0 ? -1 : 1);
+        TRY(put_named(t, ",\"last_seq\":", l) < 0 ? -1 : 1);
     } else
         TRY(PUTS(t, ",\"first_seq\":null,\"last_seq\":null") < 0 ? -1 : 1);
-    TRY(put(t, s, snprintf(s, sizeof s, ",\"expected\":%lld", l >= 0 ? l - f + 1 : 0)) < 0 ? -1 : 1);
+    TRY(put_named(t, ",\"expected\":", l >= 0 ? l - f + 1 : 0) < 0 ? -1 : 1);
     static const char *tracker[] = {",\"lost\":", ",\"reordered\":", ",\"max_reorder_extent\":", ",\"duplicates\":",
                                     ",\"late\":", ",\"implausible\":", ",\"incomplete\":"};
     for (int i = 0; i < 7; i++) {
@@ -832,9 +879,8 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
     }
     if (peer != Py_None) {
         PyObject *pid = JSLOT(peer, J_IDENT);
-        TRY(put(t, s, snprintf(s, sizeof s, ",\"peer_spi\":%u",
-                               (unsigned)be32((const unsigned char *)PyBytes_AS_STRING(pid) + PyBytes_GET_SIZE(pid) - 4)))
-            < 0 ? -1 : 1);
+        TRY(put_named(t, ",\"peer_spi\":",
+                      be32((const unsigned char *)PyBytes_AS_STRING(pid) + PyBytes_GET_SIZE(pid) - 4)) < 0 ? -1 : 1);
     } else {
         TRY(PUTS(t, ",\"peer_spi\":null") < 0 ? -1 : 1);
     }
@@ -867,7 +913,6 @@ static int put_tunnel(Text *t, PyObject *item, PyObject *names, PyObject *unused
         return 0;
     const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
     const unsigned char *rid = (const unsigned char *)PyBytes_AS_STRING(rident) + PyBytes_GET_SIZE(rident) - 4;
-    char s[64];
     TRY(PUTS(t, "{\"id\":") < 0 ? -1 : 1);
     TRY(put_int(t, PyTuple_GET_ITEM(item, 0)));
     TRY(PUTS(t, ",\"name\":") < 0 ? -1 : 1);
@@ -880,8 +925,9 @@ static int put_tunnel(Text *t, PyObject *item, PyObject *names, PyObject *unused
     TRY(put_int(t, PyTuple_GET_ITEM(item, 3)));
     TRY(PUTS(t, ",") < 0 ? -1 : 1);
     TRY(put_int(t, PyTuple_GET_ITEM(item, 4)));
-    return put(t, s, snprintf(s, sizeof s, "],\"spis\":[%u,%u]}", (unsigned)be32(id + len - 4), (unsigned)be32(rid)))
-        < 0 ? -1 : 1;
+    TRY(put_named(t, "],\"spis\":[", be32(id + len - 4)) < 0 ? -1 : 1);
+    TRY(put_named(t, ",", be32(rid)) < 0 ? -1 : 1);
+    return PUTS(t, "]}") < 0 ? -1 : 1;
 }
 
 typedef int (*put_entry)(Text *t, PyObject *item, PyObject *names, PyObject *interfaces);
