@@ -125,7 +125,8 @@ def _sa(draw: st.DrawFn, names: bool) -> SA:
     assert len(ident) == _IDENT_LENGTHS[udp, n]
     obs = draw(st.none() | st.tuples(st.integers(0, 2**40), st.none() | st.integers(0, 4095),
                                      st.none() | st.integers(0, 4095)))
-    time = st.floats(allow_nan=False, allow_infinity=False) | st.floats(1e9, 2e9)
+    capture_time = st.builds(lambda sec, usec: sec + usec * 1e-6, st.integers(0, 2**34), st.integers(0, 999_999))
+    time = st.floats(allow_nan=False, allow_infinity=False) | st.floats(1e9, 2e9) | capture_time
     sa = SA((obs, ident), udp, draw(time), draw(st.none() | st.sampled_from(["in", "out", 'o"dd\n'])),
             draw(_SMALL))
     sa.last_seen = draw(time)
