@@ -13,9 +13,12 @@ disagreement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from agent.sa import SA
+
+_NONE: tuple[SA, ...] = ()  # no candidates
 
 
 class Claim(Protocol):
@@ -42,15 +45,16 @@ class Pairer:
         return self._offer(sa, count=True)
 
     def _offer(self, sa: SA, count: bool) -> SA | None:
+        reverse = sa.reverse_flow_key()
         if self.authority is None:  # the heuristic alone (no SA has a name from an authority)
-            return self._place(sa, self.unpaired.get(sa.reverse_flow_key(), []))
+            return self._place(sa, reverse, self.unpaired.get(reverse, _NONE))
         claim = self.authority.claim(sa)
-        candidates = self.unpaired.get(sa.reverse_flow_key(), [])
+        candidates = self.unpaired.get(reverse, _NONE)
         if claim is None:  # the heuristic, among the SAs the authority does not reserve
-            return self._place(sa, [c for c in candidates if c.name is None])
+            return self._place(sa, reverse, [c for c in candidates if c.name is None])
         sa.name = claim.name
         guess = _closest(sa, candidates)  # what the heuristic alone would take
-        peer = self._place(sa, [c for c in candidates if c.ident == claim.peer])
+        peer = self._place(sa, reverse, [c for c in candidates if c.ident == claim.peer])
         if count and guess is not None and guess is not peer:
             self.disagreements += 1
         return peer
@@ -67,7 +71,8 @@ class Pairer:
             self._offer(peer, count=False)
         else:
             self.remove(sa)
-        self._place(sa, [c for c in self.unpaired.get(sa.reverse_flow_key(), []) if c.ident == claim.peer])
+        reverse = sa.reverse_flow_key()
+        self._place(sa, reverse, [c for c in self.unpaired.get(reverse, _NONE) if c.ident == claim.peer])
 
     def remove(self, sa: SA) -> None:
         """An SA left the table unpaired: it can no longer be a candidate."""
@@ -90,16 +95,18 @@ class Pairer:
             self.remove(old)
             self.add(new)
 
-    def _place(self, sa: SA, candidates: list[SA]) -> SA | None:
-        """Pair `sa` with the closest of `candidates`, or make it a candidate itself."""
+    def _place(self, sa: SA, reverse: bytes, candidates: Sequence[SA]) -> SA | None:
+        """Pair `sa` with the closest of `candidates` (unpaired under its reverse flow key `reverse`), or
+        make it a candidate itself."""
         peer = _closest(sa, candidates)
         if peer is None:
             self.unpaired.setdefault(sa.flow_key, []).append(sa)
             return None
-        reverse = self.unpaired[sa.reverse_flow_key()]
-        reverse.remove(peer)
-        if not reverse:
-            del self.unpaired[sa.reverse_flow_key()]
+        waiting = self.unpaired[reverse]
+        if len(waiting) == 1:
+            del self.unpaired[reverse]
+        else:
+            waiting.remove(peer)
         self._pair(peer, sa)
         return peer
 
@@ -109,7 +116,7 @@ class Pairer:
         self.next_tunnel += 1
 
 
-def _closest(sa: SA, candidates: list[SA]) -> SA | None:
+def _closest(sa: SA, candidates: Sequence[SA]) -> SA | None:
     """The heuristic: same observation point first, then the closest first-seen time."""
     if len(candidates) < 2:
         return candidates[0] if candidates else None

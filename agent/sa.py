@@ -130,7 +130,10 @@ class SA(SeqTracker):
         return self.ident[:-4]
 
     def reverse_flow_key(self) -> bytes:
-        i, n = self.ident, self.addr_len
+        i = self.ident
+        if len(i) == 12:  # the common case first (IPv4 ESP): a third of the pairing's time
+            return i[4:8] + i[:4]
+        n = self.addr_len
         rev = i[n:2 * n] + i[:n]
         return rev + i[2 * n + 2:2 * n + 4] + i[2 * n:2 * n + 2] if self.udp else rev
 
