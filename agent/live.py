@@ -1,7 +1,8 @@
 """Live capture on router interfaces: pcapy-ng AF_PACKET handles, opened and reopened as links come and go.
 
 A direction of `both` opens one handle per direction, so every packet is known as received
-(ingressInterface) or sent (egressInterface). Handles are non-blocking and selected on getfd():
+(ingressInterface) or sent (egressInterface); each handle's kernel filter takes only its direction
+(agent.sockfilter), so a packet is copied into one ring. Handles are non-blocking and selected on getfd():
 with the libpcap in the pcapy-ng wheel a blocking next_batch() never returns on an idle link.
 pyroute2 link events reopen a capture as soon as its link is back; a slow retry covers the rest.
 
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import select
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -25,11 +27,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
 from agent.capture import BATCH, Batch, CaptureSettings, build_filter
+from agent.sockfilter import filter_direction
 
 log = logging.getLogger("espmeter.capture")
 
 _DIRECTIONS = {"in": [("in", pcapy.PCAP_D_IN)], "out": [("out", pcapy.PCAP_D_OUT)],
                "both": [("in", pcapy.PCAP_D_IN), ("out", pcapy.PCAP_D_OUT)]}
+BLOCK_TIMEOUT_MS = 100  # libpcap's timeout: the kernel hands over a partly filled ring block after it
 MAX_BATCHES_PER_WAKEUP = 64  # keep timers and other interfaces served under a flood
 IFF_UP = 0x1
 
@@ -95,7 +99,7 @@ class LiveCapture:
                 p.set_snaplen(s.snaplen)
                 p.set_buffer_size(s.buffer_size_mb << 20)
                 p.set_promisc(0)
-                p.set_timeout(100)
+                p.set_timeout(BLOCK_TIMEOUT_MS)
                 code = p.activate()
                 if code < 0:
                     p.close()
@@ -104,6 +108,8 @@ class LiveCapture:
                     break
                 p.setdirection(pcap_dir)
                 p.setfilter(build_filter(s.user_filter, p.datalink()))
+                if not filter_direction(p.getfd(), pcap_dir == pcapy.PCAP_D_OUT):
+                    log.info("%s: direction %s filtered by libpcap after the kernel copy", ic.name, label)
                 p.setnonblock(1)
                 handles.append(Handle(ic.name, ifindex, label, p, p.datalink(), p.getfd()))
         except pcapy.PcapError as e:
@@ -207,6 +213,13 @@ class LiveCapture:
                     break
         finally:
             self.interfaces[h.ifname].frames += frames
+
+    def remaining(self) -> Iterator[Batch]:
+        """What every ring holds now, its partly filled blocks included (read once the kernel hands them
+        over): at shutdown, so that the last packets before SIGTERM are metered."""
+        time.sleep(2 * BLOCK_TIMEOUT_MS / 1000)
+        for fd in self.fds():
+            yield from self.read(fd)
 
     def poll_drops(self) -> int:
         """Kernel and interface drops over all handles since start (libpcap stats are cumulative)."""

@@ -8,20 +8,26 @@ exports to a file:// collector. Its records, decoded and summed per SA, must equ
 
 from __future__ import annotations
 
+import json
+import os
 import pwd
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pcapy
 import pytest
 
+from agent.capture import CaptureSettings
 from exporter.collect import read_file
 from tests.gt.scenarios import registry
 from tests.ipfix_sums import is_sa_record, pairs, read_json, sums, truth
-from tests.netns import AgentProcess, cpu_seconds, veth_pair
+from tests.netns import ROOT, AgentProcess, cpu_seconds, veth_pair
 
 pytestmark = pytest.mark.root
 SCENARIOS = registry()
@@ -62,6 +68,56 @@ def test_live_capture_equals_offline(name: str, tmp_path: Path) -> None:
     assert all(r.get("flowDirection") == 0 for r in data)
     stats = [r for r in records if "droppedPacketTotalCount" in r]
     assert stats and stats[-1]["droppedPacketTotalCount"] == 0
+
+
+def _frames(cap: str) -> list[str]:
+    """The capture's frames as a live handle delivers them: cut at the snap length."""
+    handle, frames = pcapy.open_offline(cap), []
+    while (packet := handle.next())[0]:
+        frames.append(packet[1][:CaptureSettings().snaplen].hex())
+    return frames
+
+
+def test_each_packet_copied_into_one_ring(tmp_path: Path) -> None:
+    """direction both: each handle's kernel filter takes only its direction, so no inbound packet enters
+    the out ring (nor outbound the in ring), and each ring delivers every packet of its direction in
+    order, VLAN tags included, the first ones too: `inbound`/`outbound` in the filter expression lose the
+    first ring block, which libpcap filters again in user space where the packet type is unknown."""
+    inbound, outbound = str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap")
+    SCENARIOS["vlan"]().write(inbound)
+    SCENARIOS["random_loss"]().write(outbound)
+    with veth_pair() as pair:
+        probe = subprocess.Popen(
+            ["ip", "netns", "exec", pair.capture_ns, sys.executable, "-m", "tests.ringprobe", pair.capture_if],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert probe.stdout.readline() == "ready\n"
+            pair.replay(inbound)
+            pair.run(pair.capture_ns, "tcpreplay", "-q", "--topspeed", "-i", pair.capture_if, outbound)
+            rings = json.loads(probe.communicate("go\n", timeout=30)[0])
+        finally:
+            probe.kill()
+    for direction, cap in (("in", inbound), ("out", outbound)):
+        want = _frames(cap)
+        assert (rings[direction]["received"], rings[direction]["dropped"]) == (len(want), 0), direction
+        assert rings[direction]["frames"] == want, direction
+
+
+def test_sigterm_right_after_the_last_packet(tmp_path: Path) -> None:
+    """SIGTERM while the last packets sit in a ring block the kernel has not handed over yet: shutdown
+    reads them before the final records, so every packet of the replay is metered."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["random_loss"]().write(cap)
+    want = truth(read_json(cap))
+    with veth_pair() as pair:
+        agent, out = _start(pair, tmp_path)
+        try:
+            pair.replay(cap)
+            assert agent.stop() == 0, agent.log.read_text()
+        finally:
+            agent.kill()
+    assert sums(read_file(str(out))) == want
 
 
 def test_sigterm_flushes_and_sighup_reloads(tmp_path: Path) -> None:
