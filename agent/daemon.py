@@ -249,6 +249,8 @@ class Agent:
         """SIGTERM/SIGINT: every open SA is exported with forced end, then the exporter is flushed."""
         self.notify.stopping()
         log.info("stopping: exporting every open record")
+        for batch in self.capture.remaining():
+            self.meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
         now = self.clock()
         self.meter.capture_drops = self.capture.poll_drops()
         self.meter.finish(now)
