@@ -195,8 +195,8 @@ class Settings(BaseModel):
     snaplen: int = Field(256, ge=96, le=65535, description="Bytes captured per packet.")
     buffer_size_mb: int = Field(
         8, ge=1, le=4096,
-        description="Kernel capture ring per interface and direction, MiB: at least peak packets/s x 0.1 s"
-        " (the longest wake-up interval) x (snaplen + 80) bytes per slot.",
+        description="Kernel capture ring per interface and direction, MiB: at least the direction's peak"
+        " packets/s x 0.1 s (the longest wake-up interval) x (snaplen + 80) bytes per slot.",
     )
     # export
     collectors: list[CollectorURL] = Field(

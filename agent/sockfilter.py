@@ -1,14 +1,11 @@
-"""A capture's direction decided in the kernel: libpcap's attached socket filter, with a packet-type test
-in front of it.
+"""A capture handle's direction in its kernel socket filter, so a packet is copied into one ring only.
 
-libpcap (1.9, in the pcapy-ng wheel) applies `setdirection` in user space, after the kernel has copied
-every packet into the ring: with `direction: both` each packet went into both rings. Putting `inbound` /
-`outbound` into the filter expression instead loses packets: libpcap runs a new filter in user space on
-the first ring block after `pcap_setfilter`, and there the SKF_AD_PKTTYPE load fails, so that whole
-block (the first few hundred packets) is rejected. So the filter is set through libpcap (which compiles
-it for the live handle: VLAN through SKF_AD_VLAN_TAG_PRESENT), read back (SO_GET_FILTER) and attached
-again with the direction test prepended (SO_ATTACH_FILTER). libpcap's own direction check stays: it
-covers the packets that reach the ring between the two attachments.
+libpcap 1.9 applies `setdirection` after the kernel's copy, and `inbound`/`outbound` in the expression
+lose the first ring block (libpcap filters it again in user space, where the packet-type load fails).
+So libpcap attaches its program (compiled for the live handle: VLAN via ancillary loads), which is read
+back (SO_GET_FILTER) and attached again behind a packet-type test; `setdirection` stays for the packets
+that reach the ring in between. Not one cooked handle per interface (SLL carries the packet type):
+pcapy-ng cannot select SLL on a device, and libpcap 1.9's "any" device has no `ifindex` filter.
 """
 
 from __future__ import annotations
