@@ -120,6 +120,28 @@ def test_sigterm_right_after_the_last_packet(tmp_path: Path) -> None:
     assert sums(read_file(str(out))) == want
 
 
+def test_drops_are_the_frames_metering_lost(tmp_path: Path) -> None:
+    """The agent frozen (SIGSTOP) while a replay overflows its 1 MiB ring: the drops it exports are
+    exactly the frames it did not see, none counted by the out ring, which takes no inbound packet."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["random_loss"]().write(cap)
+    loops = 10
+    sent = loops * len(_frames(cap))
+    with veth_pair() as pair:
+        agent, out = _start(pair, tmp_path, "buffer_size_mb: 1\n")
+        try:
+            agent.signal(signal.SIGSTOP)
+            pair.run(pair.sender_ns, "tcpreplay", "-q", "--topspeed", f"--loop={loops}", "-i", pair.sender_if, cap)
+            agent.signal(signal.SIGCONT)
+            time.sleep(0.5)
+            assert agent.stop() == 0, agent.log.read_text()
+        finally:
+            agent.kill()
+    stats = [r for r in read_file(str(out)) if "droppedPacketTotalCount" in r][-1]
+    assert stats["droppedPacketTotalCount"] > 0
+    assert stats["packetTotalCount"] + stats["droppedPacketTotalCount"] == sent
+
+
 def test_sigterm_flushes_and_sighup_reloads(tmp_path: Path) -> None:
     """Records of SAs still open at SIGTERM are exported (forced end); SIGHUP re-reads the config."""
     cap = str(tmp_path / "cap.pcap")
