@@ -110,11 +110,14 @@ class Agent:
 
     def _apply(self, old: Runtime, new: Runtime) -> None:
         """Each part of `Runtime` to the component that owns it: rebuilt or reconfigured if it changed."""
+        reopen = (new.interfaces, new.capture) != (old.interfaces, old.capture)
+        if reopen:  # what the old rings hold is metered first, under the settings it arrived with
+            self._drain()
         setup_logging(new.log.level, new.log.format)
         self.meter.configure(new.meter)
         self.meter.producer.flush()  # pending records go to the outputs they were made for
         self.outputs.configure(self._outputs(new))
-        if (new.interfaces, new.capture) != (old.interfaces, old.capture):
+        if reopen:
             drops = self.capture.poll_drops()
             self.capture.close()
             before = self.capture.interfaces
@@ -245,12 +248,16 @@ class Agent:
                      j["duplicates"], j["late"], j["tunnel"], f" {j['tunnel_name']}" if j["tunnel_name"] else "",
                      " (sent here)" if j["local"] else "")
 
+    def _drain(self) -> None:
+        """Meter what the rings still hold before they close (shutdown, a reload that reopens them)."""
+        for batch in self.capture.remaining():
+            self.meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+
     def shutdown(self) -> int:
         """SIGTERM/SIGINT: every open SA is exported with forced end, then the exporter is flushed."""
         self.notify.stopping()
         log.info("stopping: exporting every open record")
-        for batch in self.capture.remaining():
-            self.meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+        self._drain()
         now = self.clock()
         self.meter.capture_drops = self.capture.poll_drops()
         self.meter.finish(now)

@@ -216,7 +216,7 @@ class LiveCapture:
 
     def remaining(self) -> Iterator[Batch]:
         """What every ring holds now, its partly filled blocks included (read once the kernel hands them
-        over): at shutdown, so that the last packets before SIGTERM are metered."""
+        over): before the handles close, so that the last packets before SIGTERM or a reload are metered."""
         time.sleep(2 * BLOCK_TIMEOUT_MS / 1000)
         for fd in self.fds():
             yield from self.read(fd)

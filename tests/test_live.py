@@ -120,6 +120,26 @@ def test_sigterm_right_after_the_last_packet(tmp_path: Path) -> None:
     assert sums(read_file(str(out))) == want
 
 
+def test_sighup_reopening_the_capture_meters_what_the_rings_hold(tmp_path: Path) -> None:
+    """A reload that changes the capture settings reopens the handles: what the old rings still hold,
+    the partly filled block of the last packets included, is metered before they close."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["random_loss"]().write(cap)
+    want = truth(read_json(cap))
+    with veth_pair() as pair:
+        agent, out = _start(pair, tmp_path)
+        try:
+            pair.replay(cap)
+            cfg = tmp_path / "espmeter.yaml"
+            cfg.write_text(cfg.read_text() + "buffer_size_mb: 4\n")
+            agent.signal(signal.SIGHUP)
+            agent.wait_for("configuration reloaded")
+            assert agent.stop() == 0, agent.log.read_text()
+        finally:
+            agent.kill()
+    assert sums(read_file(str(out))) == want
+
+
 def test_drops_are_the_frames_metering_lost(tmp_path: Path) -> None:
     """The agent frozen (SIGSTOP) while a replay overflows its 1 MiB ring: the drops it exports are
     exactly the frames it did not see, none counted by the out ring, which takes no inbound packet."""
