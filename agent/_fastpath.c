@@ -45,7 +45,8 @@ static inline uint32_t be32(const unsigned char *p) {
  * the slot holds the only reference, rewritten in place, as the float below: the per-frame path
  * allocates nothing.  Everything else goes through the generic API. */
 #if PY_VERSION_HEX >= 0x030C0000
-#define ONE_DIGIT(o) (PyUnstable_Long_IsCompact((PyLongObject *)(o)) && PyUnstable_Long_CompactValue((PyLongObject *)(o)) > 0)
+#define ONE_DIGIT(o) \
+    (PyUnstable_Long_IsCompact((PyLongObject *)(o)) && PyUnstable_Long_CompactValue((PyLongObject *)(o)) > 0)
 #define DIGIT0(o) (((PyLongObject *)(o))->long_value.ob_digit[0])
 #else
 #define ONE_DIGIT(o) (Py_SIZE(o) == 1)
@@ -402,7 +403,8 @@ static int ends_trial(PyObject *sa, long long last, long long window) {
     if (PyTuple_CheckExact(gaps) || (PyList_CheckExact(gaps) && PyList_GET_SIZE(gaps) == 0))
         return 1;
     if (!PyList_CheckExact(gaps) || !PyList_CheckExact(PyList_GET_ITEM(gaps, 0))
-        || PyList_GET_SIZE(PyList_GET_ITEM(gaps, 0)) != 6 || !as_i64(PyList_GET_ITEM(PyList_GET_ITEM(gaps, 0), 0), &lo0))
+        || PyList_GET_SIZE(PyList_GET_ITEM(gaps, 0)) != 6
+        || !as_i64(PyList_GET_ITEM(PyList_GET_ITEM(gaps, 0), 0), &lo0))
         return 0;
     return last + 1 < lo0 + window;
 }
@@ -623,12 +625,13 @@ error:
     return NULL;
 }
 
-/* ---- `read --json` SA entries (agent.report) ---------------------------------------------------
- * sa_entries() writes the `sas[]` entries of a list of SAs, joined by commas, exactly as
- * agent.report's compiled f-string writes `sa_values(sa, names, interfaces)` (the Python path, and
- * the oracle: tests/test_read_json.py); tunnel_entries() the `tunnels[]` entries so.  An SA with a value this writer does not handle (an int
- * beyond 63 bits, a strongSwan or configured name, an IPv4-embedded IPv6 address, a pcapng interface
- * name that is not a str...) is written by the Python function `slow(sa)`.
+/* ---- `read --json` entries (agent.report) ------------------------------------------------------
+ * sa_entries() and tunnel_entries() write the `sas[]` and `tunnels[]` entries of a list, joined by
+ * commas, exactly as agent.report's compiled f-strings write `sa_values(...)` and `tunnel_values(...)`
+ * (the Python writers: the fallback, and the oracle of tests/test_read_json.py).  An entry with a value
+ * this writer does not handle (an int beyond 63 bits, a configured tunnel name, an IPv4-embedded IPv6
+ * address, a slot not set...) is written by the Python function `slow(item)` instead.
+ * Each put_* returns 1 (written), 0 (not handled here: `slow` writes the entry) or -1 (error).
  */
 enum { J_IDENT, J_UDP, J_OBS, J_DIRECTION, J_LOCAL, J_GENERATION, J_PACKETS, J_OCTETS, J_DATAGRAMS, J_FIRST,
        J_LAST, J_LOST, J_REORDERED, J_MAX_EXTENT, J_DUPLICATES, J_LATE, J_IMPLAUSIBLE, J_INCOMPLETE, J_PEER,
@@ -641,34 +644,39 @@ static const char *json_slot_names[N_JSLOTS] = {
 static Py_ssize_t json_off[N_JSLOTS];
 static PyObject *encode_str; /* json.encoder.encode_basestring_ascii */
 #define JSLOT(o, i) (*(PyObject **)((char *)(o) + json_off[i]))
+#define PUT(expr)          \
+    do {                   \
+        int r_ = (expr);   \
+        if (r_ <= 0)       \
+            return r_;     \
+    } while (0)
 
 typedef struct {
     char *p;
     Py_ssize_t len, cap;
 } Text;
 
-static int reserve(Text *t, Py_ssize_t n) {
-    if (t->len + n <= t->cap)
-        return 0;
-    Py_ssize_t cap = t->cap ? t->cap : 1 << 16;
-    while (cap < t->len + n)
-        cap *= 2;
-    char *p = PyMem_Realloc(t->p, cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    t->p = p;
-    t->cap = cap;
-    return 0;
-}
-
 static int put(Text *t, const char *s, Py_ssize_t n) {
-    if (reserve(t, n) < 0)
-        return -1;
+    if (t->len + n > t->cap) {
+        Py_ssize_t cap = t->cap ? t->cap : 1 << 16;
+        while (cap < t->len + n) {
+            if (cap > PY_SSIZE_T_MAX / 2) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            cap *= 2;
+        }
+        char *p = PyMem_Realloc(t->p, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
     memcpy(t->p + t->len, s, n);
     t->len += n;
-    return 0;
+    return 1;
 }
 
 #define PUTS(t, s) put(t, s, (Py_ssize_t)strlen(s))
@@ -687,37 +695,37 @@ static int put_i64(Text *t, long long v) {
 
 /* a literal, then a decimal */
 static int put_named(Text *t, const char *name, long long v) {
-    return PUTS(t, name) < 0 ? -1 : put_i64(t, v);
+    PUT(PUTS(t, name));
+    return put_i64(t, v);
 }
 
-/* 1 written, 0 not handled here (the SA goes to `slow`), -1 error */
 static int put_int(Text *t, PyObject *o) {
     long long v;
     if (!as_i64(o, &v))
         return PyErr_Occurred() ? -1 : 0;
-    return put_i64(t, v) < 0 ? -1 : 1;
+    return put_i64(t, v);
 }
 
 static int put_int_or_null(Text *t, PyObject *o) {
-    return o == Py_None ? (PUTS(t, "null") < 0 ? -1 : 1) : put_int(t, o);
+    return o == Py_None ? PUTS(t, "null") : put_int(t, o);
 }
 
-/* an ASCII str as json.dumps writes it */
+/* a str as json.dumps writes it */
 static int put_str(Text *t, PyObject *o) {
-    if (!PyUnicode_CheckExact(o))
+    if (o == NULL || !PyUnicode_CheckExact(o))
         return 0;
     PyObject *q = PyObject_CallOneArg(encode_str, o);
     if (q == NULL)
         return -1;
     Py_ssize_t n;
     const char *s = PyUnicode_AsUTF8AndSize(q, &n);
-    int r = s == NULL ? -1 : put(t, s, n) < 0 ? -1 : 1;
+    int r = s == NULL ? -1 : put(t, s, n);
     Py_DECREF(q);
     return r;
 }
 
 static int put_str_or_null(Text *t, PyObject *o) {
-    return o == Py_None ? (PUTS(t, "null") < 0 ? -1 : 1) : put_str(t, o);
+    return o == Py_None ? PUTS(t, "null") : put_str(t, o);
 }
 
 /* repr(round(x, 6)).  A time of a capture, 1 <= x < 2^33 (ulp below 1e-6), is x = m / 1e6 for the
@@ -726,7 +734,7 @@ static int put_str_or_null(Text *t, PyObject *o) {
  * round(x, 6).  Else as round() and repr() compute it: the correctly rounded 6-decimal text, read
  * back, and its shortest repr (dtoa: most of the writer's time when every time went this way). */
 static int put_time(Text *t, PyObject *o) {
-    if (!PyFloat_CheckExact(o) || !isfinite(PyFloat_AS_DOUBLE(o)))
+    if (o == NULL || !PyFloat_CheckExact(o) || !isfinite(PyFloat_AS_DOUBLE(o)))
         return 0;
     double x = PyFloat_AS_DOUBLE(o);
     if (x >= 1.0 && x < 8589934592.0) {
@@ -746,7 +754,7 @@ static int put_time(Text *t, PyObject *o) {
             do
                 *--p = (char)('0' + whole % 10);
             while (whole /= 10);
-            return put(t, p, e - p) < 0 ? -1 : 1;
+            return put(t, p, e - p);
         }
     }
     char *fixed = PyOS_double_to_string(x, 'f', 6, 0, NULL);
@@ -761,11 +769,14 @@ static int put_time(Text *t, PyObject *o) {
         return -1;
     int ok = PUTS(t, s);
     PyMem_Free(s);
-    return ok < 0 ? -1 : 1;
+    return ok;
 }
 
-/* an address as agent.sa.address_text writes it, quoted; IPv4 by hand (glibc's inet_ntop formats it with
- * sprintf) */
+/* an ident's address length (agent.sa.SA.addr_len) */
+static inline int addr_len(Py_ssize_t ident_len) { return ident_len == 12 || ident_len == 16 ? 4 : 16; }
+
+/* an address as agent.sa.address_text writes it, quoted; IPv4 by hand (glibc's inet_ntop formats it
+ * with sprintf) */
 static int put_address(Text *t, const unsigned char *a, int n) {
     char s[INET6_ADDRSTRLEN + 2];
     static const unsigned char zeros[10];
@@ -781,7 +792,7 @@ static int put_address(Text *t, const unsigned char *a, int n) {
             *p++ = (char)('0' + v % 10);
             *p++ = i < 3 ? '.' : '"';
         }
-        return put(t, s, p - s) < 0 ? -1 : 1;
+        return put(t, s, p - s);
     }
     if (memcmp(a, zeros, 10) == 0) /* inet_ntop and ipaddress differ here (agent.sa.address_text) */
         return 0;
@@ -790,29 +801,14 @@ static int put_address(Text *t, const unsigned char *a, int n) {
         return 0;
     size_t len = strlen(s);
     s[len] = '"';
-    return put(t, s, (Py_ssize_t)len + 1) < 0 ? -1 : 1;
+    return put(t, s, (Py_ssize_t)len + 1);
 }
 
-#define TRY(expr)                  \
-    do {                           \
-        int r_ = (expr);           \
-        if (r_ <= 0)               \
-            return r_;             \
-    } while (0)
-
-/* one SA's entry, in agent.report.SA_FIELDS order */
+/* one `sas[]` entry, in agent.report.SA_FIELDS order */
 static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) {
-    PyObject *ident = JSLOT(sa, J_IDENT), *udp = JSLOT(sa, J_UDP), *obs = JSLOT(sa, J_OBS);
-    PyObject *first = JSLOT(sa, J_FIRST), *last = JSLOT(sa, J_LAST), *peer = JSLOT(sa, J_PEER);
-    PyObject *name = JSLOT(sa, J_NAME);
-    if (ident == NULL || !PyBytes_CheckExact(ident) || (udp != Py_True && udp != Py_False))
+    if (Py_TYPE(sa) != sa_type)
         return 0;
-    Py_ssize_t len = PyBytes_GET_SIZE(ident);
-    int n = len == 12 || len == 16 ? 4 : 16; /* as SA.addr_len */
-    if (len != (udp == Py_True ? 2 * n + 8 : 2 * n + 4))
-        return 0;
-    const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
-    PyObject *ifindex = Py_None, *vlan = Py_None, *inner = Py_None;
+    PyObject *obs = JSLOT(sa, J_OBS), *ifindex = Py_None, *vlan = Py_None, *inner = Py_None;
     if (obs != Py_None) {
         if (obs == NULL || !PyTuple_CheckExact(obs) || PyTuple_GET_SIZE(obs) != 3)
             return 0;
@@ -822,6 +818,10 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
     }
     PyObject *iface = ifindex; /* interfaces.get(ifindex, ifindex) if interfaces else ifindex */
     if (interfaces != Py_None && PyDict_GET_SIZE(interfaces)) {
+        /* only an exact int is looked up here: any other key could run Python code (__eq__) while
+         * the borrowed slot values below are held */
+        if (!PyLong_CheckExact(ifindex))
+            return 0;
         iface = PyDict_GetItemWithError(interfaces, ifindex);
         if (iface == NULL) {
             if (PyErr_Occurred())
@@ -829,6 +829,17 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
             iface = ifindex;
         }
     }
+    PyObject *ident = JSLOT(sa, J_IDENT), *udp = JSLOT(sa, J_UDP), *first = JSLOT(sa, J_FIRST);
+    PyObject *last = JSLOT(sa, J_LAST), *peer = JSLOT(sa, J_PEER), *name = JSLOT(sa, J_NAME);
+    PyObject *local = JSLOT(sa, J_LOCAL);
+    if (ident == NULL || !PyBytes_CheckExact(ident) || (udp != Py_True && udp != Py_False)
+        || (local != Py_True && local != Py_False))
+        return 0;
+    Py_ssize_t len = PyBytes_GET_SIZE(ident);
+    int n = addr_len(len);
+    if (len != (udp == Py_True ? 2 * n + 8 : 2 * n + 4))
+        return 0;
+    const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
     if (name == NULL || (name == Py_None && PyDict_GET_SIZE(names))) /* a configured name: tunnel_name() */
         return 0;
     long long f, l;
@@ -838,61 +849,60 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
                                               || !PyBytes_CheckExact(JSLOT(peer, J_IDENT))
                                               || PyBytes_GET_SIZE(JSLOT(peer, J_IDENT)) < 4)))
         return 0;
-    TRY(PUTS(t, "{\"src\":") < 0 ? -1 : 1);
-    TRY(put_address(t, id, n));
-    TRY(PUTS(t, ",\"dst\":") < 0 ? -1 : 1);
-    TRY(put_address(t, id + n, n));
-    TRY(put_named(t, ",\"spi\":", be32(id + len - 4)) < 0 ? -1 : 1);
+    PUT(PUTS(t, "{\"src\":"));
+    PUT(put_address(t, id, n));
+    PUT(PUTS(t, ",\"dst\":"));
+    PUT(put_address(t, id + n, n));
+    PUT(put_named(t, ",\"spi\":", be32(id + len - 4)));
     if (udp == Py_True) {
-        TRY(put_named(t, ",\"encap\":\"udp\",\"sport\":", be16(id + 2 * n)) < 0 ? -1 : 1);
-        TRY(put_named(t, ",\"dport\":", be16(id + 2 * n + 2)) < 0 ? -1 : 1);
-    } else
-        TRY(PUTS(t, ",\"encap\":\"esp\",\"sport\":null,\"dport\":null") < 0 ? -1 : 1);
-    TRY(PUTS(t, ",\"vlan\":") < 0 ? -1 : 1);
-    TRY(put_int_or_null(t, vlan));
-    TRY(PUTS(t, ",\"inner_vlan\":") < 0 ? -1 : 1);
-    TRY(put_int_or_null(t, inner));
-    TRY(PUTS(t, ",\"interface\":") < 0 ? -1 : 1);
-    TRY(PyUnicode_CheckExact(iface) ? put_str(t, iface) : put_int_or_null(t, iface));
-    TRY(PUTS(t, ",\"direction\":") < 0 ? -1 : 1);
-    TRY(put_str_or_null(t, JSLOT(sa, J_DIRECTION)));
-    PyObject *local = JSLOT(sa, J_LOCAL);
-    if (local != Py_True && local != Py_False)
-        return 0;
-    TRY(PUTS(t, local == Py_True ? ",\"local\":true" : ",\"local\":false") < 0 ? -1 : 1);
+        PUT(put_named(t, ",\"encap\":\"udp\",\"sport\":", be16(id + 2 * n)));
+        PUT(put_named(t, ",\"dport\":", be16(id + 2 * n + 2)));
+    } else {
+        PUT(PUTS(t, ",\"encap\":\"esp\",\"sport\":null,\"dport\":null"));
+    }
+    PUT(PUTS(t, ",\"vlan\":"));
+    PUT(put_int_or_null(t, vlan));
+    PUT(PUTS(t, ",\"inner_vlan\":"));
+    PUT(put_int_or_null(t, inner));
+    PUT(PUTS(t, ",\"interface\":"));
+    PUT(PyUnicode_CheckExact(iface) ? put_str(t, iface) : put_int_or_null(t, iface));
+    PUT(PUTS(t, ",\"direction\":"));
+    PUT(put_str_or_null(t, JSLOT(sa, J_DIRECTION)));
+    PUT(PUTS(t, local == Py_True ? ",\"local\":true" : ",\"local\":false"));
     static const char *counters[] = {",\"generation\":", ",\"packets\":", ",\"octets\":", ",\"datagrams\":"};
     for (int i = 0; i < 4; i++) {
-        TRY(PUTS(t, counters[i]) < 0 ? -1 : 1);
-        TRY(put_int(t, JSLOT(sa, J_GENERATION + i)));
+        PUT(PUTS(t, counters[i]));
+        PUT(put_int(t, JSLOT(sa, J_GENERATION + i)));
     }
     if (l >= 0) {
-        TRY(put_named(t, ",\"first_seq\":", f) < 0 ? -1 : 1);
-        TRY(put_named(t, ",\"last_seq\":", l) < 0 ? -1 : 1);
-    } else
-        TRY(PUTS(t, ",\"first_seq\":null,\"last_seq\":null") < 0 ? -1 : 1);
-    TRY(put_named(t, ",\"expected\":", l >= 0 ? l - f + 1 : 0) < 0 ? -1 : 1);
+        PUT(put_named(t, ",\"first_seq\":", f));
+        PUT(put_named(t, ",\"last_seq\":", l));
+    } else {
+        PUT(PUTS(t, ",\"first_seq\":null,\"last_seq\":null"));
+    }
+    PUT(put_named(t, ",\"expected\":", l >= 0 ? l - f + 1 : 0));
     static const char *tracker[] = {",\"lost\":", ",\"reordered\":", ",\"max_reorder_extent\":", ",\"duplicates\":",
                                     ",\"late\":", ",\"implausible\":", ",\"incomplete\":"};
     for (int i = 0; i < 7; i++) {
-        TRY(PUTS(t, tracker[i]) < 0 ? -1 : 1);
-        TRY(put_int(t, JSLOT(sa, J_LOST + i)));
+        PUT(PUTS(t, tracker[i]));
+        PUT(put_int(t, JSLOT(sa, J_LOST + i)));
     }
     if (peer != Py_None) {
         PyObject *pid = JSLOT(peer, J_IDENT);
-        TRY(put_named(t, ",\"peer_spi\":",
-                      be32((const unsigned char *)PyBytes_AS_STRING(pid) + PyBytes_GET_SIZE(pid) - 4)) < 0 ? -1 : 1);
+        const unsigned char *spi = (const unsigned char *)PyBytes_AS_STRING(pid) + PyBytes_GET_SIZE(pid) - 4;
+        PUT(put_named(t, ",\"peer_spi\":", be32(spi)));
     } else {
-        TRY(PUTS(t, ",\"peer_spi\":null") < 0 ? -1 : 1);
+        PUT(PUTS(t, ",\"peer_spi\":null"));
     }
-    TRY(PUTS(t, ",\"tunnel\":") < 0 ? -1 : 1);
-    TRY(put_int_or_null(t, JSLOT(sa, J_TUNNEL_ID)));
-    TRY(PUTS(t, ",\"tunnel_name\":") < 0 ? -1 : 1);
-    TRY(put_str_or_null(t, name));
-    TRY(PUTS(t, ",\"first_seen\":") < 0 ? -1 : 1);
-    TRY(put_time(t, JSLOT(sa, J_FIRST_SEEN)));
-    TRY(PUTS(t, ",\"last_seen\":") < 0 ? -1 : 1);
-    TRY(put_time(t, JSLOT(sa, J_LAST_SEEN)));
-    return PUTS(t, "}") < 0 ? -1 : 1;
+    PUT(PUTS(t, ",\"tunnel\":"));
+    PUT(put_int_or_null(t, JSLOT(sa, J_TUNNEL_ID)));
+    PUT(PUTS(t, ",\"tunnel_name\":"));
+    PUT(put_str_or_null(t, name));
+    PUT(PUTS(t, ",\"first_seen\":"));
+    PUT(put_time(t, JSLOT(sa, J_FIRST_SEEN)));
+    PUT(PUTS(t, ",\"last_seen\":"));
+    PUT(put_time(t, JSLOT(sa, J_LAST_SEEN)));
+    return PUTS(t, "}");
 }
 
 /* one `tunnels[]` entry (agent.report.TUNNEL_FIELDS) of (id, forward SA, reverse SA, their indexes) */
@@ -908,35 +918,36 @@ static int put_tunnel(Text *t, PyObject *item, PyObject *names, PyObject *unused
         || PyBytes_GET_SIZE(rident) < 4 || name == NULL || (name == Py_None && PyDict_GET_SIZE(names)))
         return 0;
     Py_ssize_t len = PyBytes_GET_SIZE(ident);
-    int n = len == 12 || len == 16 ? 4 : 16; /* as SA.addr_len */
+    int n = addr_len(len);
     if (len < 2 * n + 4)
         return 0;
     const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
     const unsigned char *rid = (const unsigned char *)PyBytes_AS_STRING(rident) + PyBytes_GET_SIZE(rident) - 4;
-    TRY(PUTS(t, "{\"id\":") < 0 ? -1 : 1);
-    TRY(put_int(t, PyTuple_GET_ITEM(item, 0)));
-    TRY(PUTS(t, ",\"name\":") < 0 ? -1 : 1);
-    TRY(put_str_or_null(t, name));
-    TRY(PUTS(t, ",\"a\":") < 0 ? -1 : 1);
-    TRY(put_address(t, id, n));
-    TRY(PUTS(t, ",\"b\":") < 0 ? -1 : 1);
-    TRY(put_address(t, id + n, n));
-    TRY(PUTS(t, ",\"sas\":[") < 0 ? -1 : 1);
-    TRY(put_int(t, PyTuple_GET_ITEM(item, 3)));
-    TRY(PUTS(t, ",") < 0 ? -1 : 1);
-    TRY(put_int(t, PyTuple_GET_ITEM(item, 4)));
-    TRY(put_named(t, "],\"spis\":[", be32(id + len - 4)) < 0 ? -1 : 1);
-    TRY(put_named(t, ",", be32(rid)) < 0 ? -1 : 1);
-    return PUTS(t, "]}") < 0 ? -1 : 1;
+    PUT(PUTS(t, "{\"id\":"));
+    PUT(put_int(t, PyTuple_GET_ITEM(item, 0)));
+    PUT(PUTS(t, ",\"name\":"));
+    PUT(put_str_or_null(t, name));
+    PUT(PUTS(t, ",\"a\":"));
+    PUT(put_address(t, id, n));
+    PUT(PUTS(t, ",\"b\":"));
+    PUT(put_address(t, id + n, n));
+    PUT(PUTS(t, ",\"sas\":["));
+    PUT(put_int(t, PyTuple_GET_ITEM(item, 3)));
+    PUT(PUTS(t, ","));
+    PUT(put_int(t, PyTuple_GET_ITEM(item, 4)));
+    PUT(put_named(t, "],\"spis\":[", be32(id + len - 4)));
+    PUT(put_named(t, ",", be32(rid)));
+    return PUTS(t, "]}");
 }
 
 typedef int (*put_entry)(Text *t, PyObject *item, PyObject *names, PyObject *interfaces);
 
-/* the entries of `items` joined by commas; slow(item) -> str writes those `put` leaves (returns 0) */
+/* the entries of `items` joined by commas; slow(item) -> str writes those `put_one` leaves (returns 0) */
 static PyObject *entries(PyObject *items, put_entry put_one, PyObject *names, PyObject *interfaces, PyObject *slow) {
     Text t = {NULL, 0, 0};
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
+        Py_INCREF(item); /* slow() may drop the list's reference */
         if (i && put(&t, ",", 1) < 0)
             goto error;
         Py_ssize_t mark = t.len;
@@ -958,17 +969,16 @@ static PyObject *entries(PyObject *items, put_entry put_one, PyObject *names, Py
             }
             Py_DECREF(text);
         }
+        Py_DECREF(item);
+        continue;
+    error:
+        Py_DECREF(item);
+        PyMem_Free(t.p);
+        return NULL;
     }
     PyObject *out = PyUnicode_DecodeUTF8(t.p, t.len, NULL);
     PyMem_Free(t.p);
     return out;
-error:
-    PyMem_Free(t.p);
-    return NULL;
-}
-
-static int put_sa_entry(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) {
-    return Py_TYPE(sa) == sa_type ? put_sa(t, sa, names, interfaces) : 0;
 }
 
 static PyObject *sa_entries(PyObject *self, PyObject *args) {
@@ -980,7 +990,7 @@ static PyObject *sa_entries(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "sa_entries: interfaces must be a dict or None");
         return NULL;
     }
-    return entries(sas, put_sa_entry, names, interfaces, slow);
+    return entries(sas, put_sa, names, interfaces, slow);
 }
 
 static PyObject *tunnel_entries(PyObject *self, PyObject *args) {
@@ -1047,7 +1057,8 @@ static int bind_sa(void) {
         PyErr_SetString(PyExc_ImportError, "agent.sa.SA is not a class");
         return -1;
     }
-    if (bind_slots(cls, slot_names, N_SLOTS, slot_off) < 0 || bind_slots(cls, json_slot_names, N_JSLOTS, json_off) < 0) {
+    if (bind_slots(cls, slot_names, N_SLOTS, slot_off) < 0
+        || bind_slots(cls, json_slot_names, N_JSLOTS, json_off) < 0) {
         Py_DECREF(cls);
         return -1;
     }

@@ -123,12 +123,14 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
     sas = meter.table.all_sas()
     names = meter.producer.names
     index = {id(sa): i for i, sa in enumerate(sas)}
-    pairs: dict[int, tuple[SA, SA]] = {}
-    for sa in sas:
-        peer = sa.peer
-        if sa.tunnel_id is None or peer is None or sa.tunnel_id in pairs or id(peer) not in index:
+    pairs: dict[int, Tunnel] = {}  # the first SA (in `sas`) of a tunnel whose partner is there too: its entry
+    for i, sa in enumerate(sas):
+        tid = sa.tunnel_id
+        if tid is None or tid in pairs or sa.peer is None:
             continue
-        pairs[sa.tunnel_id] = (sa, peer) if index[id(sa)] <= index[id(peer)] else (peer, sa)
+        j = index.get(id(sa.peer))
+        if j is not None:
+            pairs[tid] = (tid, sa, sa.peer, i, j) if i <= j else (tid, sa.peer, sa, j, i)
     bins = observer is not None and observer.bin_us is not None
     extras = events or bins
 
@@ -177,8 +179,7 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
     if error:
         capture["error"] = error
     sections = [_Section("sas", sas, sa_entry, sa_texts),
-                _Section("tunnels", [(t, f, r, index[id(f)], index[id(r)]) for t, (f, r) in sorted(pairs.items())],
-                         tunnel_entry, tunnel_texts),
+                _Section("tunnels", [pairs[t] for t in sorted(pairs)], tunnel_entry, tunnel_texts),
                 _Section("ike", list(meter.ike.pairs.values()), _ike_json)]
     return sections, capture
 

@@ -15,6 +15,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from agent.pairing import Pairer
 from agent.sa import PROBATION_RUN, SA, SAKey
@@ -157,7 +158,7 @@ class SATable:
     def all_sas(self) -> list[SA]:
         """Every SA generation seen (read mode), in order of first appearance."""
         history = self.history or []
-        return sorted([*history, *self.sas.values()], key=lambda sa: (sa.first_seen, sa.generation))
+        return sorted([*history, *self.sas.values()], key=attrgetter("first_seen", "generation"))
 
     # -- internals ------------------------------------------------------------------------------
     def _schedule(self, sa: SA, now: float) -> None:

@@ -171,3 +171,42 @@ def test_compiled_tunnel_entries_are_the_python_ones(data: st.DataObject) -> Non
         return _TUNNEL_TEXT(tunnel_values(tunnel, names))
 
     assert fastpath.tunnel_entries(tunnels, names, slow) == ",".join(map(slow, tunnels))
+
+
+@pytest.mark.parametrize("slot", ["ident", "udp", "obs", "direction", "local", "generation", "packets", "octets",
+                                  "datagrams", "first", "last", "lost", "reordered", "max_extent", "duplicates",
+                                  "late", "implausible", "incomplete", "peer", "tunnel_id", "name", "first_seen",
+                                  "last_seen"])
+def test_compiled_writer_with_a_slot_not_set(slot: str) -> None:
+    """A slot never set is left to the Python writer (which raises where sa_values reads it): no crash."""
+    assert fastpath is not None, "the extension is not built"
+    sa = SA(((3, None, None), bytes(range(1, 13))), False, 1.5, "in")
+    delattr(sa, slot)
+
+    def slow(s: SA) -> str:
+        return _SA_TEXT(sa_values(s, {}, None))
+
+    try:
+        want: str | type[BaseException] = slow(sa)
+    except AttributeError:
+        want = AttributeError
+    if want is AttributeError:
+        with pytest.raises(AttributeError):
+            fastpath.sa_entries([sa], {}, None, slow)
+    else:
+        assert fastpath.sa_entries([sa], {}, None, slow) == want
+
+
+def test_read_called_in_process_leaves_the_collector_as_it_was(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the `espmeter` command freezes a read's objects (its process ends with it): a caller of
+    main() gets the collector back, on, with the read's SAs collectable."""
+    import gc
+
+    from agent.cli import main
+
+    frozen = gc.get_freeze_count()
+    for _ in range(2):
+        assert main(["read", "--json", str(Path(__file__).parent.parent / "agent" / "demo.pcap")]) == 0
+        assert json.loads(capsys.readouterr().out)["sas"]
+    assert gc.get_freeze_count() == frozen
+    assert gc.isenabled()
