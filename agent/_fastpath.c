@@ -22,10 +22,12 @@
 
 /* the slots every fast datagram touches (prefetched), then those only a new gap touches */
 enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_HOT,
-       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, S_LOST, S_EVENTS, S_FINALS, S_DUPLICATES, S_LATE, S_KEY, N_SLOTS };
+       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, S_LOST, S_EVENTS, S_FINALS, S_DUPLICATES, S_LATE, S_KEY,
+       S_ACTIVE, S_HELD, S_FIRST, S_STARTED, S_IV_MAX, N_SLOTS };
 static const char *slot_names[N_SLOTS] = {
     "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min", "iv_seen",
     "gaps", "anchor", "trial", "lost", "events", "finals", "duplicates", "late", "key",
+    "active", "held", "first", "started", "iv_max",
 };
 static PyObject *loss_run, *no_limit, *never; /* agent.tracker.LossRun, agent.sa.NO_LIMIT, agent.sa.NEVER */
 static long long probation_run; /* agent.sa.PROBATION_RUN */
@@ -409,6 +411,48 @@ static int ends_trial(PyObject *sa, long long last, long long window) {
     return last + 1 < lo0 + window;
 }
 
+/* The first datagram of an SA the table has just created (no datagram yet, on probation): what
+ * Meter._esp_datagram does with it, through SeqTracker.observe (_start: the number is first and last)
+ * and SATable.observe_slow (still on trial: SA.fast_limits up to the datagram that ends probation).
+ * 1 taken, 0 left to Python, -1 error. */
+static int first_datagram(PyObject *sa, uint32_t seq, uint32_t total, double now) {
+    long long datagrams, duplicates, late, held, packets, sa_octets;
+    PyObject *gaps = SLOT(sa, S_GAPS), *iv_seen = SLOT(sa, S_IV_SEEN);
+    if (SLOT(sa, S_ACTIVE) != Py_True || SLOT(sa, S_TRIAL) != Py_True || probation_run < 2
+        || !as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || datagrams != 0
+        || !as_i64(SLOT(sa, S_DUPLICATES), &duplicates) || duplicates != 0
+        || !as_i64(SLOT(sa, S_LATE), &late) || late != 0 || !as_i64(SLOT(sa, S_HELD), &held) || held != -1
+        || !as_i64(SLOT(sa, S_PACKETS), &packets) || !as_i64(SLOT(sa, S_OCTETS), &sa_octets)
+        || gaps == NULL || !PyTuple_CheckExact(gaps) || PyTuple_GET_SIZE(gaps) != 0
+        || iv_seen == NULL || !PyFloat_CheckExact(iv_seen))
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *n = PyLong_FromUnsignedLong(seq), *t = PyFloat_FromDouble(now);
+    if (n == NULL || t == NULL) {
+        Py_XDECREF(n);
+        Py_XDECREF(t);
+        return -1;
+    }
+    int slots[] = {S_FIRST, S_LAST, S_IV_MIN, S_IV_MAX};
+    for (int k = 0; k < 4; k++) {
+        Py_INCREF(n);
+        set_slot(sa, slots[k], n);
+    }
+    Py_DECREF(n);
+    Py_INCREF(t);
+    set_slot(sa, S_STARTED, t);
+    if (PyFloat_AS_DOUBLE(iv_seen) < 0) {
+        Py_INCREF(t);
+        set_slot(sa, S_IV_SEEN, t);
+    }
+    set_slot(sa, S_LAST_SEEN, t);
+    Py_INCREF(never);
+    if (set_int(sa, S_DATAGRAMS, 1) < 0 || set_int(sa, S_PACKETS, packets + 1) < 0
+        || set_int(sa, S_OCTETS, sa_octets + total) < 0 || set_slot(sa, S_FTIME, never) < 0
+        || set_int(sa, S_FSEQ, (long long)seq + probation_run - 1) < 0)
+        return -1;
+    return 1;
+}
+
 static PyObject *walk(PyObject *self, PyObject *args) {
     Py_buffer buf, meta;
     Py_ssize_t start;
@@ -521,6 +565,16 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if (PyErr_Occurred())
                 goto error;
             break;
+        }
+        if (last == -1) { /* no datagram yet: maybe the first one of a new SA */
+            int rc = first_datagram(sa, stop_seq, stop_total, now);
+            if (rc < 0)
+                goto error;
+            if (rc == 0)
+                break;
+            octets += r[3];
+            stop_sa = Py_None;
+            continue;
         }
         PyObject *fo = SLOT(sa, S_FSEQ);
         if (fo == NULL || !PyLong_CheckExact(fo))

@@ -143,6 +143,7 @@ class Meter:
         obs = None if ifindex is None else (ifindex, None, None)
         n = len(meta) // 16
         pos = esp = octets = 0
+        created = -1  # the frame whose SA was created last: walked again once
         due = self._due()
         while True:
             stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due, table.epoch, t.window, t.jump_limit,
@@ -153,6 +154,11 @@ class Meter:
                 break
             sec, usec, off, caplen = _META.unpack_from(meta, 16 * stop)
             now = sec + usec * 1e-6
+            if sa.__class__ is bytes and stop != created:  # a new SA (its ident), before `due`: the walk
+                self._create((obs, sa), len(sa) == 16, sa[:4], now, direction)  # takes its first datagram
+                created = pos = stop
+                due = self._due()
+                continue
             octets += caplen
             if now >= due:
                 self.classes[d.ESP] += esp
@@ -204,12 +210,15 @@ class Meter:
     def _sa_datagram(self, key: tuple, udp: bool, src: bytes, seq: int, ip_len: int, now: float,
                      direction: str | None) -> SA:
         """One datagram of the SA `key`, created if the table has none."""
-        table = self.table
-        sa = table.sas.get(key)
+        sa = self.table.sas.get(key)
         if sa is None:
-            sa = table.create(key, udp, now, direction)
-            sa.local = src in self.local_addrs
+            sa = self._create(key, udp, src, now, direction)
         return self._esp_datagram(sa, seq, ip_len, now)
+
+    def _create(self, key: tuple, udp: bool, src: bytes, now: float, direction: str | None) -> SA:
+        sa = self.table.create(key, udp, now, direction)
+        sa.local = src in self.local_addrs
+        return sa
 
     def _esp_datagram(self, sa: SA, seq: int, ip_len: int, now: float) -> SA:
         """One datagram of an SA in the table, through the tracker; returns the SA it belongs to."""

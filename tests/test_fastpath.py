@@ -17,6 +17,7 @@ from agent import meter as meter_module
 from agent.meter import Meter, MeterSettings
 from agent.offline import meter_file
 from agent.report import document
+from agent.sa import PROBATION_RUN, SA
 from agent.satable import TableSettings
 from agent.tracker import TrackerSettings
 from tests.gt.scenarios import registry
@@ -190,8 +191,9 @@ def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None) -
             buf += f + b"\xee" * rng.randrange(3)
         for m in meters.values():
             m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, ifindex)
-        states = {k: [(sa.key, sa.last, sa.datagrams, sa.packets, sa.octets, sa.last_seen, sa.iv_min, sa.iv_seen,
-                       sa.lost) for sa in m.table.all_sas()] for k, m in meters.items()}
+        states = {k: [(sa.key, sa.first, sa.last, sa.started, sa.datagrams, sa.packets, sa.octets, sa.last_seen,
+                       sa.iv_min, sa.iv_max, sa.iv_seen, sa.lost, sa.trial, sa.key in m.table.probation, sa.fseq,
+                       sa.ftime) for sa in m.table.all_sas()] for k, m in meters.items()}
         assert states["c"] == states["python"] == states["reference"]
         at += size
     docs = set()
@@ -200,3 +202,26 @@ def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None) -
         docs.add(repr(document(m, "x", d.DLT_EN10MB)))
     assert len(docs) == 1
     assert meters["c"].classes[d.ESP] > 25_000
+
+
+@pytest.mark.parametrize("count", range(1, 8))
+def test_new_sa_in_one_batch_ends_in_the_reference_state(count: int) -> None:
+    """A new SA's first `count` datagrams in one batch (the walk takes the first one of the new SA too):
+    every slot the tracker and the table keep, its probation included, is the reference path's."""
+    frames = [_frame(1, 0x100, seq) for seq in range(7, 7 + count)]
+    buf, meta = bytearray(), bytearray()
+    for i, f in enumerate(frames):
+        meta += struct.pack("=IIII", 1_700_000_000, i, len(buf), len(f))
+        buf += f
+    states = []
+    for s in (MeterSettings(), MeterSettings(compiled=False), MeterSettings(fast_path=False)):
+        m = Meter(s)
+        m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB)
+        (sa,) = m.table.sas.values()
+        states.append(({k: getattr(sa, k) for k in _SLOTS if k != "peer"}, sa.key in m.table.probation,
+                       m.classes[d.ESP]))
+    assert states[0] == states[1] == states[2]
+    assert states[0][0]["trial"] == (count < PROBATION_RUN)
+
+
+_SLOTS = [k for cls in SA.__mro__ for k in getattr(cls, "__slots__", ())]
