@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.capture import Batch
 from agent.config import load_config
 from agent.decode import ESP
+from agent.heap import HeapTrim
 from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.losslog import LossEventLog
@@ -64,6 +66,7 @@ class Agent:
         self.meter = Meter(self.rt.meter, self.outputs, local_addrs=self.capture.local_addresses())
         self.outputs.configure(self._outputs(self.rt))
         self.last_drops = 0
+        self.heap = HeapTrim(COALESCE_FRAMES)
         self.totals = Totals()  # at the last statistics line
         self.next_stats = self.clock() + self.rt.export.stats_interval_s
         self.status = ""  # the STATUS= last sent
@@ -154,6 +157,7 @@ class Agent:
         watchdog = watchdog_interval()
         next_watchdog = next_tick = next_retry = self.clock()
         meter = self.meter
+        tick_frames = 0  # read since the last tick
         while True:
             fds = [*self.capture.fds(), self.signals.fileno(), self.links.fileno()]
             if self.vici is not None:
@@ -171,10 +175,9 @@ class Agent:
                 if fd == self.links.fileno():
                     self._links()
                 elif fd != self.signals.fileno():
-                    for batch in self.capture.read(fd):
-                        meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
-                        frames += len(batch.meta) // 16
+                    frames += self._feed(self.capture.read(fd))
                     backlog |= self.capture.backlog
+            tick_frames += frames
             if 0 < frames < COALESCE_FRAMES:
                 time.sleep(COALESCE_S)  # let the ring fill: fewer, larger batches cost less per frame
             events = self.signals.take()
@@ -190,6 +193,8 @@ class Agent:
                 # (later ones are still in the ring), or only up to the last frame read while a ring
                 # holds a backlog; wall-clock time would make a datagram still in the ring late or lost.
                 self._tick(now, meter.now if backlog else woke - RING_SLACK_S)
+                self.heap.interval(tick_frames)
+                tick_frames = 0
                 next_tick = now + TICK_S
             if now >= next_retry:
                 self.capture.open_missing()
@@ -248,10 +253,17 @@ class Agent:
                      j["duplicates"], j["late"], j["tunnel"], f" {j['tunnel_name']}" if j["tunnel_name"] else "",
                      " (sent here)" if j["local"] else "")
 
+    def _feed(self, batches: Iterable[Batch]) -> int:
+        """Meter `batches`; returns their frames. No batch outlives the call (each can be megabytes)."""
+        frames = 0
+        for batch in batches:
+            self.meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+            frames += len(batch.meta) // 16
+        return frames
+
     def _drain(self) -> None:
         """Meter what the rings still hold before they close (shutdown, a reload that reopens them)."""
-        for batch in self.capture.remaining():
-            self.meter.feed(batch.buf, batch.meta, batch.linktype, batch.ifindex, batch.direction)
+        self._feed(self.capture.remaining())
 
     def shutdown(self) -> int:
         """SIGTERM/SIGINT: every open SA is exported with forced end, then the exporter is flushed."""
