@@ -24,16 +24,15 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from agent.outputs import OutputError
 from agent.records import tunnel_name
 from exporter.records import ENCAP_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from agent.meter import Meter
     from exporter.transport import CollectorCounters
 
@@ -395,6 +394,8 @@ class MetricsOutput:
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # as the HTTP server: only when it runs
+
     try:
         return version("espmeter")
     except PackageNotFoundError:
@@ -420,6 +421,9 @@ def _bind(listen: str, output: MetricsOutput) -> WSGIServer:
 
     The exposition is written here rather than through prometheus-client's metric objects: at
     50 000 series those cost seconds of the daemon's thread per scrape, the text a tenth of that."""
+    from socketserver import ThreadingMixIn  # http.server, email, ssl: ~9 MB RSS, only where metrics are on
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
     host, port = split_listen(listen)
 
     class Server(ThreadingMixIn, WSGIServer):
