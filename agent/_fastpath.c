@@ -453,6 +453,19 @@ static int first_datagram(PyObject *sa, uint32_t seq, uint32_t total, double now
     return 1;
 }
 
+static PyObject *first(PyObject *self, PyObject *args) {
+    PyObject *sa;
+    unsigned int seq, total;
+    double now;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OIId", &sa, &seq, &total, &now))
+        return NULL;
+    int rc = Py_TYPE(sa) == sa_type ? first_datagram(sa, seq, total, now) : 0;
+    if (rc < 0)
+        return NULL;
+    return PyBool_FromLong(rc);
+}
+
 static PyObject *walk(PyObject *self, PyObject *args) {
     Py_buffer buf, meta;
     Py_ssize_t start;
@@ -565,16 +578,6 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if (PyErr_Occurred())
                 goto error;
             break;
-        }
-        if (last == -1) { /* no datagram yet: maybe the first one of a new SA */
-            int rc = first_datagram(sa, stop_seq, stop_total, now);
-            if (rc < 0)
-                goto error;
-            if (rc == 0)
-                break;
-            octets += r[3];
-            stop_sa = Py_None;
-            continue;
         }
         PyObject *fo = SLOT(sa, S_FSEQ);
         if (fo == NULL || !PyLong_CheckExact(fo))
@@ -1065,6 +1068,9 @@ static PyMethodDef methods[] = {
      "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
      "stop frame is an ESP datagram of a known SA (not the next number, or not established), or its SA\n"
      "ident (bytes) when it is one of an SA not in the table; else None."},
+    {"first", first, METH_VARARGS,
+     "first(sa, seq, ip_len, now) -> bool: take the first datagram of an SA just created, as\n"
+     "Meter._esp_datagram would; False: not such an SA, nothing changed."},
     {"index_pcap", index_pcap, METH_VARARGS,
      "index_pcap(buf, start, max_frames, swapped, nanos, snapshot, max_caplen) -> (meta, stop): the 16-byte\n"
      "records (sec, usec, offset, caplen) of the classic pcap records from `start` that are whole in buf."},

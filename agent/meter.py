@@ -137,13 +137,13 @@ class Meter:
         """`_feed_frames` with the inline fast path in C: `walk` takes frames up to the first one that
         needs this loop (a due timer or the general decoder), which is handled here as there."""
         walk = self.walk
+        first = _fastpath.first
         table = self.table
         t = self.settings.table.tracker
         sas = table.sas
         obs = None if ifindex is None else (ifindex, None, None)
         n = len(meta) // 16
         pos = esp = octets = 0
-        created = -1  # the frame whose SA was created last: walked again once
         due = self._due()
         while True:
             stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due, table.epoch, t.window, t.jump_limit,
@@ -154,11 +154,6 @@ class Meter:
                 break
             sec, usec, off, caplen = _META.unpack_from(meta, 16 * stop)
             now = sec + usec * 1e-6
-            if sa.__class__ is bytes and stop != created:  # a new SA (its ident), before `due`: the walk
-                self._create((obs, sa), len(sa) == 16, sa[:4], now, direction)  # takes its first datagram
-                created = pos = stop
-                due = self._due()
-                continue
             octets += caplen
             if now >= due:
                 self.classes[d.ESP] += esp
@@ -167,7 +162,9 @@ class Meter:
                 due = self._due()
                 self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
             elif sa.__class__ is bytes:  # an ESP datagram of a new SA (its ident): _frame without decoding
-                self._sa_datagram((obs, sa), len(sa) == 16, sa[:4], seq, ip_len, now, direction)
+                new = self._create((obs, sa), len(sa) == 16, sa[:4], now, direction)
+                if not first(new, seq, ip_len, now):  # its first datagram in C, else as any other
+                    self._esp_datagram(new, seq, ip_len, now)
                 esp += 1
             elif sa is not None:  # an ESP datagram of a known SA: what _frame would do, without decoding
                 self._esp_datagram(sa, seq, ip_len, now)

@@ -206,7 +206,7 @@ def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None) -
 
 @pytest.mark.parametrize("count", range(1, 8))
 def test_new_sa_in_one_batch_ends_in_the_reference_state(count: int) -> None:
-    """A new SA's first `count` datagrams in one batch (the walk takes the first one of the new SA too):
+    """A new SA's first `count` datagrams in one batch (the first by _fastpath.first, the rest by the walk):
     every slot the tracker and the table keep, its probation included, is the reference path's."""
     frames = [_frame(1, 0x100, seq) for seq in range(7, 7 + count)]
     buf, meta = bytearray(), bytearray()
