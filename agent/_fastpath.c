@@ -415,10 +415,11 @@ static int ends_trial(PyObject *sa, long long last, long long window) {
  * Meter._esp_datagram does with it, through SeqTracker.observe (_start: the number is first and last)
  * and SATable.observe_slow (still on trial: SA.fast_limits up to the datagram that ends probation).
  * 1 taken, 0 left to Python, -1 error. */
-static int first_datagram(PyObject *sa, uint32_t seq, uint32_t total, double now) {
-    long long datagrams, duplicates, late, held, packets, sa_octets;
+static int first_datagram(PyObject *sa, PyObject *seq, uint32_t total, PyObject *now) {
+    long long datagrams, duplicates, late, held, packets, sa_octets, n;
     PyObject *gaps = SLOT(sa, S_GAPS), *iv_seen = SLOT(sa, S_IV_SEEN);
-    if (SLOT(sa, S_ACTIVE) != Py_True || SLOT(sa, S_TRIAL) != Py_True || probation_run < 2
+    if (Py_TYPE(sa) != sa_type || !PyFloat_CheckExact(now) || !as_i64(seq, &n) || n < 0 || n > UINT32_MAX
+        || SLOT(sa, S_ACTIVE) != Py_True || SLOT(sa, S_TRIAL) != Py_True || probation_run < 2
         || !as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || datagrams != 0
         || !as_i64(SLOT(sa, S_DUPLICATES), &duplicates) || duplicates != 0
         || !as_i64(SLOT(sa, S_LATE), &late) || late != 0 || !as_i64(SLOT(sa, S_HELD), &held) || held != -1
@@ -426,41 +427,35 @@ static int first_datagram(PyObject *sa, uint32_t seq, uint32_t total, double now
         || gaps == NULL || !PyTuple_CheckExact(gaps) || PyTuple_GET_SIZE(gaps) != 0
         || iv_seen == NULL || !PyFloat_CheckExact(iv_seen))
         return PyErr_Occurred() ? -1 : 0;
-    PyObject *n = PyLong_FromUnsignedLong(seq), *t = PyFloat_FromDouble(now);
-    if (n == NULL || t == NULL) {
-        Py_XDECREF(n);
-        Py_XDECREF(t);
-        return -1;
-    }
-    int slots[] = {S_FIRST, S_LAST, S_IV_MIN, S_IV_MAX};
+    /* the caller's objects, shared as the tracker shares them (no allocation: memory per SA) */
+    int numbers[] = {S_FIRST, S_LAST, S_IV_MIN, S_IV_MAX}, times[] = {S_STARTED, S_LAST_SEEN};
     for (int k = 0; k < 4; k++) {
-        Py_INCREF(n);
-        set_slot(sa, slots[k], n);
+        Py_INCREF(seq);
+        set_slot(sa, numbers[k], seq);
     }
-    Py_DECREF(n);
-    Py_INCREF(t);
-    set_slot(sa, S_STARTED, t);
     if (PyFloat_AS_DOUBLE(iv_seen) < 0) {
-        Py_INCREF(t);
-        set_slot(sa, S_IV_SEEN, t);
+        Py_INCREF(now);
+        set_slot(sa, S_IV_SEEN, now);
     }
-    set_slot(sa, S_LAST_SEEN, t);
+    for (int k = 0; k < 2; k++) {
+        Py_INCREF(now);
+        set_slot(sa, times[k], now);
+    }
     Py_INCREF(never);
     if (set_int(sa, S_DATAGRAMS, 1) < 0 || set_int(sa, S_PACKETS, packets + 1) < 0
         || set_int(sa, S_OCTETS, sa_octets + total) < 0 || set_slot(sa, S_FTIME, never) < 0
-        || set_int(sa, S_FSEQ, (long long)seq + probation_run - 1) < 0)
+        || set_int(sa, S_FSEQ, n + probation_run - 1) < 0)
         return -1;
     return 1;
 }
 
 static PyObject *first(PyObject *self, PyObject *args) {
-    PyObject *sa;
-    unsigned int seq, total;
-    double now;
+    PyObject *sa, *seq, *now;
+    unsigned int total;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OIId", &sa, &seq, &total, &now))
+    if (!PyArg_ParseTuple(args, "OOIO", &sa, &seq, &total, &now))
         return NULL;
-    int rc = Py_TYPE(sa) == sa_type ? first_datagram(sa, seq, total, now) : 0;
+    int rc = first_datagram(sa, seq, total, now);
     if (rc < 0)
         return NULL;
     return PyBool_FromLong(rc);
