@@ -18,7 +18,7 @@ from agent.capture import Batch
 from agent.config import load_config
 from agent.decode import ESP
 from agent.heap import HeapTrim
-from agent.live import LiveCapture
+from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.losslog import LossEventLog
 from agent.meter import Meter
@@ -26,7 +26,6 @@ from agent.metrics import CaptureCounters, Health, MetricsOutput
 from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
 from agent.report import sa_json
-from agent.rtnl import LinkMonitor, addresses
 from agent.sdnotify import SdNotify, watchdog_interval
 from agent.settings import Runtime, runtime
 from agent.signals import Signals
@@ -64,7 +63,7 @@ class Agent:
         self.capture = LiveCapture(list(self.rt.interfaces), self.rt.capture)
         self.links = LinkMonitor()
         self.outputs = Outputs()
-        self.meter = Meter(self.rt.meter, self.outputs, local_addrs=addresses())
+        self.meter = Meter(self.rt.meter, self.outputs, local_addrs=self.capture.local_addresses())
         self.outputs.configure(self._outputs(self.rt))
         self.last_drops = 0
         self.heap = HeapTrim(COALESCE_FRAMES)
@@ -242,7 +241,7 @@ class Agent:
         for name in up | gone:
             self.capture.link_changed(name)
         if addr_changed:
-            self.meter.local_addrs = addresses()
+            self.meter.local_addrs = self.capture.local_addresses()
 
     def dump(self) -> None:
         """SIGUSR1: the SA table in the log, one line per SA."""

@@ -4,7 +4,7 @@ A direction of `both` opens one handle per direction, so every packet is known a
 (ingressInterface) or sent (egressInterface); each handle's kernel filter takes only its direction
 (agent.sockfilter), so a packet is copied into one ring. Handles are non-blocking and selected on getfd():
 with the libpcap in the pcapy-ng wheel a blocking next_batch() never returns on an idle link.
-Netlink link events (agent.rtnl) reopen a capture as soon as its link is back; a slow retry covers the rest.
+pyroute2 link events reopen a capture as soon as its link is back; a slow retry covers the rest.
 
 Each interface has a capture state (`CAPTURING`, `MISSING`, `DOWN`, `NO_PERMISSION`, `FAILED`), logged
 once when it changes and shown in sd_notify STATUS= and the statistics line: libpcap's activate()
@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pcapy
+from pyroute2 import IPRoute, IPRSocket
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
-from agent import rtnl
 from agent.capture import BATCH, Batch, CaptureSettings, build_filter
 from agent.sockfilter import filter_direction
 
@@ -31,6 +35,7 @@ _DIRECTIONS = {"in": [("in", pcapy.PCAP_D_IN)], "out": [("out", pcapy.PCAP_D_OUT
                "both": [("in", pcapy.PCAP_D_IN), ("out", pcapy.PCAP_D_OUT)]}
 BLOCK_TIMEOUT_MS = 100  # libpcap's timeout: the kernel hands over a partly filled ring block after it
 MAX_BATCHES_PER_WAKEUP = 64  # keep timers and other interfaces served under a flood
+IFF_UP = 0x1
 
 CAPTURING, MISSING, DOWN, NO_PERMISSION, FAILED = "capturing", "missing", "down", "no-permission", "failed"
 # pcap_activate() results (pcap/pcap.h) that name a state; other negative results are FAILED
@@ -67,6 +72,7 @@ class LiveCapture:
         self.settings = settings
         self.interfaces = {name: InterfaceCapture(name, direction) for name, direction in interfaces}
         self.by_fd: dict[int, Handle] = {}
+        self.ipr = IPRoute()
         self.drops = 0
         self.backlog = False  # the last read() left frames in its ring
         self.open_missing()
@@ -78,7 +84,7 @@ class LiveCapture:
                 self._open(ic)
 
     def _open(self, ic: InterfaceCapture) -> None:
-        link = rtnl.link(ic.name)
+        link = self._link(ic.name)
         if link is None:
             return self._set(ic, MISSING)
         ifindex, up = link
@@ -118,6 +124,14 @@ class LiveCapture:
             self.by_fd[h.fd] = h
         self._set(ic, state, detail)
 
+    def _link(self, name: str) -> tuple[int, bool] | None:
+        """(ifindex, administratively up) of NAME, or None when there is no such link."""
+        try:
+            msg = self.ipr.link("get", ifname=name)[0]
+        except NetlinkError:
+            return None
+        return msg["index"], bool(msg["flags"] & IFF_UP)
+
     def _set(self, ic: InterfaceCapture, state: str, detail: str = "") -> None:
         """Log the interface's state once, and again when it changes."""
         if (state, detail) == (ic.state, ic.detail):
@@ -140,7 +154,7 @@ class LiveCapture:
         if ic is None:
             return
         if ic.handles:
-            link = rtnl.link(name)
+            link = self._link(name)
             if link is not None and link[1]:
                 return
             self.close_interface(name)
@@ -222,7 +236,54 @@ class LiveCapture:
                     h.drops = now
         return self.drops
 
+    def local_addresses(self) -> set[bytes]:
+        """This box's own addresses: SAs sent from them have no measurable loss here."""
+        addrs = set()
+        for msg in self.ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr:
+                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+                addrs.add(socket.inet_pton(family, addr))
+        return addrs
+
     def close(self) -> None:
         for name in list(self.interfaces):
             self.close_interface(name)
+        self.ipr.close()
 
+
+class LinkMonitor:
+    """Netlink link and address events (pyroute2 IPRSocket, selectable): what changed since last read."""
+
+    def __init__(self) -> None:
+        self.sock = IPRSocket()
+        self.sock.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def events(self) -> tuple[set[str], set[str], bool]:
+        """(links new or changed, links gone, addresses changed), draining what is queued."""
+        up: set[str] = set()
+        gone: set[str] = set()
+        addr_changed = False
+        while select.select([self.sock], [], [], 0)[0]:
+            try:
+                messages = self.sock.get()
+            except OSError:
+                break
+            for msg in messages:
+                event = msg.get("event")
+                if event in ("RTM_NEWADDR", "RTM_DELADDR"):
+                    addr_changed = True
+                    continue
+                name = msg.get_attr("IFLA_IFNAME")
+                if name and event == "RTM_DELLINK":
+                    gone.add(name)
+                    up.discard(name)
+                elif name and event == "RTM_NEWLINK":
+                    up.add(name)
+        return up, gone, addr_changed
+
+    def close(self) -> None:
+        self.sock.close()
