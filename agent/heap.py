@@ -4,7 +4,7 @@ A busy wake-up reads megabyte batches (pcapy-ng's `next_batch` copies what a rin
 has freed the first of them it raises its mmap threshold to that size, and with it the free space it
 keeps at the top of the heap (twice the threshold): after the 2000-SA live bench 5-8 MB of freed
 batches stayed resident, by how large the batches happened to be. `malloc_trim(0)` returns them (and
-free pages inside the heap) in well under a millisecond, so it runs once per burst, not per batch.
+free pages inside the heap) in about 0.2 ms, once per burst, not per batch.
 """
 
 from __future__ import annotations
