@@ -239,7 +239,7 @@ class Agent:
     def _links(self) -> None:
         up, gone, addr_changed = self.links.events()
         for name in up | gone:
-            self.capture.link_changed(name)
+            self._feed(self.capture.link_changed(name))  # what a closing capture's rings held, first
         if addr_changed:
             self.meter.local_addrs = self.capture.local_addresses()
 

@@ -148,19 +148,23 @@ class LiveCapture:
         else:
             log.warning("cannot capture on %s: %s (will retry)", ic.name, detail)
 
-    def link_changed(self, name: str) -> None:
-        """A netlink event for NAME: close a capture whose link went down or away, open one that came back."""
+    def link_changed(self, name: str) -> list[Batch]:
+        """A netlink event for NAME: close a capture whose link went down or away, open one that came back.
+        Returns what the rings of a capture it closes still held, to be metered first."""
         ic = self.interfaces.get(name)
         if ic is None:
-            return
-        if ic.handles:
-            link = self._link(name)
-            if link is not None and link[1]:
-                return
+            return []
+        if not ic.handles:
+            self._open(ic)
+            return []
+        link = self._link(name)
+        if link is not None and link[1]:
+            return []
+        held = list(self.remaining(name))
+        if ic.handles:  # (a read error may have closed it already, and said why)
             self.close_interface(name)
             self._set(ic, MISSING if link is None else DOWN)
-        else:
-            self._open(ic)
+        return held
 
     def states(self) -> dict[str, str]:
         """Capture state per configured interface."""
@@ -196,6 +200,7 @@ class LiveCapture:
                 try:
                     buf, meta = h.pcap.next_batch(BATCH)
                 except pcapy.PcapError as e:  # e.g. "The interface went down": reopening says why
+                    held = self._held(h)
                     ic = self.interfaces[h.ifname]
                     ic.errors += 1
                     self.close_interface(h.ifname)
@@ -203,6 +208,9 @@ class LiveCapture:
                     if ic.state == CAPTURING:
                         log.warning("capture on %s failed: %s (reopened)", h.ifname, e)
                     self.backlog = False
+                    for buf, meta in held:
+                        frames += len(meta) // 16
+                        yield Batch(buf, meta, h.linktype, h.ifindex, h.direction)
                     break
                 if not meta:
                     self.backlog = False
@@ -214,12 +222,26 @@ class LiveCapture:
         finally:
             self.interfaces[h.ifname].frames += frames
 
-    def remaining(self) -> Iterator[Batch]:
-        """What every ring holds now, its partly filled blocks included (read once the kernel hands them
-        over): before the handles close, so that the last packets before SIGTERM or a reload are metered."""
+    @staticmethod
+    def _held(h: Handle) -> list[tuple[bytes, bytes]]:
+        """What a failed handle's ring still holds: libpcap reports a link that went down before the
+        kernel hands over the partly filled block of its last packets (after the block timeout)."""
         time.sleep(2 * BLOCK_TIMEOUT_MS / 1000)
-        for fd in self.fds():
-            yield from self.read(fd)
+        held = []
+        with contextlib.suppress(pcapy.PcapError):
+            while (batch := h.pcap.next_batch(BATCH))[1]:
+                held.append(batch)
+        return held
+
+    def remaining(self, name: str | None = None) -> Iterator[Batch]:
+        """What every ring (of interface NAME) holds now, its partly filled blocks included (read once the
+        kernel hands them over): before the handles close, so that the last packets before SIGTERM, a
+        reload or a link going down are metered."""
+        time.sleep(2 * BLOCK_TIMEOUT_MS / 1000)
+        handles = self.interfaces[name].handles if name is not None else [h for ic in self.interfaces.values()
+                                                                           for h in ic.handles]
+        for h in list(handles):
+            yield from self.read(h.fd)
 
     def poll_drops(self) -> int:
         """Kernel and interface drops over all handles since start (libpcap stats are cumulative)."""

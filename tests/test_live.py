@@ -140,6 +140,24 @@ def test_sighup_reopening_the_capture_meters_what_the_rings_hold(tmp_path: Path)
     assert sums(read_file(str(out))) == want
 
 
+def test_link_down_right_after_the_last_packet_meters_what_the_rings_hold(tmp_path: Path) -> None:
+    """The capture link goes down right after a top-speed replay: its handles close, but only after
+    what their rings hold, the partly filled block of the last packets included, is metered."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["random_loss"]().write(cap)
+    want = truth(read_json(cap))
+    with veth_pair() as pair:
+        agent, out = _start(pair, tmp_path)
+        try:
+            pair.replay(cap)
+            pair.run(pair.capture_ns, "ip", "link", "set", pair.capture_if, "down")
+            agent.wait_for(f"{pair.capture_if} is down")
+            assert agent.stop() == 0, agent.log.read_text()
+        finally:
+            agent.kill()
+    assert sums(read_file(str(out))) == want
+
+
 def test_drops_are_the_frames_metering_lost(tmp_path: Path) -> None:
     """The agent frozen (SIGSTOP) while a replay overflows its 1 MiB ring: the drops it exports are
     exactly the frames it did not see, none counted by the out ring, which takes no inbound packet."""
