@@ -86,6 +86,7 @@ class Meter:
             return
         self.frames += n
         self._feed_frames(buf, meta, linktype, ifindex, direction)
+        self.producer.flush()
 
     def _feed_frames(self, buf: bytes, meta: bytes, linktype: int, ifindex: int | None,
                      direction: str | None) -> None:
@@ -108,7 +109,7 @@ class Meter:
             if now >= due:  # timers run on capture time, so offline and live records agree
                 self.classes[d.ESP] += esp
                 esp = 0
-                self.tick(now)
+                self._timers(now)
                 due = self._due()
             if fast and caplen >= 42:
                 eth, verihl, total, frag, proto = unpack(buf, off + 12)
@@ -158,7 +159,7 @@ class Meter:
             if now >= due:
                 self.classes[d.ESP] += esp
                 esp = 0
-                self.tick(now)
+                self._timers(now)
                 due = self._due()
                 self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
             elif sa.__class__ is bytes:  # an ESP datagram of a new SA (its ident): _frame without decoding
@@ -298,9 +299,14 @@ class Meter:
         schedule = self.table.schedule
         return schedule[0][0] if schedule else NEVER
 
-    def tick(self, now: float) -> None:
+    def _timers(self, now: float) -> None:
+        """The timers due at `now`, inside a batch: their records are handed over when it ends (`feed`),
+        a batch's worth in full messages instead of a message of one or two records per due SA."""
         self.frags.expire(now)
         self.table.tick(now)
+
+    def tick(self, now: float) -> None:
+        self._timers(now)
         self.producer.flush()
 
     def finish(self, now: float | None = None) -> None:
