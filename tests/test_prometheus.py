@@ -131,7 +131,10 @@ def test_ten_thousand_sas_with_max_series(tmp_path: Path) -> None:
         prom = PromServer(pair, pair.capture_ns, METRICS, tmp_path)
         try:
             pair.replay(cap, pps=20000)
-            time.sleep(3)
+            deadline = time.monotonic() + 20  # until a scrape has seen the whole table (it was a fixed 3 s)
+            while [r["value"][1] for r in prom.query("espmeter_sas")] != ["10000"]:
+                assert time.monotonic() < deadline, "no scrape saw the 10 000 SAs"
+                time.sleep(0.5)
             assert int(prom.query("max_over_time(scrape_samples_scraped[5m])")[0]["value"][1]) <= 1000
             served_sas = len(prom.query("espmeter_sa_info"))
             served_tunnels = len(prom.query("espmeter_tunnel_info"))
