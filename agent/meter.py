@@ -136,7 +136,8 @@ class Meter:
 
     def _walk_frames(self, buf: bytes, meta: bytes, ifindex: int | None, direction: str | None) -> None:
         """`_feed_frames` with the inline fast path in C: `walk` takes frames up to the first one that
-        needs this loop (a due timer or the general decoder), which is handled here as there."""
+        needs this loop (a due timer or the general decoder). A due timer runs here and the walk goes on
+        from that frame (the general decoder on it was most of what a short active timeout cost)."""
         walk = self.walk
         first = _fastpath.first
         table = self.table
@@ -155,14 +156,15 @@ class Meter:
                 break
             sec, usec, off, caplen = _META.unpack_from(meta, 16 * stop)
             now = sec + usec * 1e-6
-            octets += caplen
-            if now >= due:
+            if now >= due:  # the timers, then the walk goes on from this frame (after them, due > now)
                 self.classes[d.ESP] += esp
                 esp = 0
                 self._timers(now)
                 due = self._due()
-                self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
-            elif sa.__class__ is bytes:  # an ESP datagram of a new SA (its ident): _frame without decoding
+                pos = stop
+                continue
+            octets += caplen
+            if sa.__class__ is bytes:  # an ESP datagram of a new SA (its ident): _frame without decoding
                 new = self._create((obs, sa), len(sa) == 16, sa[:4], now, direction)
                 if not first(new, seq, ip_len, now):  # its first datagram in C, else as any other
                     self._esp_datagram(new, seq, ip_len, now)
