@@ -1053,6 +1053,280 @@ static PyObject *tunnel_entries(PyObject *self, PyObject *args) {
     return entries(tunnels, put_tunnel, names, Py_None, slow);
 }
 
+/* ---- New SAs (SATable.create) -------------------------------------------------------------------
+ * A new SA is a copy of a template SA that agent.sa.SA.__init__ built at import from stand-in
+ * arguments: each slot holds either one of the stand-ins (replaced by the real argument) or an
+ * immutable constant (shared, as __init__ shares it).  So __init__ stays the one definition of a new
+ * SA's state; an __init__ that stores a mutable object or computes with an argument fails the import.
+ * create() then does what SATable.create does: table entry, probation, schedule entry and, without a
+ * pairing authority, the pairing of Pairer.add when there are no or one candidates (two or more:
+ * Pairer._place, in Python). A full table (_make_room) is left to Python too. */
+enum { A_OBS, A_IDENT, A_KEY, A_UDP, A_NOW, A_DIRECTION, N_ARGS };
+enum { C_PEER, C_TUNNEL_ID, C_DUE, C_LOCAL, N_CSLOTS };
+static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "due", "local"};
+static Py_ssize_t create_off[N_CSLOTS];
+#define CSLOT(o, i) (*(PyObject **)((char *)(o) + create_off[i]))
+static PyObject *stand_in[N_ARGS], *template_sa, *heappush, *one, *empty_tuple;
+static Py_ssize_t n_sa_slots; /* object pointers between the object header and tp_basicsize */
+static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the template's constant) */
+static PyObject *str_sas, *str_probation, *str_schedule, *str_pairer, *str_settings, *str_max_sas,
+    *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
+    *str_next_tunnel, *str_place;
+
+static inline PyObject **sa_slots(PyObject *sa) { return (PyObject **)((char *)sa + sizeof(PyObject)); }
+
+static int immutable(PyObject *v) {
+    return v == NULL || v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v)
+        || PyUnicode_CheckExact(v) || (PyTuple_CheckExact(v) && PyTuple_GET_SIZE(v) == 0);
+}
+
+static int bind_template(void) {
+    if (sa_type->tp_dictoffset || sa_type->tp_weaklistoffset || sa_type->tp_itemsize
+        || (sa_type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) % (Py_ssize_t)sizeof(PyObject *)) {
+        PyErr_SetString(PyExc_TypeError, "agent.sa.SA must be slots only (no __dict__, no __weakref__)");
+        return -1;
+    }
+    for (int k = 0; k < N_ARGS; k++)
+        if (k != A_KEY && (stand_in[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL)
+            return -1;
+    if ((stand_in[A_KEY] = PyTuple_Pack(2, stand_in[A_OBS], stand_in[A_IDENT])) == NULL)
+        return -1;
+    template_sa = PyObject_CallFunctionObjArgs((PyObject *)sa_type, stand_in[A_KEY], stand_in[A_UDP],
+                                               stand_in[A_NOW], stand_in[A_DIRECTION], NULL);
+    if (template_sa == NULL)
+        return -1;
+    n_sa_slots = (sa_type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
+    if ((slot_arg = PyMem_Malloc((size_t)n_sa_slots)) == NULL)
+        return -1;
+    PyObject **t = sa_slots(template_sa);
+    for (Py_ssize_t i = 0; i < n_sa_slots; i++) {
+        slot_arg[i] = -1;
+        for (int k = 0; k < N_ARGS; k++)
+            if (t[i] == stand_in[k])
+                slot_arg[i] = (signed char)k;
+        if (slot_arg[i] < 0 && !immutable(t[i])) {
+            PyErr_Format(PyExc_TypeError, "agent.sa.SA.__init__ stores a %s in a slot: a copied SA would share it",
+                         Py_TYPE(t[i])->tp_name);
+            return -1;
+        }
+    }
+    PyObject *heapq = PyImport_ImportModule("heapq");
+    if (heapq == NULL)
+        return -1;
+    heappush = PyObject_GetAttrString(heapq, "heappush");
+    Py_DECREF(heapq);
+    one = PyLong_FromLong(1);
+    empty_tuple = PyTuple_New(0);
+    PyObject **names[] = {&str_sas, &str_probation, &str_schedule, &str_pairer, &str_settings, &str_max_sas,
+                          &str_idle_timeout, &str_active_timeout, &str_make_room, &str_authority, &str_add,
+                          &str_unpaired, &str_next_tunnel, &str_place};
+    const char *text[] = {"sas", "probation", "schedule", "pairer", "settings", "max_sas", "idle_timeout",
+                          "active_timeout", "_make_room", "authority", "add", "unpaired", "next_tunnel", "_place"};
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+        if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
+            return -1;
+    return heappush != NULL && one != NULL && empty_tuple != NULL ? 0 : -1;
+}
+
+/* SA(key, udp, now, direction): the template with the arguments in place of the stand-ins. */
+static PyObject *new_sa(PyObject *key, PyObject *udp, PyObject *now, PyObject *direction) {
+    PyObject *sa = sa_type->tp_alloc(sa_type, 0);
+    if (sa == NULL)
+        return NULL;
+    PyObject *args[N_ARGS] = {PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), key, udp, now, direction};
+    PyObject **t = sa_slots(template_sa), **s = sa_slots(sa);
+    for (Py_ssize_t i = 0; i < n_sa_slots; i++) {
+        PyObject *v = slot_arg[i] < 0 ? t[i] : args[slot_arg[i]];
+        Py_XINCREF(v);
+        s[i] = v;
+    }
+    return sa;
+}
+
+static inline int set_cslot(PyObject *sa, int i, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    PyObject *old = CSLOT(sa, i);
+    CSLOT(sa, i) = value;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* The attribute `name` of `o` as a double (settings may hold ints: Python adds them as doubles too). */
+static int attr_double(PyObject *o, PyObject *name, double *v) {
+    PyObject *x = PyObject_GetAttr(o, name);
+    if (x == NULL)
+        return -1;
+    *v = PyFloat_AsDouble(x);
+    Py_DECREF(x);
+    return *v == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* SATable._schedule of an SA created at `now` (last_seen = interval_start = now). */
+static int schedule_new(PyObject *table, PyObject *sa, double now, double idle, double active) {
+    double due = fmin(now + idle, now + active);
+    if (due <= now)
+        due = now + fmin(idle, active);
+    PyObject *due_obj = PyFloat_FromDouble(due);
+    if (due_obj == NULL)
+        return -1;
+    Py_INCREF(due_obj);
+    if (set_cslot(sa, C_DUE, due_obj) < 0) {
+        Py_DECREF(due_obj);
+        return -1;
+    }
+    PyObject *entry = PyTuple_Pack(2, due_obj, sa), *heap = PyObject_GetAttr(table, str_schedule), *r = NULL;
+    Py_DECREF(due_obj);
+    if (entry != NULL && heap != NULL)
+        r = PyObject_CallFunctionObjArgs(heappush, heap, entry, NULL);
+    Py_XDECREF(entry);
+    Py_XDECREF(heap);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* The flow key (ident without its SPI) or, reverse, its mirror: addresses swapped, and ports for UDP. */
+static PyObject *flow_key(PyObject *ident, int udp, int reverse) {
+    Py_ssize_t len = PyBytes_GET_SIZE(ident) - 4;
+    int n = addr_len(PyBytes_GET_SIZE(ident));
+    const unsigned char *i = (const unsigned char *)PyBytes_AS_STRING(ident);
+    if (!reverse || len < 2 * n + (udp ? 4 : 0))
+        return PyBytes_FromStringAndSize((const char *)i, len < 0 ? 0 : len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 2 * n + (udp ? 4 : 0));
+    if (out == NULL)
+        return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(o, i + n, n);
+    memcpy(o + n, i, n);
+    if (udp) {
+        memcpy(o + 2 * n, i + 2 * n + 2, 2);
+        memcpy(o + 2 * n + 2, i + 2 * n, 2);
+    }
+    return out;
+}
+
+/* Pairer._place(sa, reverse, the candidates) without an authority: in C for no or one candidate. */
+static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObject *reverse) {
+    PyObject *unpaired = PyObject_GetAttr(pairer, str_unpaired);
+    if (unpaired == NULL)
+        return -1;
+    int rc = 0;
+    PyObject *waiting = PyDict_CheckExact(unpaired) ? PyDict_GetItemWithError(unpaired, reverse) : NULL;
+    if (PyErr_Occurred()) {
+        rc = -1;
+    } else if (!PyDict_CheckExact(unpaired) || (waiting != NULL && (!PyList_CheckExact(waiting)
+                                                                     || PyList_GET_SIZE(waiting) != 1))) {
+        PyObject *candidates = waiting != NULL ? waiting : empty_tuple, *r;
+        Py_INCREF(candidates); /* the call may change `unpaired` */
+        r = PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, candidates, NULL);
+        Py_DECREF(candidates);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    } else if (waiting == NULL) { /* a candidate itself: unpaired.setdefault(flow key, []).append(sa) */
+        PyObject *key = flow_key(ident, udp, 0), *list = key ? PyDict_GetItemWithError(unpaired, key) : NULL;
+        if (key == NULL || PyErr_Occurred())
+            rc = -1;
+        else if (list != NULL)
+            rc = PyList_Append(list, sa);
+        else if ((list = PyList_New(1)) == NULL)
+            rc = -1;
+        else {
+            Py_INCREF(sa);
+            PyList_SET_ITEM(list, 0, sa);
+            rc = PyDict_SetItem(unpaired, key, list);
+            Py_DECREF(list);
+        }
+        Py_XDECREF(key);
+    } else { /* the one candidate: Pairer._pair(it, sa) */
+        PyObject *peer = PyList_GET_ITEM(waiting, 0), *tid = NULL, *next = NULL;
+        Py_INCREF(peer);
+        rc = PyDict_DelItem(unpaired, reverse) < 0 || (tid = PyObject_GetAttr(pairer, str_next_tunnel)) == NULL
+            || (next = PyNumber_Add(tid, one)) == NULL || PyObject_SetAttr(pairer, str_next_tunnel, next) < 0 ? -1 : 0;
+        if (rc == 0) {
+            Py_INCREF(sa);
+            Py_INCREF(peer);
+            Py_INCREF(tid);
+            Py_INCREF(tid);
+            set_cslot(peer, C_PEER, sa);
+            set_cslot(sa, C_PEER, peer);
+            set_cslot(peer, C_TUNNEL_ID, tid);
+            set_cslot(sa, C_TUNNEL_ID, tid);
+        }
+        Py_DECREF(peer);
+        Py_XDECREF(tid);
+        Py_XDECREF(next);
+    }
+    Py_DECREF(unpaired);
+    return rc;
+}
+
+/* Pairer.add(sa) */
+static int pair_new(PyObject *table, PyObject *sa, PyObject *ident, int udp) {
+    PyObject *pairer = PyObject_GetAttr(table, str_pairer), *authority = NULL, *reverse = NULL, *r = NULL;
+    int rc = -1;
+    if (pairer == NULL || (authority = PyObject_GetAttr(pairer, str_authority)) == NULL)
+        ;
+    else if (authority != Py_None) {
+        r = PyObject_CallMethodOneArg(pairer, str_add, sa);
+        rc = r == NULL ? -1 : 0;
+    } else if ((reverse = flow_key(ident, udp, 1)) != NULL)
+        rc = place(pairer, sa, ident, udp, reverse);
+    Py_XDECREF(pairer);
+    Py_XDECREF(authority);
+    Py_XDECREF(reverse);
+    Py_XDECREF(r);
+    return rc;
+}
+
+/* SATable.create(key, udp, now, direction, local) */
+static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    (void)self;
+    if (argc != 6 || !PyTuple_CheckExact(argv[1]) || PyTuple_GET_SIZE(argv[1]) != 2
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(argv[1], 1)) || !PyFloat_CheckExact(argv[3])) {
+        PyErr_SetString(PyExc_TypeError, "create(table, (obs, ident bytes), udp, now float, direction, local)");
+        return NULL;
+    }
+    PyObject *table = argv[0], *key = argv[1], *udp = argv[2], *now = argv[3], *direction = argv[4], *local = argv[5];
+    PyObject *ident = PyTuple_GET_ITEM(key, 1), *settings = NULL, *sas = NULL, *probation = NULL, *sa = NULL;
+    PyObject *max_obj = NULL;
+    double idle, active, t = PyFloat_AS_DOUBLE(now);
+    int is_udp = PyObject_IsTrue(udp), is_local = PyObject_IsTrue(local);
+    if (is_udp < 0 || is_local < 0 || (settings = PyObject_GetAttr(table, str_settings)) == NULL
+        || attr_double(settings, str_idle_timeout, &idle) < 0 || attr_double(settings, str_active_timeout, &active) < 0
+        || (max_obj = PyObject_GetAttr(settings, str_max_sas)) == NULL
+        || (sas = PyObject_GetAttr(table, str_sas)) == NULL || (probation = PyObject_GetAttr(table, str_probation)) == NULL)
+        goto fail;
+    Py_ssize_t max_sas = PyLong_AsSsize_t(max_obj);
+    if (max_sas == -1 && PyErr_Occurred())
+        goto fail;
+    if (PyObject_Size(sas) >= max_sas) {
+        PyObject *r = PyObject_CallMethodOneArg(table, str_make_room, now);
+        if (r == NULL)
+            goto fail;
+        Py_DECREF(r);
+    }
+    if ((sa = new_sa(key, udp, now, direction)) == NULL)
+        goto fail;
+    PyObject *flag = is_local ? Py_True : Py_False;
+    Py_INCREF(flag);
+    set_cslot(sa, C_LOCAL, flag);
+    if (PyObject_SetItem(sas, key, sa) < 0 || PyObject_SetItem(probation, key, sa) < 0
+        || schedule_new(table, sa, t, idle, active) < 0 || pair_new(table, sa, ident, is_udp) < 0)
+        goto fail;
+    Py_DECREF(settings);
+    Py_DECREF(max_obj);
+    Py_DECREF(sas);
+    Py_DECREF(probation);
+    return sa;
+fail:
+    Py_XDECREF(settings);
+    Py_XDECREF(max_obj);
+    Py_XDECREF(sas);
+    Py_XDECREF(probation);
+    Py_XDECREF(sa);
+    return NULL;
+}
+
 static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: at the end of this file */
 
 static PyMethodDef methods[] = {
@@ -1066,6 +1340,8 @@ static PyMethodDef methods[] = {
     {"first", first, METH_VARARGS,
      "first(sa, seq, ip_len, now) -> bool: take the first datagram of an SA just created, as\n"
      "Meter._esp_datagram would; False: not such an SA, nothing changed."},
+    {"create", (PyCFunction)(void (*)(void))create, METH_FASTCALL,
+     "create(table, key, udp, now, direction, local) -> SA: SATable.create, its pairing included."},
     {"index_pcap", index_pcap, METH_VARARGS,
      "index_pcap(buf, start, max_frames, swapped, nanos, snapshot, max_caplen) -> (meta, stop): the 16-byte\n"
      "records (sec, usec, offset, caplen) of the classic pcap records from `start` that are whole in buf."},
@@ -1113,7 +1389,8 @@ static int bind_sa(void) {
         return -1;
     }
     if (bind_slots(cls, slot_names, N_SLOTS, slot_off) < 0
-        || bind_slots(cls, json_slot_names, N_JSLOTS, json_off) < 0) {
+        || bind_slots(cls, json_slot_names, N_JSLOTS, json_off) < 0
+        || bind_slots(cls, create_slot_names, N_CSLOTS, create_off) < 0) {
         Py_DECREF(cls);
         return -1;
     }
@@ -1134,7 +1411,9 @@ static int bind_sa(void) {
         encode_str = PyObject_GetAttrString(json, "encode_basestring_ascii");
         Py_DECREF(json);
     }
-    return encode_str != NULL && no_limit != NULL && never != NULL && loss_run != NULL && probation_run > 0 ? 0 : -1;
+    if (encode_str == NULL || no_limit == NULL || never == NULL || loss_run == NULL || probation_run <= 0)
+        return -1;
+    return bind_template();
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

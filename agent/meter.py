@@ -57,7 +57,7 @@ class Meter:
         self.loss_events: dict[int, list[LossRun]] | None = {} if keep_history else None
         self.producer = Producer(sink, settings.biflow, settings.tunnel_names, self._finalize,
                                  self._keep_events if keep_history else None, settings.loss_events)
-        self.table = SATable(settings.table, self.producer, keep_history)
+        self.table = SATable(settings.table, self.producer, keep_history, settings.compiled and settings.fast_path)
         self.frags = FragmentTable(settings.fragment_timeout, settings.max_fragments, self._fragment_expired)
         self.ike = IkeTable()
         self.classes = dict.fromkeys(d.CLASSES, 0)
@@ -216,9 +216,7 @@ class Meter:
         return self._esp_datagram(sa, seq, ip_len, now)
 
     def _create(self, key: tuple, udp: bool, src: bytes, now: float, direction: str | None) -> SA:
-        sa = self.table.create(key, udp, now, direction)
-        sa.local = src in self.local_addrs
-        return sa
+        return self.table.create(key, udp, now, direction, src in self.local_addrs)
 
     def _esp_datagram(self, sa: SA, seq: int, ip_len: int, now: float) -> SA:
         """One datagram of an SA in the table, through the tracker; returns the SA it belongs to."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 
+from agent.compiled import fastpath as _fastpath
 from agent.pairing import Pairer
 from agent.sa import PROBATION_RUN, SA, SAKey
 from agent.tracker import TrackerSettings, Verdict
@@ -39,8 +40,12 @@ ExportFn = Callable[[SA, int, float, float], None]  # (sa, flowEndReason, now, a
 class SATable:
     _epochs = itertools.count(1)
 
-    def __init__(self, settings: TableSettings, export: ExportFn, keep_history: bool = False) -> None:
+    def __init__(self, settings: TableSettings, export: ExportFn, keep_history: bool = False,
+                 compiled: bool = False) -> None:
         self.settings = settings
+        # `create` in C (agent/_fastpath.c): the same steps; a full table and a choice between pairing
+        # candidates come back to Python (_make_room, Pairer._place)
+        self._create = _fastpath.create if compiled and _fastpath else None
         # changes whenever an entry of `sas` is removed or replaced, unique across tables: the compiled
         # walk's SA cache holds borrowed SA pointers while it is unchanged (agent/_fastpath.c)
         self.epoch = next(self._epochs)
@@ -60,9 +65,12 @@ class SATable:
         self.unconfirmed_datagrams = 0
 
     # -- packet path --------------------------------------------------------------------------
-    def create(self, key: SAKey, udp: bool, now: float, direction: str | None) -> SA:
+    def create(self, key: SAKey, udp: bool, now: float, direction: str | None, local: bool = False) -> SA:
+        if self._create is not None:
+            return self._create(self, key, udp, now, direction, local)
         self._make_room(now)
         sa = SA(key, udp, now, direction)
+        sa.local = local
         self.sas[key] = sa
         self.probation[key] = sa
         self._schedule(sa, now)

@@ -1,0 +1,113 @@
+"""SATable.create in C (agent/_fastpath.c `create`) against the Python one, its oracle: after every new
+SA of a random sequence (IPv4 and IPv6, ESP and UDP, observation points, mirrored flows with none, one
+or several waiting candidates, a table that fills up, a pairing authority), both tables hold the same
+state, slot by slot, entry by entry, in the same order."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.compiled import fastpath
+from agent.sa import SA, esp_ident, udp_ident
+from agent.satable import SATable, TableSettings
+
+if fastpath is None:
+    pytestmark = pytest.mark.skipif(not (os.environ.get("CI") and not os.environ.get("ESPMETER_PURE_PYTHON")),
+                                    reason="the compiled path is not built here")
+
+_SLOTS = [k for cls in SA.__mro__ for k in getattr(cls, "__slots__", ())]
+_ADDRS = [bytes([10, 0, 0, i]) for i in range(1, 4)] + [bytes(15) + bytes([i]) for i in range(1, 3)]
+
+
+@dataclass(frozen=True)
+class _Claim:
+    name: str
+    peer: bytes
+
+
+class _Authority:
+    """Names the SAs whose SPI is a multiple of 5; their partner is the mirrored SPI + 1."""
+
+    def claim(self, sa: SA) -> _Claim | None:
+        if sa.spi % 5:
+            return None
+        return _Claim(f"t{sa.spi}", sa.reverse_flow_key() + (sa.spi + 1).to_bytes(4, "big"))
+
+
+def _ref(sa: SA | None) -> tuple | None:
+    return None if sa is None else (sa.key, sa.generation, sa.first_seen)
+
+
+def _state(t: SATable, exports: list) -> tuple:
+    def slots(sa: SA) -> tuple:
+        return tuple(_ref(getattr(sa, k)) if k == "peer" else getattr(sa, k, "<unset>") for k in _SLOTS)
+
+    return ([slots(sa) for sa in t.sas.values()], [slots(sa) for sa in t.history or ()],
+            list(t.probation), list(t.dormant), [(due, _ref(sa)) for due, sa in t.schedule],
+            {k: [_ref(sa) for sa in v] for k, v in t.pairer.unpaired.items()}, list(t.pairer.unpaired),
+            t.pairer.next_tunnel, t.pairer.disagreements, t.evictions, t.unconfirmed_sas, t.stale_entries,
+            exports)
+
+
+def _key(spec: tuple) -> tuple[tuple, bool]:
+    obs, v6, udp, a, b, spi, swap = spec
+    src, dst = (_ADDRS[3 + a % 2], _ADDRS[3 + b % 2]) if v6 else (_ADDRS[a % 3], _ADDRS[b % 3])
+    if swap:
+        src, dst = dst, src
+    ident = udp_ident(src, dst, 4500, 4500 + swap, spi) if udp else esp_ident(src, dst, spi)
+    return ((None, (7, None, None), (8, 5, None))[obs], ident), udp
+
+
+_SPEC = st.tuples(st.integers(0, 2), st.booleans(), st.booleans(), st.integers(0, 2), st.integers(0, 2),
+                  st.integers(1, 40), st.integers(0, 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=st.lists(st.tuples(_SPEC, st.sampled_from([0.0, 0.0, 1e-6, 0.5, 40.0]), st.booleans()),
+                      min_size=1, max_size=40),
+       max_sas=st.sampled_from([3, 8, 1000]), authority=st.booleans(), history=st.booleans(),
+       timeouts=st.sampled_from([(30.0, 60.0), (2, 1), (0.0, 5.0)]))
+def test_compiled_create_leaves_the_python_state(specs: list, max_sas: int, authority: bool, history: bool,
+                                                  timeouts: tuple) -> None:
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    tables, logs = [], []
+    for compiled in (False, True):
+        exports: list = []
+        t = SATable(TableSettings(idle_timeout=timeouts[0], active_timeout=timeouts[1], max_sas=max_sas),
+                    lambda sa, reason, now, active, log=exports: log.append((_ref(sa), reason, now)),
+                    keep_history=history, compiled=compiled)
+        if authority:
+            t.pairer.authority = _Authority()
+        tables.append(t)
+        logs.append(exports)
+    assert tables[1]._create is fastpath.create and tables[0]._create is None
+    now = 1_700_000_000.0
+    for spec, step, local in specs:
+        now += step
+        key, udp = _key(spec)
+        if key in tables[0].sas:
+            continue
+        made = [t.create(key, udp, now, "in" if spec[0] else None, local) for t in tables]
+        assert type(made[1]) is SA and made[1].local is local
+        a, b = (_state(t, log) for t, log in zip(tables, logs, strict=True))
+        assert a == b
+
+
+def test_a_new_sa_shares_the_constants_python_shares() -> None:
+    """The compiled copy of SA.__init__'s template holds the very objects __init__ stores (no per-SA copies
+    of constants: memory per SA), and the arguments where __init__ stores them."""
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    key, now = ((3, None, None), esp_ident(_ADDRS[0], _ADDRS[1], 9)), 1_700_000_000.25
+    c = SATable(TableSettings(), lambda *a: None, compiled=True).create(key, False, now, "out")
+    py = SA(key, False, now, "out")
+    for k in _SLOTS:
+        if k not in ("due", "peer", "tunnel_id"):
+            assert getattr(c, k) is getattr(py, k) or (k in ("local",) and getattr(c, k) == getattr(py, k)), k
+    assert c.first_seen is now and c.obs is key[0] and c.ident is key[1]
