@@ -1140,6 +1140,10 @@ static PyObject *new_sa(PyObject *key, PyObject *udp, PyObject *now, PyObject *d
         Py_XINCREF(v);
         s[i] = v;
     }
+    /* Out of the cyclic collector's sight, which would only walk the table again and again (a quarter of
+     * an SPI flood's CPU): a table's SAs form no cycle but a tunnel's pair, and SATable breaks those
+     * when one of them leaves it (_forget) or when it goes itself (__del__). */
+    PyObject_GC_UnTrack(sa);
     return sa;
 }
 

@@ -64,6 +64,12 @@ class SATable:
         self.unconfirmed_sas = 0  # probationers evicted from a full table: summarised, not exported
         self.unconfirmed_datagrams = 0
 
+    def __del__(self) -> None:
+        """The compiled create leaves SAs to reference counting (agent/_fastpath.c): the pairs still linked
+        are unlinked, so the table's SAs go with it."""
+        for sa in (*self.sas.values(), *(self.history or ())):
+            sa.peer = None
+
     # -- packet path --------------------------------------------------------------------------
     def create(self, key: SAKey, udp: bool, now: float, direction: str | None, local: bool = False) -> SA:
         if self._create is not None:

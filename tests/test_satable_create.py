@@ -5,7 +5,10 @@ state, slot by slot, entry by entry, in the same order."""
 
 from __future__ import annotations
 
+import gc
 import os
+import struct
+import tracemalloc
 from dataclasses import dataclass
 
 import pytest
@@ -111,3 +114,77 @@ def test_a_new_sa_shares_the_constants_python_shares() -> None:
         if k not in ("due", "peer", "tunnel_id"):
             assert getattr(c, k) is getattr(py, k) or (k in ("local",) and getattr(c, k) == getattr(py, k)), k
     assert c.first_seen is now and c.obs is key[0] and c.ident is key[1]
+
+
+def _esp(src: bytes, dst: bytes, spi: int, seq: int) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 44, 1, 0, 64, 50, 0, src, dst)
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + struct.pack("!II", spi, seq) + bytes(16)
+
+
+def _tunnels_batch(tunnels: int, t0: float, net: int = 1) -> tuple[bytes, bytes]:
+    """Pairs of SAs, six datagrams one way then six back, a third restarted at 1 (new generations), 1 ms apart."""
+    buf, meta, t = bytearray(), bytearray(), t0
+    for k in range(tunnels):
+        a, b = bytes([10, net, k >> 8, k & 255]), bytes([11, net, k >> 8, k & 255])
+        seqs = [1, 2, 3, 4, 5, 6] + ([1, 2, 3] if k % 3 == 0 else [])
+        for src, dst, spi in ((a, b, 0x1000 + k), (b, a, 0x9000 + k)):  # established before its partner
+            for seq in seqs:
+                f = _esp(src, dst, spi, seq)
+                meta += struct.pack("=IIII", int(t), int(round((t % 1) * 1e6)) % 1_000_000, len(buf), len(f))
+                buf += f
+                t += 0.001
+    return bytes(buf), bytes(meta)
+
+
+@pytest.mark.parametrize("keep_history", [False, True])
+def test_a_dropped_meter_takes_its_sas_with_it(keep_history: bool) -> None:
+    """The compiled create leaves SAs out of the cyclic collector: pairs, rekeys, restarts, dormancy and
+    evictions from a full table must leave no SA alive once the meter is gone (1000 SAs leaked would be
+    about 800 kB)."""
+    from agent import decode as d
+    from agent.meter import Meter, MeterSettings
+
+    batches = [_tunnels_batch(500, 1_700_000_000.0), _tunnels_batch(500, 1_700_000_100.0)]
+    table = TableSettings(idle_timeout=20.0, active_timeout=30.0, max_sas=700)
+
+    def run() -> None:
+        m = Meter(MeterSettings(table=table), keep_history=keep_history)
+        for buf, meta in batches:
+            m.feed(buf, meta, d.DLT_EN10MB)
+        assert m.table.evictions and m.table.pairer.next_tunnel > 300
+        m.finish()
+
+    run()  # caches and interned objects first
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            run()
+            gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, grown
+
+
+def test_a_full_table_under_churn_holds_no_evicted_pair() -> None:
+    """Tunnels that come and go through a full table (live: no history): evicted pairs are freed while the
+    table runs (SATable._forget unlinks them), so memory stays flat from batch 4 to batch 12."""
+    from agent import decode as d
+    from agent.meter import Meter, MeterSettings
+
+    batches = [_tunnels_batch(500, 1_700_000_000.0 + 10 * i, net=i) for i in range(12)]
+    m = Meter(MeterSettings(table=TableSettings(idle_timeout=20.0, active_timeout=30.0, max_sas=700)))
+    tracemalloc.start()
+    try:
+        for i, (buf, meta) in enumerate(batches):
+            m.feed(buf, meta, d.DLT_EN10MB)
+            gc.collect()
+            if i == 3:
+                base = tracemalloc.get_traced_memory()[0]
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert m.table.evictions > 5000 and m.table.pairer.next_tunnel > 1000
+    assert grown < 200_000, grown
