@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.logsetup import limited
+from agent.sa import address_text
 from exporter.records import LossEvent
 
 log = logging.getLogger("espmeter.loss")
@@ -26,7 +27,8 @@ def event_line(e: LossEvent) -> str:
     tunnel = f"tunnel {e.tunnel_name!r}" if e.tunnel_name else f"tunnel {e.tunnel_id}" if e.tunnel_id is not None \
         else "unpaired SA"
     numbers = f"{e.first}" if e.first == e.last else f"{e.first}..{e.last}"
-    return (f"loss event: {tunnel} {e.src} -> {e.dst} spi 0x{e.spi:08x}: {e.count} lost, numbers {numbers},"
+    src, dst = address_text(e.src), address_text(e.dst)
+    return (f"loss event: {tunnel} {src} -> {dst} spi 0x{e.spi:08x}: {e.count} lost, numbers {numbers},"
             f" between {_utc(e.after)} and {_utc(e.before)} ({e.before - e.after:.3f} s)")
 
 
@@ -49,7 +51,8 @@ class LossEventLog:
     def export_loss_events(self, events: Sequence[LossEvent]) -> None:
         for e in events:
             if e.count >= self.min_count:
-                log.warning("%s", event_line(e), extra=limited(f"loss events {e.src} -> {e.dst} spi 0x{e.spi:08x}"))
+                sa = f"{address_text(e.src)} -> {address_text(e.dst)} spi 0x{e.spi:08x}"
+                log.warning("%s", event_line(e), extra=limited(f"loss events {sa}"))
 
     def tick(self) -> None:
         pass

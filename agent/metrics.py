@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from agent.outputs import OutputError
 from agent.records import tunnel_name
+from agent.sa import address_text
 from exporter.records import ENCAP_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord
 
 if TYPE_CHECKING:
@@ -126,14 +127,16 @@ TunnelKey = tuple[str, str, str]  # peer_a, peer_b, ports
 Labels = tuple[SALabels, TunnelKey, str]  # per SA, its tunnel, the direction in the tunnel
 
 
-def _labels(src: ipaddress.IPv4Address | ipaddress.IPv6Address, dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
-            spi: int, udp: bool, sport: int | None, dport: int | None, interface: str) -> Labels:
-    sa = (str(src), str(dst), f"0x{spi:08x}", "udp" if udp else "esp", interface)
+def _labels(src: bytes, dst: bytes, spi: int, udp: bool, sport: int | None, dport: int | None,
+            interface: str) -> Labels:
+    """An SA's labels from its packed addresses (of one family: bytes order as the addresses do)."""
+    s, d = address_text(src), address_text(dst)
+    sa = (s, d, f"0x{spi:08x}", "udp" if udp else "esp", interface)
     forward = src <= dst
-    a, b = (src, dst) if forward else (dst, src)
+    a, b = (s, d) if forward else (d, s)
     pa, pb = (sport, dport) if forward else (dport, sport)
     ports = f"{pa}/{pb}" if udp else ""
-    return sa, (str(a), str(b), ports), "a_to_b" if forward else "b_to_a"
+    return sa, (a, b, ports), "a_to_b" if forward else "b_to_a"
 
 
 class MetricsOutput:
@@ -260,7 +263,7 @@ class MetricsOutput:
             labels = self.cache.get(sa.key)
             if labels is None:
                 sport, dport = sa.ports
-                labels = self.cache[sa.key] = _labels(sa.src, sa.dst, sa.spi, sa.udp, sport, dport,
+                labels = self.cache[sa.key] = _labels(*sa.addresses, sa.spi, sa.udp, sport, dport,
                                                       self._ifname(sa.ifindex))
             lost = sa.lost - sa.x_lost
             datagrams = sa.datagrams - sa.x_datagrams

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.sa import SA, address, address_text
+from agent.sa import SA, address_text
 from agent.tracker import LossRun
 from exporter.records import (
     DIRECTION_EGRESS,
@@ -66,7 +66,7 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], long
     peer = sa.peer
     rec = SARecord(  # positional, in field order: 31 keywords make the call 4.1 instead of 0.65 µs
         int(start * 1000), int(end * 1000),  # start_ms, end_ms
-        address(src), address(dst), sa.spi, ENCAP_UDP if sa.udp else ENCAP_ESP, sport, dport,
+        src, dst, sa.spi, ENCAP_UDP if sa.udp else ENCAP_ESP, sport, dport,
         sa.packets - sa.x_packets,  # packets
         sa.octets - sa.x_octets,  # octets
         sa.datagrams - sa.x_datagrams,  # datagrams

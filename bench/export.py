@@ -30,8 +30,8 @@ def records(n: int, names: bool) -> list[SARecord]:
     out = []
     for i in range(n):
         tunnel = i // 2
-        a = ipaddress.IPv4Address(0xC6120000 + tunnel % 65536)
-        b = ipaddress.IPv4Address(0x0A000000 + tunnel)
+        a = ipaddress.IPv4Address(0xC6120000 + tunnel % 65536).packed
+        b = ipaddress.IPv4Address(0x0A000000 + tunnel).packed
         src, dst = (a, b) if i % 2 == 0 else (b, a)
         out.append(SARecord(
             start_ms=T0_MS + i % 1000, end_ms=T0_MS + 30000, src=src, dst=dst, spi=0xC0000000 + i, encap=0,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import ADDRESS_TYPES, Constant, ObjectPacker, TemplateCodec
+from .codec import Constant, ObjectPacker, TemplateCodec
 from .infomodel import SEMANTICS, UNITS, ElementDef, InfoModel
 from .layouts import Layout, Variant, load_layouts
 from .records import ENCAP_UDP, PROTO_ESP, PROTO_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord
@@ -68,7 +68,7 @@ def _bits(layout: Layout, groups: Iterable[str], skip: Iterable[str] = ()) -> di
 
 def sa_mask(sa: SARecord, bit: Mapping[str, int]) -> int:
     """Template mask of the optional groups an SA record has; `bit` from `_bits(layout, _SA_GROUPS)`."""
-    m = bit["ipv4"] if sa.src.version == 4 else bit["ipv6"]
+    m = bit["ipv4"] if len(sa.src) == 4 else bit["ipv6"]
     if sa.encap == ENCAP_UDP and sa.sport is not None and sa.dport is not None:
         m |= bit["ports"]
     if sa.vlan is not None:
@@ -93,11 +93,9 @@ def sa_mask(sa: SARecord, bit: Mapping[str, int]) -> int:
 
 
 def _packer(variant: Variant, constants: Mapping[str, Any]) -> ObjectPacker:
-    """Value keys are attribute paths of the record (addresses packed), or constants of the exporter."""
-    return ObjectPacker(variant.codec, [
-        Constant(constants[f.key]) if f.key in constants
-        else f.key + ".packed" if e.type.name in ADDRESS_TYPES else f.key
-        for f, e in zip(variant.fields, variant.codec.template.ies, strict=True)])
+    """Value keys are attribute paths of the record (addresses are packed), or constants of the exporter."""
+    return ObjectPacker(variant.codec, [Constant(constants[f.key]) if f.key in constants else f.key
+                                        for f in variant.fields])
 
 
 class RecordEncoder:
@@ -173,9 +171,8 @@ class RecordEncoder:
         for ev in events:
             values = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)}
             values.update(protocol=PROTO_UDP if ev.encap == ENCAP_UDP else PROTO_ESP, odid=self.odid,
-                          count=ev.count, after_ms=_ms(ev.after), before_ms=_ms(ev.before), src=ev.src.packed,
-                          dst=ev.dst.packed)
-            present = ["ipv4" if ev.src.version == 4 else "ipv6"]
+                          count=ev.count, after_ms=_ms(ev.after), before_ms=_ms(ev.before))
+            present = ["ipv4" if len(ev.src) == 4 else "ipv6"]
             present += [g for g, on in (("ports", ev.encap == ENCAP_UDP and ev.sport is not None),
                                         ("ingress", ev.ingress_if is not None),
                                         ("egress", ev.egress_if is not None)) if on]

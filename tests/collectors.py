@@ -28,8 +28,8 @@ START_MS = 1795651003000
 def make_sa(i: int = 0, **kw) -> SARecord:
     """A synthetic SA record; distinct counters per `i` so collectors cannot aggregate them."""
     values = dict(
-        start_ms=START_MS, end_ms=START_MS + 30000, src=ipaddress.ip_address("192.0.2.1"),
-        dst=ipaddress.ip_address("198.51.100.1"), spi=0xC0010000 + i, encap=0, sport=None, dport=None,
+        start_ms=START_MS, end_ms=START_MS + 30000, src=ipaddress.ip_address("192.0.2.1").packed,
+        dst=ipaddress.ip_address("198.51.100.1").packed, spi=0xC0010000 + i, encap=0, sport=None, dport=None,
         packets=1000 + i, octets=150000 + i, datagrams=1000 + i, lost=5 + i, reordered=2 + i, duplicates=1 + i,
         late=3 + i, expected=1005 + i, incomplete=4 + i, first_seq=1 + i, last_seq=1005 + i,
         max_reorder_extent=6 + i, end_reason=2,

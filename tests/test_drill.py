@@ -275,7 +275,7 @@ def _log_loss_events(tmp_path: Path) -> None:
     logger = LossEventLog(1)
     from exporter.records import LossEvent
 
-    ev = LossEvent(*[__import__("ipaddress").ip_address(a) for a in ("10.0.0.1", "10.0.0.2")], 7, 0, None, None,
+    ev = LossEvent(*[__import__("ipaddress").ip_address(a).packed for a in ("10.0.0.1", "10.0.0.2")], 7, 0, None, None,
                    None, None, 10, 200, 1.0, 2.0)
     for _ in range(5):
         logger.export_loss_events([ev])

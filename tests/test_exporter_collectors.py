@@ -46,8 +46,8 @@ def test_nfcapd_sa_records_exact(tmp_path):
     esp = [make_sa(i) for i in range(N_SA)]
     natt = [make_sa(1000 + i, encap=ENCAP_UDP, sport=4500, dport=4500, ingress_if=3, egress_if=7)
             for i in range(50)]
-    v6 = [make_sa(2000 + i, src=ipaddress.ip_address("2001:db8::1"), dst=ipaddress.ip_address("2001:db8:1::1"))
-          for i in range(20)]
+    src, dst = ipaddress.ip_address("2001:db8::1").packed, ipaddress.ip_address("2001:db8:1::1").packed
+    v6 = [make_sa(2000 + i, src=src, dst=dst) for i in range(20)]
     with nfcapd(tmp_path) as col:
         exp = Exporter(ExportSettings(collectors=[col.url], observation_domain=7))
         _send(exp, [esp[i:i + 20] for i in range(0, N_SA, 20)] + [natt, v6])

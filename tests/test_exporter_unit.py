@@ -104,8 +104,8 @@ def test_sequence_per_observation_domain(tmp_path):
 
 def test_every_message_within_mtu_and_templates_first(tmp_path):
     recs = [make_sa(i, tunnel_name="t" * (i % 50), peer_spi=i, tunnel_id=i) for i in range(300)]
-    recs += [make_sa(i, src=ipaddress.ip_address("2001:db8::1"), dst=ipaddress.ip_address("2001:db8:1::1"))
-             for i in range(100)]
+    src, dst = ipaddress.ip_address("2001:db8::1").packed, ipaddress.ip_address("2001:db8:1::1").packed
+    recs += [make_sa(i, src=src, dst=dst) for i in range(100)]
     exp, path = export_to_file(tmp_path, recs, mtu=512)
     exp.close()
     msgs = list(iter_messages(path.read_bytes()))

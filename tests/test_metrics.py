@@ -127,7 +127,7 @@ def test_rekey_keeps_one_tunnel_series(tmp_path: Path) -> None:
 
 def test_loss_events_count_per_sa_and_tunnel() -> None:
     run = Run()
-    a, b = ipaddress.ip_address("198.51.100.7"), ipaddress.ip_address("192.0.2.1")
+    a, b = ipaddress.ip_address("198.51.100.7").packed, ipaddress.ip_address("192.0.2.1").packed
     events = [LossEvent(a, b, 0x99, ENCAP_UDP, 4500, 4501, None, None, first, first + 2, 10.0 + first, 11.0 + first)
               for first in (5, 50)]
     run.outputs.export_loss_events(events)

@@ -16,6 +16,7 @@ import pytest
 
 from agent.meter import MeterSettings
 from agent.offline import meter_file
+from agent.sa import address_text
 from agent.satable import TableSettings
 from exporter.records import END_ACTIVE, END_FORCED, END_IDLE, BiflowRecord, LossEvent, SARecord
 from tests.gt.build import BASE_US
@@ -81,7 +82,8 @@ def test_records_are_right_in_time(name: str, tmp_path: Path) -> None:
             continue  # loss-event records carry no traffic
         assert isinstance(r, SARecord)
         interface = r.ingress_if if r.ingress_if is not None else r.egress_if
-        per_sa[_key(r.src, r.dst, r.spi, r.sport, r.dport, r.vlan, r.inner_vlan, interface)].append(r)
+        src, dst = address_text(r.src), address_text(r.dst)
+        per_sa[_key(src, dst, r.spi, r.sport, r.dport, r.vlan, r.inner_vlan, interface)].append(r)
     assert per_sa.keys() == arrivals.keys()
     for key, recs in per_sa.items():
         frames = sorted(arrivals[key])
