@@ -1181,6 +1181,9 @@ static int schedule_new(PyObject *table, PyObject *sa, double now, double idle, 
     }
     PyObject *entry = PyTuple_Pack(2, due_obj, sa), *heap = PyObject_GetAttr(table, str_schedule), *r = NULL;
     Py_DECREF(due_obj);
+    if (entry != NULL) /* a float and an SA the collector does not see: no cycle (the collector would keep
+                        * a tuple holding an object of a collected type in sight) */
+        PyObject_GC_UnTrack(entry);
     if (entry != NULL && heap != NULL)
         r = PyObject_CallFunctionObjArgs(heappush, heap, entry, NULL);
     Py_XDECREF(entry);
@@ -1209,40 +1212,20 @@ static PyObject *flow_key(PyObject *ident, int udp, int reverse) {
     return out;
 }
 
-/* Pairer._place(sa, reverse, the candidates) without an authority: in C for no or one candidate. */
+/* Pairer._place(sa, reverse, the candidates) without an authority, in C when no SA or one waits under
+ * `reverse` and none under the SA's own flow key (`unpaired` holds a lone candidate itself, not a list). */
 static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObject *reverse) {
-    PyObject *unpaired = PyObject_GetAttr(pairer, str_unpaired);
+    PyObject *unpaired = PyObject_GetAttr(pairer, str_unpaired), *key = NULL, *waiting = NULL, *own = NULL;
     if (unpaired == NULL)
         return -1;
-    int rc = 0;
-    PyObject *waiting = PyDict_CheckExact(unpaired) ? PyDict_GetItemWithError(unpaired, reverse) : NULL;
-    if (PyErr_Occurred()) {
-        rc = -1;
-    } else if (!PyDict_CheckExact(unpaired) || (waiting != NULL && (!PyList_CheckExact(waiting)
-                                                                     || PyList_GET_SIZE(waiting) != 1))) {
-        PyObject *candidates = waiting != NULL ? waiting : empty_tuple, *r;
-        Py_INCREF(candidates); /* the call may change `unpaired` */
-        r = PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, candidates, NULL);
-        Py_DECREF(candidates);
-        rc = r == NULL ? -1 : 0;
-        Py_XDECREF(r);
-    } else if (waiting == NULL) { /* a candidate itself: unpaired.setdefault(flow key, []).append(sa) */
-        PyObject *key = flow_key(ident, udp, 0), *list = key ? PyDict_GetItemWithError(unpaired, key) : NULL;
-        if (key == NULL || PyErr_Occurred())
-            rc = -1;
-        else if (list != NULL)
-            rc = PyList_Append(list, sa);
-        else if ((list = PyList_New(1)) == NULL)
-            rc = -1;
-        else {
-            Py_INCREF(sa);
-            PyList_SET_ITEM(list, 0, sa);
-            rc = PyDict_SetItem(unpaired, key, list);
-            Py_DECREF(list);
-        }
-        Py_XDECREF(key);
-    } else { /* the one candidate: Pairer._pair(it, sa) */
-        PyObject *peer = PyList_GET_ITEM(waiting, 0), *tid = NULL, *next = NULL;
+    int rc = -1;
+    if (!PyDict_CheckExact(unpaired))
+        goto python;
+    waiting = PyDict_GetItemWithError(unpaired, reverse);
+    if (waiting == NULL && PyErr_Occurred())
+        goto done;
+    if (waiting != NULL && Py_TYPE(waiting) == sa_type) { /* the one candidate: Pairer._pair(it, sa) */
+        PyObject *peer = waiting, *tid = NULL, *next = NULL;
         Py_INCREF(peer);
         rc = PyDict_DelItem(unpaired, reverse) < 0 || (tid = PyObject_GetAttr(pairer, str_next_tunnel)) == NULL
             || (next = PyNumber_Add(tid, one)) == NULL || PyObject_SetAttr(pairer, str_next_tunnel, next) < 0 ? -1 : 0;
@@ -1259,7 +1242,28 @@ static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObj
         Py_DECREF(peer);
         Py_XDECREF(tid);
         Py_XDECREF(next);
+        goto done;
     }
+    if (waiting == NULL) { /* a candidate itself, the first under its flow key */
+        if ((key = flow_key(ident, udp, 0)) == NULL)
+            goto done;
+        own = PyDict_GetItemWithError(unpaired, key);
+        if (own == NULL && PyErr_Occurred())
+            goto done;
+        if (own == NULL) {
+            rc = PyDict_SetItem(unpaired, key, sa);
+            goto done;
+        }
+    }
+python:; /* several candidates, or others under its own key */
+    PyObject *candidates = waiting != NULL ? waiting : empty_tuple, *r;
+    Py_INCREF(candidates); /* the call changes `unpaired` */
+    r = PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, candidates, NULL);
+    Py_DECREF(candidates);
+    rc = r == NULL ? -1 : 0;
+    Py_XDECREF(r);
+done:
+    Py_XDECREF(key);
     Py_DECREF(unpaired);
     return rc;
 }

@@ -35,7 +35,9 @@ class PairAuthority(Protocol):
 
 class Pairer:
     def __init__(self, authority: PairAuthority | None = None) -> None:
-        self.unpaired: dict[bytes, list[SA]] = {}  # flow key -> candidates
+        # flow key -> the candidate, or a list of them when several wait (parallel SAs, overlapping rekeys):
+        # no list per unpaired SA (an SPI flood's; the cyclic collector walks every list that lives)
+        self.unpaired: dict[bytes, SA | list[SA]] = {}
         self.next_tunnel = 1
         self.authority = authority
         self.disagreements = 0
@@ -47,9 +49,9 @@ class Pairer:
     def _offer(self, sa: SA, count: bool) -> SA | None:
         reverse = sa.reverse_flow_key()
         if self.authority is None:  # the heuristic alone (no SA has a name from an authority)
-            return self._place(sa, reverse, self.unpaired.get(reverse, _NONE))
+            return self._place(sa, reverse, self._waiting(reverse))
         claim = self.authority.claim(sa)
-        candidates = self.unpaired.get(reverse, _NONE)
+        candidates = self._waiting(reverse)
         if claim is None:  # the heuristic, among the SAs the authority does not reserve
             return self._place(sa, reverse, [c for c in candidates if c.name is None])
         sa.name = claim.name
@@ -72,17 +74,13 @@ class Pairer:
         else:
             self.remove(sa)
         reverse = sa.reverse_flow_key()
-        self._place(sa, reverse, [c for c in self.unpaired.get(reverse, _NONE) if c.ident == claim.peer])
+        self._place(sa, reverse, [c for c in self._waiting(reverse) if c.ident == claim.peer])
 
     def remove(self, sa: SA) -> None:
         """An SA left the table unpaired: it can no longer be a candidate."""
         if sa.peer is not None:
             return
-        candidates = self.unpaired.get(sa.flow_key)
-        if candidates and sa in candidates:
-            candidates.remove(sa)
-            if not candidates:
-                del self.unpaired[sa.flow_key]
+        self._unwait(sa.flow_key, sa)
 
     def inherit(self, old: SA, new: SA) -> None:
         """A new generation of an SA keeps its partner, tunnel and name; an unpaired one stays a candidate."""
@@ -100,15 +98,35 @@ class Pairer:
         make it a candidate itself."""
         peer = _closest(sa, candidates)
         if peer is None:
-            self.unpaired.setdefault(sa.flow_key, []).append(sa)
+            key = sa.flow_key
+            waiting = self.unpaired.get(key)
+            if waiting is None:
+                self.unpaired[key] = sa
+            elif isinstance(waiting, list):
+                waiting.append(sa)
+            else:
+                self.unpaired[key] = [waiting, sa]
             return None
-        waiting = self.unpaired[reverse]
-        if len(waiting) == 1:
-            del self.unpaired[reverse]
-        else:
-            waiting.remove(peer)
+        self._unwait(reverse, peer)
         self._pair(peer, sa)
         return peer
+
+    def _waiting(self, key: bytes) -> Sequence[SA]:
+        """The candidates under a flow key, oldest first."""
+        waiting = self.unpaired.get(key)
+        if waiting is None:
+            return _NONE
+        return waiting if isinstance(waiting, list) else (waiting,)
+
+    def _unwait(self, key: bytes, sa: SA) -> None:
+        """`sa` is no longer a candidate under `key` (if it was one)."""
+        waiting = self.unpaired.get(key)
+        if waiting is sa:
+            del self.unpaired[key]
+        elif isinstance(waiting, list) and sa in waiting:
+            waiting.remove(sa)
+            if len(waiting) == 1:
+                self.unpaired[key] = waiting[0]
 
     def _pair(self, first: SA, second: SA) -> None:
         first.peer, second.peer = second, first

@@ -52,7 +52,8 @@ def _state(t: SATable, exports: list) -> tuple:
 
     return ([slots(sa) for sa in t.sas.values()], [slots(sa) for sa in t.history or ()],
             list(t.probation), list(t.dormant), [(due, _ref(sa)) for due, sa in t.schedule],
-            {k: [_ref(sa) for sa in v] for k, v in t.pairer.unpaired.items()}, list(t.pairer.unpaired),
+            {k: [_ref(sa) for sa in v] if isinstance(v, list) else _ref(v) for k, v in t.pairer.unpaired.items()},
+            list(t.pairer.unpaired),
             t.pairer.next_tunnel, t.pairer.disagreements, t.evictions, t.unconfirmed_sas, t.stale_entries,
             exports)
 
