@@ -16,7 +16,7 @@ from typing import Any
 from .codec import Constant, ObjectPacker, TemplateCodec
 from .infomodel import SEMANTICS, UNITS, ElementDef, InfoModel
 from .layouts import Layout, Variant, load_layouts
-from .records import ENCAP_UDP, PROTO_ESP, PROTO_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord
+from .records import ENCAP_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord
 
 # the optional groups `sa_mask` knows (records.yaml names them per layout)
 _SA_GROUPS = ("ipv4", "ipv6", "ports", "vlan", "inner_vlan", "ingress", "egress", "direction", "seq", "peer",
@@ -111,8 +111,10 @@ class RecordEncoder:
         bf = self.layouts["biflow"]
         self._bf_fwd_bits = _bits(bf, _SA_GROUPS, skip=_TUNNEL_GROUPS)
         self._bf_bits = _bits(bf, ("rseq", *_TUNNEL_GROUPS))
+        self._event_bits = _bits(self.layouts["loss_event"], ("ipv4", "ipv6", "ports", "ingress", "egress"))
         self._sa_packers: dict[int, ObjectPacker] = {}
         self._bf_packers: dict[int, ObjectPacker] = {}
+        self._event_packers: dict[int, ObjectPacker] = {}
 
     def _packer(self, cache: dict[int, ObjectPacker], layout: str, mask: int) -> ObjectPacker:
         packer = cache.get(mask)
@@ -166,18 +168,21 @@ class RecordEncoder:
         return var.codec, var.pack_mapping(values)
 
     def loss_events(self, events: Iterable[LossEvent]) -> EncodedRecords:
-        """One loss-event record each (layout `loss_event`): the SA's key fields, numbers and times."""
-        out = []
+        """One loss-event record each (layout `loss_event`): the SA's key fields, numbers and times, packed
+        from the event's attributes as SA records are (a mapping per event cost 8.6 instead of ~2 us)."""
+        out = EncodedRecords()
+        bit = self._event_bits
         for ev in events:
-            values = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)}
-            values.update(protocol=PROTO_UDP if ev.encap == ENCAP_UDP else PROTO_ESP, odid=self.odid,
-                          count=ev.count, after_ms=_ms(ev.after), before_ms=_ms(ev.before))
-            present = ["ipv4" if len(ev.src) == 4 else "ipv6"]
-            present += [g for g, on in (("ports", ev.encap == ENCAP_UDP and ev.sport is not None),
-                                        ("ingress", ev.ingress_if is not None),
-                                        ("egress", ev.egress_if is not None)) if on]
-            out.append(self._options("loss_event", values, present))
-        return EncodedRecords.of(out)
+            m = bit["ipv4"] if len(ev.src) == 4 else bit["ipv6"]
+            if ev.encap == ENCAP_UDP and ev.sport is not None:
+                m |= bit["ports"]
+            if ev.ingress_if is not None:
+                m |= bit["ingress"]
+            if ev.egress_if is not None:
+                m |= bit["egress"]
+            p = self._event_packers.get(m) or self._packer(self._event_packers, "loss_event", m)
+            out.add(p.codec, p.pack(ev))
+        return out
 
     def metering_stats(self, stats: MeteringStats, messages: int, records: int, octets: int) -> OptionsRecord:
         values = dataclasses.asdict(stats)
@@ -209,11 +214,6 @@ class RecordEncoder:
         """All options template variants (sent at start and on every refresh)."""
         return [v.codec for name in ("metering_stats", "exporting_stats", "ie_type")
                 for v in self.layouts[name].variants()]
-
-
-def _ms(t: float) -> int:
-    """Epoch seconds (microsecond precision) to whole milliseconds, without float rounding up or down."""
-    return round(t * 1e6) // 1000
 
 
 def _code(name: str, kind: str) -> int:

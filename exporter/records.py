@@ -74,7 +74,7 @@ class SARecord:
 
     @property
     def protocol(self) -> int:
-        return PROTO_UDP if self.encap == ENCAP_UDP else PROTO_ESP
+        return protocol(self.encap)
 
 
 @dataclass(slots=True)
@@ -136,6 +136,28 @@ class LossEvent:
     @property
     def count(self) -> int:
         return self.last - self.first + 1
+
+    @property
+    def protocol(self) -> int:
+        return protocol(self.encap)
+
+    @property
+    def after_ms(self) -> int:
+        return epoch_ms(self.after)
+
+    @property
+    def before_ms(self) -> int:
+        return epoch_ms(self.before)
+
+
+def protocol(encap: int) -> int:
+    """protocolIdentifier of an SA's packets."""
+    return PROTO_UDP if encap == ENCAP_UDP else PROTO_ESP
+
+
+def epoch_ms(t: float) -> int:
+    """Epoch seconds (microsecond precision) to whole milliseconds, without float rounding up or down."""
+    return round(t * 1e6) // 1000
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from exporter.collect import Decoder, iter_messages
 from exporter.encoding import RecordEncoder
 from exporter.infomodel import SEMANTICS, UNITS, InfoModel
 from exporter.message import MessageBuilder
-from exporter.records import ENCAP_UDP, BiflowRecord, SARecord
+from exporter.records import ENCAP_UDP, BiflowRecord, LossEvent, SARecord
 from tests.collectors import START_MS, make_sa
 
 CLOCK = 1795651040.0
@@ -114,6 +114,36 @@ def test_records_byte_identical_to_python_ipfix(biflow):
         refs = [python_ipfix_bytes(encoder, "sa", c.tid, dict(_sa_values(sa), odid=7))
                 for c, sa in zip(encoded.codecs, recs, strict=True)]
     assert len({c.tid for c in encoded.codecs}) > 100  # many variants were exercised
+    assert encoded.data == refs
+
+
+def test_loss_event_records_byte_identical_to_python_ipfix():
+    """Every loss_event variant, packed from the events' attributes, as python-ipfix encodes the mapping."""
+    encoder = RecordEncoder(InfoModel.load(), 7, biflow=False)
+    r = random.Random(3)
+    events = []
+    for i in range(400):
+        v6 = r.random() < 0.3
+        src, dst = (f"2001:db8::{i:x}", "2001:db8:1::1") if v6 else (f"192.0.2.{i % 250}", "198.51.100.1")
+        udp = r.random() < 0.5
+        first = r.choice([1, 2**32 + i, 2**64 - 2])
+        events.append(LossEvent(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, 0xC0000000 + i,
+                                ENCAP_UDP if udp else 0, r.choice([4500, None]) if udp else None, 4500 if udp else None,
+                                r.choice([None, 3]), r.choice([None, 5]), first, first + r.randrange(2),
+                                CLOCK + r.random(), CLOCK + 1 + r.random(), r.choice([None, 9]), r.choice([None, "t"])))
+    encoded = encoder.loss_events(events)
+    lay = encoder.layouts["loss_event"]
+    refs = []
+    for codec, ev in zip(encoded.codecs, events, strict=True):
+        present = ["ipv4" if len(ev.src) == 4 else "ipv6"] + [g for g, on in (
+            ("ports", ev.encap == ENCAP_UDP and ev.sport is not None), ("ingress", ev.ingress_if is not None),
+            ("egress", ev.egress_if is not None)) if on]
+        assert codec is lay.variant(lay.mask(present)).codec
+        values = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)}
+        values.update(protocol=17 if ev.encap == ENCAP_UDP else 50, odid=7, count=ev.last - ev.first + 1,
+                      after_ms=round(ev.after * 1e6) // 1000, before_ms=round(ev.before * 1e6) // 1000)
+        refs.append(python_ipfix_bytes(encoder, "loss_event", codec.tid, values))
+    assert len({c.tid for c in encoded.codecs}) == 16  # v4/v6 x ports x ingress x egress
     assert encoded.data == refs
 
 
