@@ -449,16 +449,72 @@ static int first_datagram(PyObject *sa, PyObject *seq, uint32_t total, PyObject 
     return 1;
 }
 
-static PyObject *first(PyObject *self, PyObject *args) {
-    PyObject *sa, *seq, *now;
-    unsigned int total;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "OOIO", &sa, &seq, &total, &now))
-        return NULL;
-    int rc = first_datagram(sa, seq, total, now);
-    if (rc < 0)
-        return NULL;
-    return PyBool_FromLong(rc);
+static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
+                           PyObject *local); /* SATable.create: "New SAs" below */
+static PyObject *str_epoch, *str_schedule;
+
+/* The cache after the table's epoch changed (an entry left it): every entry is stale. */
+static void new_cache_epoch(unsigned long long epoch) {
+    if (++cache_gen == 0) { /* wrapped: no stale entry may look current */
+        memset(cache, 0, sizeof(Bucket) << cache_bits);
+        cache_gen = 1;
+    }
+    cache_epoch = epoch;
+}
+
+/* A new SA for the parsed frame `f`, created (SATable.create) and given its first datagram, as
+ * Meter._create and Meter._esp_datagram would; `*epoch` and `*due` follow the table (a full table
+ * drops an SA to make room; the new SA is scheduled). Returns the SA (borrowed from the table) when
+ * its first datagram is still to be taken by Python, Py_None when it was taken here, NULL on error. */
+static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, PyObject *obs, const Parsed *f, double now,
+                                 PyObject *direction, PyObject *local_addrs, unsigned long long *epoch, double *due) {
+    unsigned char raw[16];
+    memcpy(raw, &f->w0, 8);
+    memcpy(raw + 8, &f->w1, 8);
+    PyObject *ident = PyBytes_FromStringAndSize((const char *)raw, f->ident_len), *key = NULL, *now_obj = NULL;
+    PyObject *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL, *e = NULL, *heap = NULL;
+    if (ident == NULL || (key = PyTuple_Pack(2, obs, ident)) == NULL || (now_obj = PyFloat_FromDouble(now)) == NULL
+        || (seq = PyLong_FromUnsignedLong(be32(f->seq))) == NULL)
+        goto done;
+    if (PyAnySet_Check(local_addrs) && PySet_GET_SIZE(local_addrs) > 0) { /* src in Meter.local_addrs */
+        int in = (src = PyBytes_FromStringAndSize((const char *)raw, 4)) == NULL ? -1 : PySet_Contains(local_addrs, src);
+        if (in < 0)
+            goto done;
+        local = in ? Py_True : Py_False;
+    }
+    if ((sa = create_sa(table, key, f->ident_len == 16 ? Py_True : Py_False, now_obj, direction, local)) == NULL)
+        goto done;
+    int rc = first_datagram(sa, seq, f->total, now_obj);
+    if (rc < 0 || (e = PyObject_GetAttr(table, str_epoch)) == NULL || (heap = PyObject_GetAttr(table, str_schedule)) == NULL)
+        goto done;
+    unsigned long long now_epoch = PyLong_AsUnsignedLongLong(e);
+    if (now_epoch == (unsigned long long)-1 && PyErr_Occurred())
+        goto done;
+    if (now_epoch != *epoch)
+        new_cache_epoch(*epoch = now_epoch);
+    /* Meter._due: the head of the schedule */
+    *due = INFINITY;
+    if (PyList_CheckExact(heap) && PyList_GET_SIZE(heap) > 0) {
+        PyObject *head = PyList_GET_ITEM(heap, 0);
+        if (!PyTuple_CheckExact(head) || PyTuple_GET_SIZE(head) < 1 || !PyFloat_CheckExact(PyTuple_GET_ITEM(head, 0)))
+            *due = -INFINITY; /* not the schedule's usual entry: stop at once, Python looks */
+        else
+            *due = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(head, 0));
+    } else if (!PyList_CheckExact(heap))
+        *due = -INFINITY;
+    result = rc ? Py_None : PyDict_GetItemWithError(sas, key);
+    if (result == NULL && !PyErr_Occurred())
+        result = Py_None; /* not in the table any more: nothing for Python to take */
+done:
+    Py_XDECREF(ident);
+    Py_XDECREF(key);
+    Py_XDECREF(now_obj);
+    Py_XDECREF(seq);
+    Py_XDECREF(sa);
+    Py_XDECREF(src);
+    Py_XDECREF(e);
+    Py_XDECREF(heap);
+    return result;
 }
 
 static PyObject *walk(PyObject *self, PyObject *args) {
@@ -469,16 +525,15 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     unsigned long long epoch;
     long long window, jump_limit;
     double reorder_time;
-    PyObject *probation;
-    if (!PyArg_ParseTuple(args, "y*y*nO!OdKLLdO", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch,
-                          &window, &jump_limit, &reorder_time, &probation))
+    PyObject *probation, *table, *direction, *local_addrs;
+    if (!PyArg_ParseTuple(args, "y*y*nO!OdKLLdOOOO", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch,
+                          &window, &jump_limit, &reorder_time, &probation, &table, &direction, &local_addrs))
         return NULL;
     const unsigned char *b = buf.buf;
     const unsigned char *m = meta.buf;
     Py_ssize_t n = meta.len / 16, i = start < 0 ? 0 : start;
     unsigned long long octets = 0;
     PyObject *stop_sa = Py_None; /* the SA of the frame where the walk stopped, when it is one */
-    PyObject *stop_ident = NULL; /* or, owned, the ident of a parsed ESP frame of an SA not in the table */
     uint32_t stop_seq = 0, stop_total = 0;
     int32_t code = obs_code(obs);
     Py_ssize_t size = PyDict_GET_SIZE(sas);
@@ -498,12 +553,9 @@ static PyObject *walk(PyObject *self, PyObject *args) {
                 goto error;
             }
             cache_bits = bits;
-        } else if (++cache_gen == 0) { /* wrapped: no stale entry may look current */
-            memset(cache, 0, sizeof(Bucket) << cache_bits);
-        }
-        if (cache_gen == 0)
-            cache_gen = 1;
-        cache_epoch = epoch;
+            cache_epoch = epoch;
+        } else
+            new_cache_epoch(epoch);
         cache_size = size > 64 ? size : 64;
     }
     Parsed ring[RING];
@@ -554,16 +606,18 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         if (sa == NULL) {
             if (PyErr_Occurred())
                 goto error;
-            /* a new SA: Python creates it without decoding the frame again */
-            unsigned char ident[16];
-            memcpy(ident, &f->w0, 8);
-            memcpy(ident + 8, &f->w1, 8);
-            stop_ident = PyBytes_FromStringAndSize((const char *)ident, f->ident_len);
-            if (stop_ident == NULL)
+            /* a new SA, and its first datagram */
+            PyObject *left = new_sa_datagram(table, sas, obs, f, now, direction, local_addrs, &epoch, &due);
+            if (left == NULL)
                 goto error;
-            stop_seq = be32(f->seq);
-            stop_total = f->total;
-            break;
+            if (left != Py_None) { /* its first datagram is Python's */
+                stop_sa = left;
+                stop_seq = be32(f->seq);
+                stop_total = f->total;
+                break;
+            }
+            octets += r[3];
+            continue;
         }
         stop_sa = sa;
         stop_seq = be32(f->seq);
@@ -661,8 +715,6 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
-    if (stop_ident != NULL)
-        return Py_BuildValue("nKNII", i, octets, stop_ident, stop_seq, stop_total);
     return Py_BuildValue("nKOII", i, octets, stop_sa, stop_seq, stop_total);
 error_or_stop:
     if (!PyErr_Occurred()) {
@@ -671,7 +723,6 @@ error_or_stop:
         return Py_BuildValue("nKOII", i, octets, stop_sa, stop_seq, stop_total);
     }
 error:
-    Py_XDECREF(stop_ident);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
     return NULL;
@@ -1069,7 +1120,7 @@ static Py_ssize_t create_off[N_CSLOTS];
 static PyObject *stand_in[N_ARGS], *template_sa, *heappush, *one, *empty_tuple;
 static Py_ssize_t n_sa_slots; /* object pointers between the object header and tp_basicsize */
 static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the template's constant) */
-static PyObject *str_sas, *str_probation, *str_schedule, *str_pairer, *str_settings, *str_max_sas,
+static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
     *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
     *str_next_tunnel, *str_place;
 
@@ -1117,10 +1168,10 @@ static int bind_template(void) {
     Py_DECREF(heapq);
     one = PyLong_FromLong(1);
     empty_tuple = PyTuple_New(0);
-    PyObject **names[] = {&str_sas, &str_probation, &str_schedule, &str_pairer, &str_settings, &str_max_sas,
+    PyObject **names[] = {&str_sas, &str_probation, &str_schedule, &str_epoch, &str_pairer, &str_settings, &str_max_sas,
                           &str_idle_timeout, &str_active_timeout, &str_make_room, &str_authority, &str_add,
                           &str_unpaired, &str_next_tunnel, &str_place};
-    const char *text[] = {"sas", "probation", "schedule", "pairer", "settings", "max_sas", "idle_timeout",
+    const char *text[] = {"sas", "probation", "schedule", "epoch", "pairer", "settings", "max_sas", "idle_timeout",
                           "active_timeout", "_make_room", "authority", "add", "unpaired", "next_tunnel", "_place"};
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
         if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
@@ -1286,15 +1337,9 @@ static int pair_new(PyObject *table, PyObject *sa, PyObject *ident, int udp) {
     return rc;
 }
 
-/* SATable.create(key, udp, now, direction, local) */
-static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
-    (void)self;
-    if (argc != 6 || !PyTuple_CheckExact(argv[1]) || PyTuple_GET_SIZE(argv[1]) != 2
-        || !PyBytes_CheckExact(PyTuple_GET_ITEM(argv[1], 1)) || !PyFloat_CheckExact(argv[3])) {
-        PyErr_SetString(PyExc_TypeError, "create(table, (obs, ident bytes), udp, now float, direction, local)");
-        return NULL;
-    }
-    PyObject *table = argv[0], *key = argv[1], *udp = argv[2], *now = argv[3], *direction = argv[4], *local = argv[5];
+/* SATable.create(key, udp, now, direction, local): key (obs, ident bytes), now a float */
+static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
+                           PyObject *local) {
     PyObject *ident = PyTuple_GET_ITEM(key, 1), *settings = NULL, *sas = NULL, *probation = NULL, *sa = NULL;
     PyObject *max_obj = NULL;
     double idle, active, t = PyFloat_AS_DOUBLE(now);
@@ -1335,19 +1380,26 @@ fail:
     return NULL;
 }
 
+static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    (void)self;
+    if (argc != 6 || !PyTuple_CheckExact(argv[1]) || PyTuple_GET_SIZE(argv[1]) != 2
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(argv[1], 1)) || !PyFloat_CheckExact(argv[3])) {
+        PyErr_SetString(PyExc_TypeError, "create(table, (obs, ident bytes), udp, now float, direction, local)");
+        return NULL;
+    }
+    return create_sa(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5]);
+}
+
 static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: at the end of this file */
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time, probation)\n"
-     "-> (stop, octets, sa, seq, ip_len):\n"
-     "consume in-order ESP frames (and forward jumps that open a gap inside the window) from\n"
-     "`start`; octets: their captured octets; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
-     "stop frame is an ESP datagram of a known SA (not the next number, or not established), or its SA\n"
-     "ident (bytes) when it is one of an SA not in the table; else None."},
-    {"first", first, METH_VARARGS,
-     "first(sa, seq, ip_len, now) -> bool: take the first datagram of an SA just created, as\n"
-     "Meter._esp_datagram would; False: not such an SA, nothing changed."},
+     "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time, probation, table, direction,\n"
+     "local_addrs) -> (stop, octets, sa, seq, ip_len):\n"
+     "consume in-order ESP frames (and forward jumps that open a gap inside the window, and the first datagram\n"
+     "of a new SA, created in `table`) from `start`; octets: their captured octets; sa, seq, ip_len: the stop\n"
+     "frame's SA and ESP fields when the stop frame is an ESP datagram of an SA in the table (not the next\n"
+     "number, or not established); else None."},
     {"create", (PyCFunction)(void (*)(void))create, METH_FASTCALL,
      "create(table, key, udp, now, direction, local) -> SA: SATable.create, its pairing included."},
     {"index_pcap", index_pcap, METH_VARARGS,

@@ -2,13 +2,14 @@
 
 `feed()` walks one pcapy `next_batch` result. The common frame (Ethernet, IPv4 without options,
 unfragmented ESP or ESP-in-UDP 4500, the next number of an established SA) is taken by the compiled
-loop (agent/_fastpath.c: also forward jumps and gaps that become final by time, and the ident of a new
-SA, so it is not decoded twice) or, where nothing compiled, by the in-order part of that loop inline in
-Python: that is most of the traffic of a healthy tunnel, and the general decoder costs several times
-more per frame (see bench/). Everything else goes through `agent.decode` and `SATable.observe_slow`, which give
-identical results (tested on every ground-truth capture, record stream by record stream, and on
-fuzzed frames with the fast paths on and off). A numpy path over whole batches existed before the
-compiled loop; the loop was faster at 2000 and at 100 000 SAs (bench/README.md), so it went.
+loop (agent/_fastpath.c: also forward jumps, gaps that become final by time, and a new SA with its
+first datagram, created by SATable.create's compiled twin) or, where nothing compiled, by the
+in-order part of that loop inline in Python: that is most of the traffic of a healthy tunnel, and the
+general decoder costs several times more per frame (see bench/). Everything else goes through
+`agent.decode` and `SATable.observe_slow`, which give identical results (tested on every ground-truth
+capture, record stream by record stream, and on fuzzed frames with the fast paths on and off). A numpy
+path over whole batches existed before the compiled loop; the loop was faster at 2000 and at 100 000
+SAs (bench/README.md), so it went.
 """
 
 from __future__ import annotations
@@ -139,42 +140,34 @@ class Meter:
         needs this loop (a due timer or the general decoder). A due timer runs here and the walk goes on
         from that frame (the general decoder on it was most of what a short active timeout cost)."""
         walk = self.walk
-        first = _fastpath.first
         table = self.table
         t = self.settings.table.tracker
         sas = table.sas
         obs = None if ifindex is None else (ifindex, None, None)
         n = len(meta) // 16
         pos = esp = octets = 0
-        due = self._due()
         while True:
-            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, due, table.epoch, t.window, t.jump_limit,
-                                               t.reorder_time, table.probation)
+            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, self._due(), table.epoch, t.window,
+                                               t.jump_limit, t.reorder_time, table.probation, table, direction,
+                                               self.local_addrs)
             esp += stop - pos
             octets += part
             if stop == n:
                 break
             sec, usec, off, caplen = _META.unpack_from(meta, 16 * stop)
             now = sec + usec * 1e-6
-            if now >= due:  # the timers, then the walk goes on from this frame (after them, due > now)
+            if now >= self._due():  # the timers, then the walk goes on from this frame (after them, due > now)
                 self.classes[d.ESP] += esp
                 esp = 0
                 self._timers(now)
-                due = self._due()
                 pos = stop
                 continue
             octets += caplen
-            if sa.__class__ is bytes:  # an ESP datagram of a new SA (its ident): _frame without decoding
-                new = self._create((obs, sa), len(sa) == 16, sa[:4], now, direction)
-                if not first(new, seq, ip_len, now):  # its first datagram in C, else as any other
-                    self._esp_datagram(new, seq, ip_len, now)
-                esp += 1
-            elif sa is not None:  # an ESP datagram of a known SA: what _frame would do, without decoding
+            if sa is not None:  # an ESP datagram of a known SA: what _frame would do, without decoding
                 self._esp_datagram(sa, seq, ip_len, now)
                 esp += 1
             else:
                 self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
-            due = self._due()
             pos = stop + 1
         self.classes[d.ESP] += esp
         self.octets += octets
@@ -212,11 +205,8 @@ class Meter:
         """One datagram of the SA `key`, created if the table has none."""
         sa = self.table.sas.get(key)
         if sa is None:
-            sa = self._create(key, udp, src, now, direction)
+            sa = self.table.create(key, udp, now, direction, src in self.local_addrs)
         return self._esp_datagram(sa, seq, ip_len, now)
-
-    def _create(self, key: tuple, udp: bool, src: bytes, now: float, direction: str | None) -> SA:
-        return self.table.create(key, udp, now, direction, src in self.local_addrs)
 
     def _esp_datagram(self, sa: SA, seq: int, ip_len: int, now: float) -> SA:
         """One datagram of an SA in the table, through the tracker; returns the SA it belongs to."""
