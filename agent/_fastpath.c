@@ -1113,8 +1113,8 @@ static PyObject *tunnel_entries(PyObject *self, PyObject *args) {
  * pairing authority, the pairing of Pairer.add when there are no or one candidates (two or more:
  * Pairer._place, in Python). A full table (_make_room) is left to Python too. */
 enum { A_OBS, A_IDENT, A_KEY, A_UDP, A_NOW, A_DIRECTION, N_ARGS };
-enum { C_PEER, C_TUNNEL_ID, C_DUE, C_LOCAL, N_CSLOTS };
-static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "due", "local"};
+enum { C_PEER, C_TUNNEL_ID, C_DUE, C_LOCAL, C_X_DATAGRAMS, C_IDENT, C_UDP, N_CSLOTS };
+static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "due", "local", "x_datagrams", "ident", "udp"};
 static Py_ssize_t create_off[N_CSLOTS];
 #define CSLOT(o, i) (*(PyObject **)((char *)(o) + create_off[i]))
 static PyObject *stand_in[N_ARGS], *template_sa, *heappush, *one, *empty_tuple;
@@ -1122,7 +1122,8 @@ static Py_ssize_t n_sa_slots; /* object pointers between the object header and t
 static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the template's constant) */
 static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
     *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
-    *str_next_tunnel, *str_place;
+    *str_next_tunnel, *str_place, *str_unconfirmed_sas, *str_unconfirmed_datagrams, *str_evictions, *str_stale,
+    *str_epochs, *str_dormant, *str_remove;
 
 static inline PyObject **sa_slots(PyObject *sa) { return (PyObject **)((char *)sa + sizeof(PyObject)); }
 
@@ -1170,9 +1171,14 @@ static int bind_template(void) {
     empty_tuple = PyTuple_New(0);
     PyObject **names[] = {&str_sas, &str_probation, &str_schedule, &str_epoch, &str_pairer, &str_settings, &str_max_sas,
                           &str_idle_timeout, &str_active_timeout, &str_make_room, &str_authority, &str_add,
-                          &str_unpaired, &str_next_tunnel, &str_place};
+                          &str_unpaired, &str_next_tunnel, &str_place, &str_unconfirmed_sas,
+                          &str_unconfirmed_datagrams, &str_evictions, &str_stale, &str_epochs, &str_dormant,
+                          &str_remove};
     const char *text[] = {"sas", "probation", "schedule", "epoch", "pairer", "settings", "max_sas", "idle_timeout",
-                          "active_timeout", "_make_room", "authority", "add", "unpaired", "next_tunnel", "_place"};
+                          "active_timeout", "_make_room", "authority", "add", "unpaired", "next_tunnel", "_place",
+                          "unconfirmed_sas", "unconfirmed_datagrams", "evictions", "_stale", "_epochs", "dormant",
+                          "remove"};
+    _Static_assert(sizeof(names) / sizeof(names[0]) == sizeof(text) / sizeof(text[0]), "one text per name");
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
         if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
             return -1;
@@ -1337,6 +1343,99 @@ static int pair_new(PyObject *table, PyObject *sa, PyObject *ident, int udp) {
     return rc;
 }
 
+/* table.<name> += delta (ints) */
+static int add_attr(PyObject *o, PyObject *name, PyObject *delta) {
+    PyObject *v = PyObject_GetAttr(o, name), *sum = v != NULL ? PyNumber_Add(v, delta) : NULL;
+    int rc = sum != NULL ? PyObject_SetAttr(o, name, sum) : -1;
+    Py_XDECREF(v);
+    Py_XDECREF(sum);
+    return rc;
+}
+
+/* `key` out of the ordered dict `d` if there (OrderedDict.pop(key, None): no PyDict_DelItem on it) */
+static int discard(PyObject *d, PyObject *key) {
+    int in = PyDict_Contains(d, key);
+    return in <= 0 ? in : PyObject_DelItem(d, key);
+}
+
+/* SATable._drop_unconfirmed(sa) and _forget(sa, keep=False) of a probationer without partner. */
+static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation, PyObject *sa) {
+    PyObject *key = SLOT(sa, S_KEY), *r = NULL, *epochs = NULL, *epoch = NULL, *dormant = NULL, *pairer = NULL;
+    PyObject *unpaired = NULL, *fk = NULL, *delta = NULL;
+    int rc = -1, active = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
+    Py_INCREF(sa);
+    Py_INCREF(key);
+    if (active < 0)
+        goto done;
+    if (active) {
+        delta = PyNumber_Subtract(SLOT(sa, S_DATAGRAMS), CSLOT(sa, C_X_DATAGRAMS));
+        if (delta == NULL || add_attr(table, str_unconfirmed_sas, one) < 0
+            || add_attr(table, str_unconfirmed_datagrams, delta) < 0)
+            goto done;
+        Py_INCREF(Py_False);
+        if (set_slot(sa, S_ACTIVE, Py_False) < 0 || set_slot(sa, S_FSEQ, PyLong_FromLong(-1)) < 0)
+            goto done;
+    }
+    if (add_attr(table, str_evictions, one) < 0 || (r = PyObject_CallMethodNoArgs(table, str_stale)) == NULL
+        || PyDict_DelItem(sas, key) < 0 || (epochs = PyObject_GetAttr(table, str_epochs)) == NULL
+        || (epoch = PyIter_Next(epochs)) == NULL || PyObject_SetAttr(table, str_epoch, epoch) < 0
+        || (dormant = PyObject_GetAttr(table, str_dormant)) == NULL || discard(dormant, key) < 0
+        || discard(probation, key) < 0)
+        goto done;
+    /* Pairer.remove(sa): no partner, so no longer a candidate under its flow key */
+    PyObject *ident = CSLOT(sa, C_IDENT), *waiting;
+    int udp = PyObject_IsTrue(CSLOT(sa, C_UDP));
+    if (udp < 0 || (pairer = PyObject_GetAttr(table, str_pairer)) == NULL
+        || (unpaired = PyObject_GetAttr(pairer, str_unpaired)) == NULL || !PyBytes_CheckExact(ident)
+        || (fk = flow_key(ident, udp, 0)) == NULL)
+        goto done;
+    waiting = PyDict_CheckExact(unpaired) ? PyDict_GetItemWithError(unpaired, fk) : NULL;
+    if (waiting == sa)
+        rc = PyDict_DelItem(unpaired, fk);
+    else if (PyErr_Occurred())
+        rc = -1;
+    else if (waiting == NULL && PyDict_CheckExact(unpaired))
+        rc = 0;
+    else {
+        PyObject *done_ = PyObject_CallMethodOneArg(pairer, str_remove, sa);
+        rc = done_ == NULL ? -1 : 0;
+        Py_XDECREF(done_);
+    }
+done:
+    Py_DECREF(sa);
+    Py_DECREF(key);
+    Py_XDECREF(r);
+    Py_XDECREF(epochs);
+    Py_XDECREF(epoch);
+    Py_XDECREF(dormant);
+    Py_XDECREF(pairer);
+    Py_XDECREF(unpaired);
+    Py_XDECREF(fk);
+    Py_XDECREF(delta);
+    if (rc < 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "drop_unconfirmed: no next epoch");
+    return rc;
+}
+
+/* SATable._make_room while the oldest probationer has no partner; 1 room made, 0 the rest is Python's. */
+static int make_room(PyObject *table, PyObject *sas, PyObject *probation, Py_ssize_t max_sas) {
+    while (PyDict_GET_SIZE(sas) >= max_sas) {
+        if (!PyDict_Check(probation) || PyDict_GET_SIZE(probation) == 0)
+            return 0;
+        PyObject *it = PyObject_GetIter(probation), *key = it != NULL ? PyIter_Next(it) : NULL;
+        PyObject *sa = key != NULL ? PyObject_GetItem(probation, key) : NULL;
+        Py_XDECREF(it);
+        Py_XDECREF(key);
+        if (sa == NULL)
+            return -1;
+        int rc = Py_TYPE(sa) != sa_type || CSLOT(sa, C_PEER) != Py_None ? 0 : drop_unconfirmed(table, sas, probation, sa);
+        Py_DECREF(sa);
+        if (rc <= 0)
+            return rc;
+    }
+    return 1;
+}
+
 /* SATable.create(key, udp, now, direction, local): key (obs, ident bytes), now a float */
 static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
                            PyObject *local) {
@@ -1352,7 +1451,10 @@ static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObje
     Py_ssize_t max_sas = PyLong_AsSsize_t(max_obj);
     if (max_sas == -1 && PyErr_Occurred())
         goto fail;
-    if (PyObject_Size(sas) >= max_sas) {
+    int room = !PyDict_CheckExact(sas) ? 0 : PyDict_GET_SIZE(sas) < max_sas ? 1 : make_room(table, sas, probation, max_sas);
+    if (room < 0)
+        goto fail;
+    if (!room) {
         PyObject *r = PyObject_CallMethodOneArg(table, str_make_room, now);
         if (r == NULL)
             goto fail;

@@ -54,8 +54,8 @@ def _state(t: SATable, exports: list) -> tuple:
             list(t.probation), list(t.dormant), [(due, _ref(sa)) for due, sa in t.schedule],
             {k: [_ref(sa) for sa in v] if isinstance(v, list) else _ref(v) for k, v in t.pairer.unpaired.items()},
             list(t.pairer.unpaired),
-            t.pairer.next_tunnel, t.pairer.disagreements, t.evictions, t.unconfirmed_sas, t.stale_entries,
-            exports)
+            t.pairer.next_tunnel, t.pairer.disagreements, t.evictions, t.unconfirmed_sas, t.unconfirmed_datagrams,
+            t.stale_entries, exports)
 
 
 def _key(spec: tuple) -> tuple[tuple, bool]:
@@ -97,10 +97,12 @@ def test_compiled_create_leaves_the_python_state(specs: list, max_sas: int, auth
         key, udp = _key(spec)
         if key in tables[0].sas:
             continue
+        epochs = [t.epoch for t in tables]
         made = [t.create(key, udp, now, "in" if spec[0] else None, local) for t in tables]
         assert type(made[1]) is SA and made[1].local is local
         a, b = (_state(t, log) for t, log in zip(tables, logs, strict=True))
         assert a == b
+        assert (tables[0].epoch != epochs[0]) == (tables[1].epoch != epochs[1])  # the walk's cache follows it
 
 
 def test_a_new_sa_shares_the_constants_python_shares() -> None:
