@@ -1436,6 +1436,48 @@ static int make_room(PyObject *table, PyObject *sas, PyObject *probation, Py_ssi
     return 1;
 }
 
+/* SATable._stale's filter: the entries of `heap` whose SA is active, due at the entry's time and the
+ * table's entry for its key, in heap order (so heapify makes the heap Python makes). */
+static PyObject *live_entries(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    (void)self;
+    if (argc != 2 || !PyList_CheckExact(argv[0]) || !PyDict_CheckExact(argv[1])) {
+        PyErr_SetString(PyExc_TypeError, "live_entries(schedule list, sas dict)");
+        return NULL;
+    }
+    PyObject *heap = argv[0], *sas = argv[1], *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(heap); i++) {
+        PyObject *e = PyList_GET_ITEM(heap, i), *due, *sa;
+        int live;
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2 || Py_TYPE(sa = PyTuple_GET_ITEM(e, 1)) != sa_type) {
+            PyErr_SetString(PyExc_TypeError, "live_entries: a schedule entry is not (due, SA)");
+            Py_CLEAR(out);
+            break;
+        }
+        due = PyTuple_GET_ITEM(e, 0);
+        Py_INCREF(e); /* the checks below may run Python code (__eq__, __bool__, __hash__) */
+        live = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
+        if (live > 0) {
+            PyObject *d = CSLOT(sa, C_DUE);
+            if (d != NULL && PyFloat_CheckExact(d) && PyFloat_CheckExact(due))
+                live = PyFloat_AS_DOUBLE(d) == PyFloat_AS_DOUBLE(due);
+            else {
+                PyObject *eq = d != NULL ? PyObject_RichCompare(d, due, Py_EQ) : NULL;
+                live = eq != NULL ? PyObject_IsTrue(eq) : -1;
+                Py_XDECREF(eq);
+            }
+        }
+        if (live > 0) {
+            PyObject *key = SLOT(sa, S_KEY), *entry;
+            entry = key != NULL ? PyDict_GetItemWithError(sas, key) : NULL;
+            live = entry == sa ? 1 : PyErr_Occurred() || key == NULL ? -1 : 0;
+        }
+        if (live < 0 || (live > 0 && PyList_Append(out, e) < 0))
+            Py_CLEAR(out);
+        Py_DECREF(e);
+    }
+    return out;
+}
+
 /* SATable.create(key, udp, now, direction, local): key (obs, ident bytes), now a float */
 static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
                            PyObject *local) {
@@ -1504,6 +1546,8 @@ static PyMethodDef methods[] = {
      "number, or not established); else None."},
     {"create", (PyCFunction)(void (*)(void))create, METH_FASTCALL,
      "create(table, key, udp, now, direction, local) -> SA: SATable.create, its pairing included."},
+    {"live_entries", (PyCFunction)(void (*)(void))live_entries, METH_FASTCALL,
+     "live_entries(schedule, sas) -> list: SATable._stale's filter of the schedule's live entries."},
     {"index_pcap", index_pcap, METH_VARARGS,
      "index_pcap(buf, start, max_frames, swapped, nanos, snapshot, max_caplen) -> (meta, stop): the 16-byte\n"
      "records (sec, usec, offset, caplen) of the classic pcap records from `start` that are whole in buf."},

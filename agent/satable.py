@@ -46,6 +46,7 @@ class SATable:
         # `create` in C (agent/_fastpath.c): the same steps; a full table and a choice between pairing
         # candidates come back to Python (_make_room, Pairer._place)
         self._create = _fastpath.create if compiled and _fastpath else None
+        self._live = _fastpath.live_entries if compiled and _fastpath else None  # _stale's filter
         # changes whenever an entry of `sas` is removed or replaced, unique across tables: the compiled
         # walk's SA cache holds borrowed SA pointers while it is unchanged (agent/_fastpath.c)
         self.epoch = next(self._epochs)
@@ -190,7 +191,8 @@ class SATable:
         self.stale_entries += 1
         heap = self.schedule
         if self.stale_entries > 1024 and self.stale_entries * 4 > len(heap):
-            self.schedule = [e for e in heap if e[1].active and e[1].due == e[0] and self.sas.get(e[1].key) is e[1]]
+            self.schedule = (self._live(heap, self.sas) if self._live is not None else
+                             [e for e in heap if e[1].active and e[1].due == e[0] and self.sas.get(e[1].key) is e[1]])
             heapq.heapify(self.schedule)
             self.stale_entries = 0
 

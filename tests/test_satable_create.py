@@ -191,3 +191,55 @@ def test_a_full_table_under_churn_holds_no_evicted_pair() -> None:
         tracemalloc.stop()
     assert m.table.evictions > 5000 and m.table.pairer.next_tunnel > 1000
     assert grown < 200_000, grown
+
+
+def test_a_flooded_table_drops_dead_schedule_entries_as_python_does() -> None:
+    """Thousands of one-datagram SPIs through a small table, with timers ending and rescheduling SAs: the
+    schedule's dead entries are dropped (SATable._stale, its filter in C) at the same creates, leaving the
+    same heap, entry for entry."""
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    tables, logs = [], []
+    for compiled in (False, True):
+        exports: list = []
+        tables.append(SATable(TableSettings(idle_timeout=3.0, active_timeout=2.0, max_sas=200),
+                              lambda sa, reason, now, active, log=exports: log.append((_ref(sa), reason, now)),
+                              compiled=compiled))
+        logs.append(exports)
+    rebuilds, now = 0, 1_700_000_000.0
+    for i in range(6000):
+        now += 0.001 * (i % 7)
+        key = (None, esp_ident(bytes([10, i % 5, 0, 1]), bytes([10, 0, i % 3, 2]), 1 + i))
+        stale = [t.stale_entries for t in tables]
+        for t in tables:
+            t.create(key, False, now, None)
+            if i % 50 == 0:
+                t.tick(now)
+        if tables[0].stale_entries < stale[0]:
+            rebuilds += 1
+        if i % 97 == 0 or tables[0].stale_entries < stale[0]:
+            a, b = (_state(t, log) for t, log in zip(tables, logs, strict=True))
+            assert a == b
+    assert rebuilds >= 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.sampled_from([1.0, 2.0, 2.5]),
+                                  st.sampled_from([1.0, 2.0]), st.booleans()), max_size=30))
+def test_live_entries_is_the_python_filter(entries: list) -> None:
+    """_fastpath.live_entries against SATable._stale's list comprehension: SAs active or not, entries due at
+    the SA's time or not, SAs that are the table's entry for their key or not."""
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    sas_made = {n: SA((None, esp_ident(_ADDRS[0], _ADDRS[1], n + 1)), False, 1.0, None) for n in range(6)}
+    table: dict = {}
+    heap = []
+    for n, active, due, entry_due, in_table in entries:
+        sa = sas_made[n]
+        sa.active, sa.due = active, due
+        if in_table:
+            table[sa.key] = sa
+        heap.append((entry_due, sa))
+    want = [e for e in heap if e[1].active and e[1].due == e[0] and table.get(e[1].key) is e[1]]
+    got = fastpath.live_entries(heap, table)
+    assert len(got) == len(want) and all(g is w for g, w in zip(got, want, strict=True))
