@@ -51,12 +51,12 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], long
     became final, an idle end) spans the interval itself, at most `longest` (the active timeout).
     """
     first_seq, last_seq, extent = sa.take_interval(sa.x_last)
-    src, dst = sa.addresses
-    sport, dport = sa.ports
-    ifindex = sa.ifindex
+    src, dst, spi, sport, dport, ifindex, vlan, inner_vlan = sa.identity()
     direction = _direction(sa)
     egress = direction == DIRECTION_EGRESS
-    accepted = (sa.datagrams - sa.x_datagrams) - (sa.duplicates - sa.x_duplicates) - (sa.late - sa.x_late)
+    datagrams = sa.datagrams - sa.x_datagrams
+    duplicates = sa.duplicates - sa.x_duplicates
+    late = sa.late - sa.x_late
     lost = sa.lost - sa.x_lost
     if sa.iv_seen >= 0:
         start, end = sa.iv_seen, max(sa.last_seen, sa.iv_seen)
@@ -66,21 +66,19 @@ def take_record(sa: SA, end_reason: int, now: float, names: dict[str, str], long
     peer = sa.peer
     rec = SARecord(  # positional, in field order: 31 keywords make the call 4.1 instead of 0.65 µs
         int(start * 1000), int(end * 1000),  # start_ms, end_ms
-        src, dst, sa.spi, ENCAP_UDP if sa.udp else ENCAP_ESP, sport, dport,
+        src, dst, spi, ENCAP_UDP if sa.udp else ENCAP_ESP, sport, dport,
         sa.packets - sa.x_packets,  # packets
         sa.octets - sa.x_octets,  # octets
-        sa.datagrams - sa.x_datagrams,  # datagrams
-        lost,
+        datagrams, lost,
         sa.reordered - sa.x_reordered,  # reordered
-        sa.duplicates - sa.x_duplicates,  # duplicates
-        sa.late - sa.x_late,  # late
-        lost + accepted,  # expected
+        duplicates, late,
+        lost + datagrams - duplicates - late,  # expected: lost + accepted
         sa.incomplete - sa.x_incomplete,  # incomplete
         first_seq, last_seq, extent, end_reason,
-        sa.vlan, sa.inner_vlan,
+        vlan, inner_vlan,
         None if egress else ifindex, ifindex if egress else None,  # ingress_if, egress_if
         direction,
-        peer.spi if peer is not None else None,  # peer_spi
+        peer.identity()[2] if peer is not None else None,  # peer_spi
         sa.tunnel_id, tunnel_name(sa, names),
         len(runs) if runs else 0,  # loss_events
         max([r.count for r in runs]) if runs else 0,  # longest_loss_run
