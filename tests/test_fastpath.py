@@ -225,3 +225,29 @@ def test_new_sa_in_one_batch_ends_in_the_reference_state(count: int) -> None:
 
 
 _SLOTS = [k for cls in SA.__mro__ for k in getattr(cls, "__slots__", ())]
+
+
+@pytest.mark.parametrize("ifindex", [None, 7])
+def test_a_new_sa_that_evicts_inside_a_walk_leaves_no_stale_cache_entry(ifindex: int | None) -> None:
+    """A full table (max_sas 2): each new SA the walk creates drops the oldest probationer, whose frames come
+    again later in the same batch. The walk's SA cache must follow the table's epoch after each create (the
+    dropped SA's cached pointer is not the table's any more): every state is the reference path's."""
+    spis = [1, 2, 1, 2, 3, 1, 2, 3, 4, 1, 4, 5, 2, 5, 1]  # 1 and 2 cached, then 3 drops 1, 1 drops 2...
+    seqs: dict[int, int] = {}
+    buf, meta = bytearray(), bytearray()
+    for i, spi in enumerate(spis):
+        seqs[spi] = seqs.get(spi, 0) + 1
+        f = _frame(spi, 0x100 + spi, seqs[spi])
+        meta += struct.pack("=IIII", 1_700_000_000, i, len(buf), len(f))
+        buf += f
+    table = TableSettings(max_sas=2)
+    states = []
+    for s in (MeterSettings(table=table), MeterSettings(table=table, compiled=False),
+              MeterSettings(table=table, fast_path=False)):
+        m = Meter(s, keep_history=True)
+        m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, ifindex)
+        states.append(([(sa.key, {k: getattr(sa, k) for k in _SLOTS if k != "peer"}) for sa in m.table.all_sas()],
+                       list(m.table.probation), m.table.unconfirmed_sas, m.table.unconfirmed_datagrams,
+                       m.table.evictions, dict(m.classes)))
+    assert states[0] == states[1] == states[2]
+    assert states[0][2:5] == (9, 13, 9)  # each of the nine creates after the second dropped a probationer
