@@ -1122,8 +1122,8 @@ static Py_ssize_t n_sa_slots; /* object pointers between the object header and t
 static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the template's constant) */
 static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
     *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
-    *str_next_tunnel, *str_place, *str_unconfirmed_sas, *str_unconfirmed_datagrams, *str_evictions, *str_stale,
-    *str_epochs, *str_dormant, *str_remove;
+    *str_next_tunnel, *str_place, *str_unconfirmed_sas, *str_unconfirmed_datagrams, *str_evictions,
+    *str_epochs, *str_dormant, *str_remove, *str_stale_entries, *str_stale_min, *str_stale_share, *str_drop_dead;
 
 static inline PyObject **sa_slots(PyObject *sa) { return (PyObject **)((char *)sa + sizeof(PyObject)); }
 
@@ -1172,12 +1172,12 @@ static int bind_template(void) {
     PyObject **names[] = {&str_sas, &str_probation, &str_schedule, &str_epoch, &str_pairer, &str_settings, &str_max_sas,
                           &str_idle_timeout, &str_active_timeout, &str_make_room, &str_authority, &str_add,
                           &str_unpaired, &str_next_tunnel, &str_place, &str_unconfirmed_sas,
-                          &str_unconfirmed_datagrams, &str_evictions, &str_stale, &str_epochs, &str_dormant,
-                          &str_remove};
+                          &str_unconfirmed_datagrams, &str_evictions, &str_epochs, &str_dormant, &str_remove,
+                          &str_stale_entries, &str_stale_min, &str_stale_share, &str_drop_dead};
     const char *text[] = {"sas", "probation", "schedule", "epoch", "pairer", "settings", "max_sas", "idle_timeout",
                           "active_timeout", "_make_room", "authority", "add", "unpaired", "next_tunnel", "_place",
-                          "unconfirmed_sas", "unconfirmed_datagrams", "evictions", "_stale", "_epochs", "dormant",
-                          "remove"};
+                          "unconfirmed_sas", "unconfirmed_datagrams", "evictions", "_epochs", "dormant", "remove",
+                          "stale_entries", "STALE_MIN", "STALE_SHARE", "_drop_dead"};
     _Static_assert(sizeof(names) / sizeof(names[0]) == sizeof(text) / sizeof(text[0]), "one text per name");
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
         if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
@@ -1358,9 +1358,36 @@ static int discard(PyObject *d, PyObject *key) {
     return in <= 0 ? in : PyObject_DelItem(d, key);
 }
 
+/* SATable._stale: one more dead schedule entry; past STALE_MIN and 1/STALE_SHARE of the heap, _drop_dead. */
+static int stale(PyObject *table) {
+    PyObject *n = NULL, *min = NULL, *share = NULL, *heap = NULL, *r = NULL;
+    long long count, at_least, parts;
+    int rc = -1;
+    if (add_attr(table, str_stale_entries, one) < 0 || (n = PyObject_GetAttr(table, str_stale_entries)) == NULL
+        || (min = PyObject_GetAttr(table, str_stale_min)) == NULL
+        || (share = PyObject_GetAttr(table, str_stale_share)) == NULL || (heap = PyObject_GetAttr(table, str_schedule)) == NULL)
+        goto done;
+    count = PyLong_AsLongLong(n);
+    at_least = PyLong_AsLongLong(min);
+    parts = PyLong_AsLongLong(share);
+    Py_ssize_t len = PyObject_Size(heap);
+    if (PyErr_Occurred() || len < 0)
+        goto done;
+    rc = 0;
+    if (count > at_least && count * parts > len)
+        rc = (r = PyObject_CallMethodNoArgs(table, str_drop_dead)) == NULL ? -1 : 0;
+done:
+    Py_XDECREF(n);
+    Py_XDECREF(min);
+    Py_XDECREF(share);
+    Py_XDECREF(heap);
+    Py_XDECREF(r);
+    return rc;
+}
+
 /* SATable._drop_unconfirmed(sa) and _forget(sa, keep=False) of a probationer without partner. */
 static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation, PyObject *sa) {
-    PyObject *key = SLOT(sa, S_KEY), *r = NULL, *epochs = NULL, *epoch = NULL, *dormant = NULL, *pairer = NULL;
+    PyObject *key = SLOT(sa, S_KEY), *epochs = NULL, *epoch = NULL, *dormant = NULL, *pairer = NULL;
     PyObject *unpaired = NULL, *fk = NULL, *delta = NULL;
     int rc = -1, active = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
     Py_INCREF(sa);
@@ -1376,8 +1403,7 @@ static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation,
         if (set_slot(sa, S_ACTIVE, Py_False) < 0 || set_slot(sa, S_FSEQ, PyLong_FromLong(-1)) < 0)
             goto done;
     }
-    if (add_attr(table, str_evictions, one) < 0 || (r = PyObject_CallMethodNoArgs(table, str_stale)) == NULL
-        || PyDict_DelItem(sas, key) < 0 || (epochs = PyObject_GetAttr(table, str_epochs)) == NULL
+    if (add_attr(table, str_evictions, one) < 0 || stale(table) < 0 || PyDict_DelItem(sas, key) < 0 || (epochs = PyObject_GetAttr(table, str_epochs)) == NULL
         || (epoch = PyIter_Next(epochs)) == NULL || PyObject_SetAttr(table, str_epoch, epoch) < 0
         || (dormant = PyObject_GetAttr(table, str_dormant)) == NULL || discard(dormant, key) < 0
         || discard(probation, key) < 0)
@@ -1404,7 +1430,6 @@ static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation,
 done:
     Py_DECREF(sa);
     Py_DECREF(key);
-    Py_XDECREF(r);
     Py_XDECREF(epochs);
     Py_XDECREF(epoch);
     Py_XDECREF(dormant);

@@ -39,6 +39,7 @@ ExportFn = Callable[[SA, int, float, float], None]  # (sa, flowEndReason, now, a
 
 class SATable:
     _epochs = itertools.count(1)
+    STALE_MIN, STALE_SHARE = 1024, 4  # dead schedule entries are dropped above 1024 and a quarter of the heap
 
     def __init__(self, settings: TableSettings, export: ExportFn, keep_history: bool = False,
                  compiled: bool = False) -> None:
@@ -186,15 +187,19 @@ class SATable:
 
     def _stale(self) -> None:
         """An SA left the table with an entry still in the schedule: drop dead entries once they are a
-        quarter of the heap, so a flood of evicted SAs is not kept alive by its schedule (amortised O(1);
-        at half, a full table under a flood held up to one dead SA per live one)."""
+        quarter of the heap (STALE_SHARE), so a flood of evicted SAs is not kept alive by its schedule
+        (amortised O(1); at half, a full table under a flood held up to one dead SA per live one). The
+        compiled drop of a probationer counts as this does (agent/_fastpath.c)."""
         self.stale_entries += 1
+        if self.stale_entries > self.STALE_MIN and self.stale_entries * self.STALE_SHARE > len(self.schedule):
+            self._drop_dead()
+
+    def _drop_dead(self) -> None:
         heap = self.schedule
-        if self.stale_entries > 1024 and self.stale_entries * 4 > len(heap):
-            self.schedule = (self._live(heap, self.sas) if self._live is not None else
-                             [e for e in heap if e[1].active and e[1].due == e[0] and self.sas.get(e[1].key) is e[1]])
-            heapq.heapify(self.schedule)
-            self.stale_entries = 0
+        self.schedule = (self._live(heap, self.sas) if self._live is not None else
+                         [e for e in heap if e[1].active and e[1].due == e[0] and self.sas.get(e[1].key) is e[1]])
+        heapq.heapify(self.schedule)
+        self.stale_entries = 0
 
     @staticmethod
     def _deactivate(sa: SA) -> None:
