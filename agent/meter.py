@@ -58,7 +58,8 @@ class Meter:
         self.loss_events: dict[int, list[LossRun]] | None = {} if keep_history else None
         self.producer = Producer(sink, settings.biflow, settings.tunnel_names, self._finalize,
                                  self._keep_events if keep_history else None, settings.loss_events)
-        self.table = SATable(settings.table, self.producer, keep_history, settings.compiled and settings.fast_path)
+        self.table = SATable(settings.table, self.producer.export, keep_history,
+                             settings.compiled and settings.fast_path)
         self.frags = FragmentTable(settings.fragment_timeout, settings.max_fragments, self._fragment_expired)
         self.ike = IkeTable()
         self.classes = dict.fromkeys(d.CLASSES, 0)
