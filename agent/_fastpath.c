@@ -1269,8 +1269,9 @@ static PyObject *flow_key(PyObject *ident, int udp, int reverse) {
     return out;
 }
 
-/* Pairer._place(sa, reverse, the candidates) without an authority, in C when no SA or one waits under
- * `reverse` and none under the SA's own flow key (`unpaired` holds a lone candidate itself, not a list). */
+/* Pairer._place(sa, reverse, the candidates) without an authority, in C when one SA waits under `reverse`,
+ * or none and not exactly one under the SA's own flow key (`unpaired` holds a lone candidate itself,
+ * several in a dict of them). */
 static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObject *reverse) {
     PyObject *unpaired = PyObject_GetAttr(pairer, str_unpaired), *key = NULL, *waiting = NULL, *own = NULL;
     if (unpaired == NULL)
@@ -1307,12 +1308,12 @@ static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObj
         own = PyDict_GetItemWithError(unpaired, key);
         if (own == NULL && PyErr_Occurred())
             goto done;
-        if (own == NULL) {
-            rc = PyDict_SetItem(unpaired, key, sa);
+        if (own == NULL || PyDict_CheckExact(own)) { /* the first under its flow key, or one more of several */
+            rc = own == NULL ? PyDict_SetItem(unpaired, key, sa) : PyDict_SetItem(own, sa, Py_None);
             goto done;
         }
     }
-python:; /* several candidates, or others under its own key */
+python:; /* several candidates, or one other under its own key (the two become a dict) */
     PyObject *candidates = waiting != NULL ? waiting : empty_tuple, *r;
     Py_INCREF(candidates); /* the call changes `unpaired` */
     r = PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, candidates, NULL);
@@ -1385,6 +1386,22 @@ done:
     return rc;
 }
 
+/* Pairer._unwait(fk, sa) where several wait under `fk` (`waiting`, a dict of them): one left, itself. */
+static int unwait_several(PyObject *unpaired, PyObject *fk, PyObject *waiting, PyObject *sa) {
+    int in = PyDict_Contains(waiting, sa);
+    if (in <= 0 || PyDict_DelItem(waiting, sa) < 0)
+        return in <= 0 ? in : -1;
+    if (PyDict_GET_SIZE(waiting) != 1)
+        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *only, *value;
+    PyDict_Next(waiting, &pos, &only, &value);
+    Py_INCREF(only); /* the dict goes */
+    int rc = PyDict_SetItem(unpaired, fk, only);
+    Py_DECREF(only);
+    return rc;
+}
+
 /* SATable._drop_unconfirmed(sa) and _forget(sa, keep=False) of a probationer without partner. */
 static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation, PyObject *sa) {
     PyObject *key = SLOT(sa, S_KEY), *epochs = NULL, *epoch = NULL, *dormant = NULL, *pairer = NULL;
@@ -1422,6 +1439,8 @@ static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation,
         rc = -1;
     else if (waiting == NULL && PyDict_CheckExact(unpaired))
         rc = 0;
+    else if (PyDict_CheckExact(waiting)) /* one of several (an SPI flood between two addresses) */
+        rc = unwait_several(unpaired, fk, waiting, sa);
     else {
         PyObject *done_ = PyObject_CallMethodOneArg(pairer, str_remove, sa);
         rc = done_ == NULL ? -1 : 0;

@@ -13,7 +13,7 @@ disagreement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import Protocol
 
 from agent.sa import SA
@@ -35,9 +35,10 @@ class PairAuthority(Protocol):
 
 class Pairer:
     def __init__(self, authority: PairAuthority | None = None) -> None:
-        # flow key -> the candidate, or a list of them when several wait (parallel SAs, overlapping rekeys):
-        # no list per unpaired SA (an SPI flood's; the cyclic collector walks every list that lives)
-        self.unpaired: dict[bytes, SA | list[SA]] = {}
+        # flow key -> the candidate, or, when several wait (parallel SAs, overlapping rekeys, an SPI flood
+        # between two addresses), a dict of them as keys, oldest first: no container per unpaired SA (the
+        # cyclic collector walks every one that lives), and one leaves in O(1) (a list moved all the others)
+        self.unpaired: dict[bytes, SA | dict[SA, None]] = {}
         self.next_tunnel = 1
         self.authority = authority
         self.disagreements = 0
@@ -93,7 +94,7 @@ class Pairer:
             self.remove(old)
             self.add(new)
 
-    def _place(self, sa: SA, reverse: bytes, candidates: Sequence[SA]) -> SA | None:
+    def _place(self, sa: SA, reverse: bytes, candidates: Collection[SA]) -> SA | None:
         """Pair `sa` with the closest of `candidates` (unpaired under its reverse flow key `reverse`), or
         make it a candidate itself."""
         peer = _closest(sa, candidates)
@@ -102,31 +103,31 @@ class Pairer:
             waiting = self.unpaired.get(key)
             if waiting is None:
                 self.unpaired[key] = sa
-            elif isinstance(waiting, list):
-                waiting.append(sa)
+            elif isinstance(waiting, dict):
+                waiting[sa] = None
             else:
-                self.unpaired[key] = [waiting, sa]
+                self.unpaired[key] = {waiting: None, sa: None}
             return None
         self._unwait(reverse, peer)
         self._pair(peer, sa)
         return peer
 
-    def _waiting(self, key: bytes) -> Sequence[SA]:
+    def _waiting(self, key: bytes) -> Collection[SA]:
         """The candidates under a flow key, oldest first."""
         waiting = self.unpaired.get(key)
         if waiting is None:
             return _NONE
-        return waiting if isinstance(waiting, list) else (waiting,)
+        return waiting if isinstance(waiting, dict) else (waiting,)
 
     def _unwait(self, key: bytes, sa: SA) -> None:
         """`sa` is no longer a candidate under `key` (if it was one)."""
         waiting = self.unpaired.get(key)
         if waiting is sa:
             del self.unpaired[key]
-        elif isinstance(waiting, list) and sa in waiting:
-            waiting.remove(sa)
+        elif isinstance(waiting, dict) and sa in waiting:
+            del waiting[sa]
             if len(waiting) == 1:
-                self.unpaired[key] = waiting[0]
+                self.unpaired[key] = next(iter(waiting))
 
     def _pair(self, first: SA, second: SA) -> None:
         first.peer, second.peer = second, first
@@ -134,8 +135,8 @@ class Pairer:
         self.next_tunnel += 1
 
 
-def _closest(sa: SA, candidates: Sequence[SA]) -> SA | None:
+def _closest(sa: SA, candidates: Collection[SA]) -> SA | None:
     """The heuristic: same observation point first, then the closest first-seen time."""
     if len(candidates) < 2:
-        return candidates[0] if candidates else None
+        return next(iter(candidates)) if candidates else None
     return min(candidates, key=lambda c: (c.obs != sa.obs, abs(c.first_seen - sa.first_seen)))
