@@ -38,17 +38,15 @@ TUNNEL_KEYS = tuple(k for k, _ in TUNNEL_FIELDS)
 def sa_values(sa: SA, tunnel_names: dict[str, str], interfaces: dict[int, str] | None = None) -> tuple[Any, ...]:
     """The values of an SA's `sas[]` entry, in `SA_FIELDS` order; `interfaces`: a pcapng file's interface
     numbers -> names."""
-    src, dst = sa.addresses
-    sport, dport = sa.ports
-    ifindex = sa.ifindex
+    src, dst, spi, sport, dport, ifindex, vlan, inner_vlan = sa.identity()
     seen = sa.last >= 0
     peer = sa.peer
     return (
-        address_text(src), address_text(dst), sa.spi, "udp" if sa.udp else "esp", sport, dport, sa.vlan,
-        sa.inner_vlan, interfaces.get(ifindex, ifindex) if interfaces else ifindex, sa.direction, sa.local,
+        address_text(src), address_text(dst), spi, "udp" if sa.udp else "esp", sport, dport, vlan,
+        inner_vlan, interfaces.get(ifindex, ifindex) if interfaces else ifindex, sa.direction, sa.local,
         sa.generation, sa.packets, sa.octets, sa.datagrams, sa.first if seen else None, sa.last if seen else None,
         sa.expected, sa.lost, sa.reordered, sa.max_extent, sa.duplicates, sa.late, sa.implausible, sa.incomplete,
-        peer.spi if peer is not None else None, sa.tunnel_id, tunnel_name(sa, tunnel_names),
+        peer.identity()[2] if peer is not None else None, sa.tunnel_id, tunnel_name(sa, tunnel_names),
         round(sa.first_seen, 6), round(sa.last_seen, 6),
     )
 
@@ -59,8 +57,8 @@ Tunnel = tuple[int, SA, SA, int, int]  # id, forward and reverse SA, their index
 def tunnel_values(tunnel: Tunnel, tunnel_names: dict[str, str]) -> tuple[Any, ...]:
     """The values of a `tunnels[]` entry, in `TUNNEL_FIELDS` order."""
     tid, fwd, rev, i, j = tunnel
-    src, dst = fwd.addresses
-    return tid, tunnel_name(fwd, tunnel_names), address_text(src), address_text(dst), [i, j], [fwd.spi, rev.spi]
+    src, dst, spi = fwd.identity()[:3]
+    return tid, tunnel_name(fwd, tunnel_names), address_text(src), address_text(dst), [i, j], [spi, rev.identity()[2]]
 
 
 def sa_json(sa: SA, tunnel_names: dict[str, str], interfaces: dict[int, str] | None = None) -> dict[str, Any]:
