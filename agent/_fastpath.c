@@ -1118,6 +1118,7 @@ static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "due", "l
 static Py_ssize_t create_off[N_CSLOTS];
 #define CSLOT(o, i) (*(PyObject **)((char *)(o) + create_off[i]))
 static PyObject *stand_in[N_ARGS], *template_sa, *heappush, *one, *empty_tuple;
+static PyTypeObject *odict_type; /* collections.OrderedDict: several candidates under one flow key (agent.pairing) */
 static Py_ssize_t n_sa_slots; /* object pointers between the object header and tp_basicsize */
 static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the template's constant) */
 static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
@@ -1167,6 +1168,15 @@ static int bind_template(void) {
         return -1;
     heappush = PyObject_GetAttrString(heapq, "heappush");
     Py_DECREF(heapq);
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL)
+        return -1;
+    odict_type = (PyTypeObject *)PyObject_GetAttrString(collections, "OrderedDict");
+    Py_DECREF(collections);
+    if (odict_type == NULL || !PyType_Check(odict_type)) {
+        PyErr_SetString(PyExc_TypeError, "collections.OrderedDict is not a type");
+        return -1;
+    }
     one = PyLong_FromLong(1);
     empty_tuple = PyTuple_New(0);
     PyObject **names[] = {&str_sas, &str_probation, &str_schedule, &str_epoch, &str_pairer, &str_settings, &str_max_sas,
@@ -1271,7 +1281,7 @@ static PyObject *flow_key(PyObject *ident, int udp, int reverse) {
 
 /* Pairer._place(sa, reverse, the candidates) without an authority, in C when one SA waits under `reverse`,
  * or none and not exactly one under the SA's own flow key (`unpaired` holds a lone candidate itself,
- * several in a dict of them). */
+ * several in an OrderedDict of them). */
 static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObject *reverse) {
     PyObject *unpaired = PyObject_GetAttr(pairer, str_unpaired), *key = NULL, *waiting = NULL, *own = NULL;
     if (unpaired == NULL)
@@ -1308,16 +1318,16 @@ static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObj
         own = PyDict_GetItemWithError(unpaired, key);
         if (own == NULL && PyErr_Occurred())
             goto done;
-        if (own == NULL || PyDict_CheckExact(own)) { /* the first under its flow key, or one more of several */
-            rc = own == NULL ? PyDict_SetItem(unpaired, key, sa) : PyDict_SetItem(own, sa, Py_None);
+        if (own == NULL || Py_TYPE(own) == odict_type) { /* the first under its flow key, or one more of several */
+            rc = own == NULL ? PyDict_SetItem(unpaired, key, sa) : PyObject_SetItem(own, sa, Py_None);
             goto done;
         }
     }
-python:; /* several candidates, or one other under its own key (the two become a dict) */
-    PyObject *candidates = waiting != NULL ? waiting : empty_tuple, *r;
-    Py_INCREF(candidates); /* the call changes `unpaired` */
-    r = PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, candidates, NULL);
-    Py_DECREF(candidates);
+python:; /* several candidates (Pairer.add weighs the newest), or one other under its own key (the two
+           * become an OrderedDict) */
+    PyObject *r = waiting == NULL && PyDict_CheckExact(unpaired)
+        ? PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, empty_tuple, NULL)
+        : PyObject_CallMethodOneArg(pairer, str_add, sa);
     rc = r == NULL ? -1 : 0;
     Py_XDECREF(r);
 done:
@@ -1386,16 +1396,16 @@ done:
     return rc;
 }
 
-/* Pairer._unwait(fk, sa) where several wait under `fk` (`waiting`, a dict of them): one left, itself. */
+/* Pairer._unwait(fk, sa) where several wait under `fk` (`waiting`, an OrderedDict of them): one left, itself. */
 static int unwait_several(PyObject *unpaired, PyObject *fk, PyObject *waiting, PyObject *sa) {
     int in = PyDict_Contains(waiting, sa);
-    if (in <= 0 || PyDict_DelItem(waiting, sa) < 0)
+    if (in <= 0 || PyObject_DelItem(waiting, sa) < 0)
         return in <= 0 ? in : -1;
     if (PyDict_GET_SIZE(waiting) != 1)
         return 0;
     Py_ssize_t pos = 0;
     PyObject *only, *value;
-    PyDict_Next(waiting, &pos, &only, &value);
+    PyDict_Next(waiting, &pos, &only, &value); /* reads the OrderedDict's own dict */
     Py_INCREF(only); /* the dict goes */
     int rc = PyDict_SetItem(unpaired, fk, only);
     Py_DECREF(only);
@@ -1439,7 +1449,7 @@ static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation,
         rc = -1;
     else if (waiting == NULL && PyDict_CheckExact(unpaired))
         rc = 0;
-    else if (PyDict_CheckExact(waiting)) /* one of several (an SPI flood between two addresses) */
+    else if (Py_TYPE(waiting) == odict_type) /* one of several (an SPI flood between two addresses) */
         rc = unwait_several(unpaired, fk, waiting, sa);
     else {
         PyObject *done_ = PyObject_CallMethodOneArg(pairer, str_remove, sa);

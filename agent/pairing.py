@@ -3,7 +3,9 @@
 Child-SA SPIs travel encrypted inside IKE, so a passive observer pairs by heuristic: among the
 unpaired reverse candidates, prefer one seen at the same observation point (a coherent view of one
 link), then the one first seen closest in time. An SA is never paired twice; rekeyed SAs (new SPIs)
-form a new pair. Candidates are indexed by flow key, so pairing never scans the SA table.
+form a new pair. Candidates are indexed by flow key, so pairing never scans the SA table; where more
+than PAIRING_CANDIDATES wait under one (an SPI flood between two addresses, not tunnels), the heuristic
+weighs the newest of them, so a flood in bursts each way costs no more per SA than one a tunnel.
 
 On a gateway an authority (strongSwan over vici, agent.strongswan) may know the true partner and
 name of an SA: then it wins, and its SAs are no candidates for SAs it does not know. An SA it names
@@ -13,12 +15,15 @@ disagreement.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection
+from itertools import islice
 from typing import Protocol
 
 from agent.sa import SA
 
 _NONE: tuple[SA, ...] = ()  # no candidates
+PAIRING_CANDIDATES = 64  # the most the heuristic weighs, the newest (first seen closest to a new SA's)
 
 
 class Claim(Protocol):
@@ -36,9 +41,10 @@ class PairAuthority(Protocol):
 class Pairer:
     def __init__(self, authority: PairAuthority | None = None) -> None:
         # flow key -> the candidate, or, when several wait (parallel SAs, overlapping rekeys, an SPI flood
-        # between two addresses), a dict of them as keys, oldest first: no container per unpaired SA (the
-        # cyclic collector walks every one that lives), and one leaves in O(1) (a list moved all the others)
-        self.unpaired: dict[bytes, SA | dict[SA, None]] = {}
+        # between two addresses), an ordered dict of them as keys, oldest first: no container per unpaired
+        # SA (the cyclic collector walks every one that lives), one leaves in O(1) (a list moved all the
+        # others) and the newest are found in O(1) (a plain dict's reversed() skips every one deleted)
+        self.unpaired: dict[bytes, SA | OrderedDict[SA, None]] = {}
         self.next_tunnel = 1
         self.authority = authority
         self.disagreements = 0
@@ -50,14 +56,13 @@ class Pairer:
     def _offer(self, sa: SA, count: bool) -> SA | None:
         reverse = sa.reverse_flow_key()
         if self.authority is None:  # the heuristic alone (no SA has a name from an authority)
-            return self._place(sa, reverse, self._waiting(reverse))
+            return self._place(sa, reverse, self._newest(reverse))
         claim = self.authority.claim(sa)
-        candidates = self._waiting(reverse)
         if claim is None:  # the heuristic, among the SAs the authority does not reserve
-            return self._place(sa, reverse, [c for c in candidates if c.name is None])
+            return self._place(sa, reverse, [c for c in self._newest(reverse) if c.name is None])
         sa.name = claim.name
-        guess = _closest(sa, candidates)  # what the heuristic alone would take
-        peer = self._place(sa, reverse, [c for c in candidates if c.ident == claim.peer])
+        guess = _closest(sa, self._newest(reverse))  # what the heuristic alone would take
+        peer = self._place(sa, reverse, [c for c in self._waiting(reverse) if c.ident == claim.peer])
         if count and guess is not None and guess is not peer:
             self.disagreements += 1
         return peer
@@ -103,10 +108,10 @@ class Pairer:
             waiting = self.unpaired.get(key)
             if waiting is None:
                 self.unpaired[key] = sa
-            elif isinstance(waiting, dict):
+            elif isinstance(waiting, OrderedDict):
                 waiting[sa] = None
             else:
-                self.unpaired[key] = {waiting: None, sa: None}
+                self.unpaired[key] = OrderedDict.fromkeys((waiting, sa))
             return None
         self._unwait(reverse, peer)
         self._pair(peer, sa)
@@ -117,14 +122,23 @@ class Pairer:
         waiting = self.unpaired.get(key)
         if waiting is None:
             return _NONE
-        return waiting if isinstance(waiting, dict) else (waiting,)
+        return waiting if isinstance(waiting, OrderedDict) else (waiting,)
+
+    def _newest(self, key: bytes) -> Collection[SA]:
+        """The candidates the heuristic weighs: at most PAIRING_CANDIDATES, the newest, oldest first."""
+        waiting = self.unpaired.get(key)
+        if not isinstance(waiting, OrderedDict) or len(waiting) <= PAIRING_CANDIDATES:
+            return self._waiting(key)
+        newest = list(islice(reversed(waiting), PAIRING_CANDIDATES))
+        newest.reverse()
+        return newest
 
     def _unwait(self, key: bytes, sa: SA) -> None:
         """`sa` is no longer a candidate under `key` (if it was one)."""
         waiting = self.unpaired.get(key)
         if waiting is sa:
             del self.unpaired[key]
-        elif isinstance(waiting, dict) and sa in waiting:
+        elif isinstance(waiting, OrderedDict) and sa in waiting:
             del waiting[sa]
             if len(waiting) == 1:
                 self.unpaired[key] = next(iter(waiting))
