@@ -1124,7 +1124,7 @@ static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the te
 static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
     *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
     *str_next_tunnel, *str_place, *str_unconfirmed_sas, *str_unconfirmed_datagrams, *str_evictions,
-    *str_epochs, *str_dormant, *str_remove, *str_stale_entries, *str_stale_min, *str_stale_share, *str_drop_dead;
+    *str_epochs, *str_dormant, *str_remove, *str_stale_entries, *str_stale_min, *str_stale_share, *str_drop_dead, *str_dropped;
 
 static inline PyObject **sa_slots(PyObject *sa) { return (PyObject **)((char *)sa + sizeof(PyObject)); }
 
@@ -1183,11 +1183,11 @@ static int bind_template(void) {
                           &str_idle_timeout, &str_active_timeout, &str_make_room, &str_authority, &str_add,
                           &str_unpaired, &str_next_tunnel, &str_place, &str_unconfirmed_sas,
                           &str_unconfirmed_datagrams, &str_evictions, &str_epochs, &str_dormant, &str_remove,
-                          &str_stale_entries, &str_stale_min, &str_stale_share, &str_drop_dead};
+                          &str_stale_entries, &str_stale_min, &str_stale_share, &str_drop_dead, &str_dropped};
     const char *text[] = {"sas", "probation", "schedule", "epoch", "pairer", "settings", "max_sas", "idle_timeout",
                           "active_timeout", "_make_room", "authority", "add", "unpaired", "next_tunnel", "_place",
                           "unconfirmed_sas", "unconfirmed_datagrams", "evictions", "_epochs", "dormant", "remove",
-                          "stale_entries", "STALE_MIN", "STALE_SHARE", "_drop_dead"};
+                          "stale_entries", "STALE_MIN", "STALE_SHARE", "_drop_dead", "dropped"};
     _Static_assert(sizeof(names) / sizeof(names[0]) == sizeof(text) / sizeof(text[0]), "one text per name");
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
         if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
@@ -1449,12 +1449,20 @@ static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation,
         rc = -1;
     else if (waiting == NULL && PyDict_CheckExact(unpaired))
         rc = 0;
-    else if (Py_TYPE(waiting) == odict_type) /* one of several (an SPI flood between two addresses) */
+    else if (waiting != NULL && Py_TYPE(waiting) == odict_type) /* one of several (an SPI flood between two addresses) */
         rc = unwait_several(unpaired, fk, waiting, sa);
     else {
         PyObject *done_ = PyObject_CallMethodOneArg(pairer, str_remove, sa);
         rc = done_ == NULL ? -1 : 0;
         Py_XDECREF(done_);
+    }
+    if (rc == 0) { /* SATable.dropped(sa): read mode forgets what it keyed by id(sa) */
+        PyObject *hook = PyObject_GetAttr(table, str_dropped), *r = NULL;
+        if (hook != NULL && hook != Py_None)
+            r = PyObject_CallOneArg(hook, sa);
+        rc = hook == NULL || (hook != Py_None && r == NULL) ? -1 : 0;
+        Py_XDECREF(hook);
+        Py_XDECREF(r);
     }
 done:
     Py_DECREF(sa);

@@ -69,8 +69,8 @@ class _Held:
 
 @dataclass(slots=True)
 class Observer:
-    """Per SA (by id: read mode keeps every SA alive): bins of `bin_us` microseconds and trace lines
-    for the SAs `traced` accepts."""
+    """Per SA (by id: read mode keeps every SA alive, but for probationers dropped from a full table,
+    `forget`): bins of `bin_us` microseconds and trace lines for the SAs `traced` accepts."""
 
     bin_us: int | None = None
     traced: Any = None  # Callable[[SA], bool] | None
@@ -80,6 +80,11 @@ class Observer:
     shown: dict[int, set[tuple[int, int]]] = field(default_factory=dict)
 
     # -- hooks of agent.meter.Meter ---------------------------------------------------------------
+    def forget(self, sa: SA) -> None:
+        key = id(sa)
+        for per_sa in (self.bins, self.lines, self.held, self.shown):
+            per_sa.pop(key, None)
+
     def before(self, sa: SA, low: int) -> tuple:
         return sa, sa.held, sa.reordered, sa.duplicates, sa.late, infer_esn(low, sa.last)
 

@@ -70,6 +70,8 @@ class Meter:
         self.now = 0.0
         self.walk = _fastpath.walk if settings.compiled and settings.fast_path and _fastpath else None
         self.observer: Observer | None = None  # read's drill-down (agent.drill): per-frame path only
+        if keep_history:
+            self.table.dropped = self._dropped
 
     def configure(self, settings: MeterSettings) -> None:
         """New settings on reload; SA state is kept."""
@@ -280,6 +282,13 @@ class Meter:
         self.loss_events.setdefault(id(sa), []).extend(events)
         if self.observer is not None:
             self.observer.made_final(sa, events, now)
+
+    def _dropped(self, sa: SA) -> None:
+        """A probationer left a full table untraced: what is keyed by its id goes (a new SA may get the id)."""
+        if self.loss_events is not None:
+            self.loss_events.pop(id(sa), None)
+        if self.observer is not None:
+            self.observer.forget(sa)
 
     def events_of(self, sa: SA) -> list[LossRun]:
         """Read mode: every loss event of `sa` so far, in sequence order."""

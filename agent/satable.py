@@ -65,6 +65,9 @@ class SATable:
         self.evictions = 0
         self.unconfirmed_sas = 0  # probationers evicted from a full table: summarised, not exported
         self.unconfirmed_datagrams = 0
+        # called with a probationer dropped from a full table, the one SA that leaves without a trace (no
+        # history): read mode forgets what it keyed by id(sa) (agent.meter, agent.drill)
+        self.dropped: Callable[[SA], None] | None = None
 
     def __del__(self) -> None:
         """The compiled create leaves SAs to reference counting (agent/_fastpath.c): the pairs still linked
@@ -233,6 +236,8 @@ class SATable:
             self._deactivate(sa)
         self.evictions += 1
         self._forget(sa, keep=False)
+        if self.dropped is not None:
+            self.dropped(sa)
 
     def _longest_idle(self) -> SA:
         """Approximately the least recently seen active SA, from the front of the schedule."""

@@ -297,3 +297,34 @@ def test_a_two_way_spi_flood_in_bursts_pairs_in_bounded_time(compiled: bool) -> 
     assert PAIRING_CANDIDATES <= 256
     small = min(cost(1000) for _ in range(3))
     assert cost(20_000) < 5 * small + 0.01
+
+
+@pytest.mark.parametrize("mode", ["compiled", "reference"])
+def test_read_mode_forgets_what_it_keyed_by_a_dropped_sa(mode: str) -> None:
+    """Read mode keys loss events (Meter.loss_events) and the drill-down's bins and lines by id(sa), as
+    every SA stays alive in the table or its history; but a probationer dropped from a full table is not
+    kept. Its loss events of an earlier record must go with it: else a new SA allocated where it lived
+    (same id) is reported with them."""
+    from agent import decode as d
+    from agent.drill import Observer
+    from agent.meter import Meter, MeterSettings
+    from agent.tracker import TrackerSettings
+    from tests.test_fastpath import _frame
+
+    frames = [(0.0, _frame(1, 0x100, 1)), (0.01, _frame(1, 0x100, 5)),  # a gap: lost by the 1 s record
+              *((1.5 + k * 0.01, _frame(10 + k, 0x200 + k, 1)) for k in range(6))]  # then the table fills
+    buf, meta = bytearray(), bytearray()
+    for t, f in frames:
+        meta += struct.pack("=IIII", 1_700_000_000, round(t * 1e6), len(buf), len(f))
+        buf += f
+    table = TableSettings(max_sas=4, active_timeout=1.0, tracker=TrackerSettings(reorder_time=0.1))
+    m = Meter(MeterSettings(table=table, fast_path=mode == "compiled"), keep_history=True)
+    if mode == "reference":
+        m.observer = Observer(bin_us=100_000, traced=lambda sa: True)
+    m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB)
+    assert m.table.unconfirmed_sas == 3 and m.loss_events is not None
+    alive = {id(sa) for sa in m.table.all_sas()}
+    assert all(sa.ident[:4] != bytes([10, 0, 0, 1]) for sa in m.table.all_sas())  # the first SA was dropped
+    assert set(m.loss_events) <= alive
+    if m.observer is not None:
+        assert set(m.observer.bins) | set(m.observer.lines) | set(m.observer.held) | set(m.observer.shown) <= alive
