@@ -18,7 +18,7 @@ import socket
 import stat
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -244,7 +244,9 @@ class Vici:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.claims: Claims = {}
-        self.waiting: dict[bytes, tuple[float, list[SA]]] = {}  # identity -> (since, SAs), oldest first
+        # identity -> (since, SAs), oldest first; ordered: the oldest of a plain dict is found by skipping every
+        # entry deleted before it (an SPI flood unknown to charon: ~7 us per new SA at MAX_WAITING)
+        self.waiting: OrderedDict[bytes, tuple[float, list[SA]]] = OrderedDict()
         self.inbox: deque[tuple[str, Any]] = deque()
         self._rd, self._wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.reader = ViciReader(uri, self.inbox, self._wr)
