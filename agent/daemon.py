@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from agent.capture import Batch
 from agent.config import load_config
 from agent.decode import ESP
-from agent.heap import HeapTrim
+from agent.heap import HeapTrim, keep_batches_in_heap
 from agent.live import LinkMonitor, LiveCapture
 from agent.logsetup import flush_suppressed, limited, setup_logging
 from agent.losslog import LossEventLog
@@ -67,6 +67,7 @@ class Agent:
         self.outputs.configure(self._outputs(self.rt))
         self.last_drops = 0
         self.heap = HeapTrim(COALESCE_FRAMES)
+        keep_batches_in_heap()
         self.totals = Totals()  # at the last statistics line
         self.next_stats = self.clock() + self.rt.export.stats_interval_s
         self.status = ""  # the STATUS= last sent
