@@ -451,6 +451,11 @@ static int first_datagram(PyObject *sa, PyObject *seq, uint32_t total, PyObject 
 
 static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
                            PyObject *local); /* SATable.create: "New SAs" below */
+/* agent.schedule's compiled heap: "The export schedule" below */
+typedef struct { double due; PyObject *sa; } Timer;
+typedef struct { PyObject_HEAD Timer *t; Py_ssize_t n, cap; } Schedule;
+static PyTypeObject ScheduleType;
+static int schedule_push(Schedule *s, double due, PyObject *sa);
 static PyObject *str_epoch, *str_schedule;
 
 /* The cache after the table's epoch changed (an entry left it): every entry is stale. */
@@ -492,15 +497,10 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, PyObject *obs, 
         goto done;
     if (now_epoch != *epoch)
         new_cache_epoch(*epoch = now_epoch);
-    /* Meter._due: the head of the schedule */
-    *due = INFINITY;
-    if (PyList_CheckExact(heap) && PyList_GET_SIZE(heap) > 0) {
-        PyObject *head = PyList_GET_ITEM(heap, 0);
-        if (!PyTuple_CheckExact(head) || PyTuple_GET_SIZE(head) < 1 || !PyFloat_CheckExact(PyTuple_GET_ITEM(head, 0)))
-            *due = -INFINITY; /* not the schedule's usual entry: stop at once, Python looks */
-        else
-            *due = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(head, 0));
-    } else if (!PyList_CheckExact(heap))
+    /* Meter._due: the head of the schedule (another kind of schedule: stop at once, Python looks) */
+    if (Py_IS_TYPE(heap, &ScheduleType))
+        *due = ((Schedule *)heap)->n > 0 ? ((Schedule *)heap)->t[0].due : INFINITY;
+    else
         *due = -INFINITY;
     result = rc ? Py_None : PyDict_GetItemWithError(sas, key);
     if (result == NULL && !PyErr_Occurred())
@@ -1117,7 +1117,7 @@ enum { C_PEER, C_TUNNEL_ID, C_DUE, C_LOCAL, C_X_DATAGRAMS, C_IDENT, C_UDP, N_CSL
 static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "due", "local", "x_datagrams", "ident", "udp"};
 static Py_ssize_t create_off[N_CSLOTS];
 #define CSLOT(o, i) (*(PyObject **)((char *)(o) + create_off[i]))
-static PyObject *stand_in[N_ARGS], *template_sa, *heappush, *one, *empty_tuple;
+static PyObject *stand_in[N_ARGS], *template_sa, *one, *empty_tuple;
 static PyTypeObject *odict_type; /* collections.OrderedDict: several candidates under one flow key (agent.pairing) */
 static Py_ssize_t n_sa_slots; /* object pointers between the object header and tp_basicsize */
 static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the template's constant) */
@@ -1163,11 +1163,6 @@ static int bind_template(void) {
             return -1;
         }
     }
-    PyObject *heapq = PyImport_ImportModule("heapq");
-    if (heapq == NULL)
-        return -1;
-    heappush = PyObject_GetAttrString(heapq, "heappush");
-    Py_DECREF(heapq);
     PyObject *collections = PyImport_ImportModule("collections");
     if (collections == NULL)
         return -1;
@@ -1192,7 +1187,7 @@ static int bind_template(void) {
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
         if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
             return -1;
-    return heappush != NULL && one != NULL && empty_tuple != NULL ? 0 : -1;
+    return one != NULL && empty_tuple != NULL ? 0 : -1;
 }
 
 /* SA(key, udp, now, direction): the template with the arguments in place of the stand-ins. */
@@ -1246,17 +1241,16 @@ static int schedule_new(PyObject *table, PyObject *sa, double now, double idle, 
         Py_DECREF(due_obj);
         return -1;
     }
-    PyObject *entry = PyTuple_Pack(2, due_obj, sa), *heap = PyObject_GetAttr(table, str_schedule), *r = NULL;
+    PyObject *heap = PyObject_GetAttr(table, str_schedule), *r = NULL;
+    int rc = -1;
+    if (heap != NULL && Py_IS_TYPE(heap, &ScheduleType))
+        rc = schedule_push((Schedule *)heap, due, sa);
+    else if (heap != NULL) /* another kind of schedule (agent.schedule.Schedule) */
+        rc = (r = PyObject_CallMethod(heap, "push", "OO", due_obj, sa)) == NULL ? -1 : 0;
     Py_DECREF(due_obj);
-    if (entry != NULL) /* a float and an SA the collector does not see: no cycle (the collector would keep
-                        * a tuple holding an object of a collected type in sight) */
-        PyObject_GC_UnTrack(entry);
-    if (entry != NULL && heap != NULL)
-        r = PyObject_CallFunctionObjArgs(heappush, heap, entry, NULL);
-    Py_XDECREF(entry);
     Py_XDECREF(heap);
     Py_XDECREF(r);
-    return r == NULL ? -1 : 0;
+    return rc;
 }
 
 /* The flow key (ident without its SPI) or, reverse, its mirror: addresses swapped, and ports for UDP. */
@@ -1498,49 +1492,271 @@ static int make_room(PyObject *table, PyObject *sas, PyObject *probation, Py_ssi
     return 1;
 }
 
-/* SATable._stale's filter: the entries of `heap` whose SA is active, due at the entry's time and the
- * table's entry for its key, in heap order (so heapify makes the heap Python makes). */
-static PyObject *live_entries(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
-    (void)self;
-    if (argc != 2 || !PyList_CheckExact(argv[0]) || !PyDict_CheckExact(argv[1])) {
-        PyErr_SetString(PyExc_TypeError, "live_entries(schedule list, sas dict)");
-        return NULL;
-    }
-    PyObject *heap = argv[0], *sas = argv[1], *out = PyList_New(0);
-    for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(heap); i++) {
-        PyObject *e = PyList_GET_ITEM(heap, i), *due, *sa;
-        int live;
-        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2 || Py_TYPE(sa = PyTuple_GET_ITEM(e, 1)) != sa_type) {
-            PyErr_SetString(PyExc_TypeError, "live_entries: a schedule entry is not (due, SA)");
-            Py_CLEAR(out);
-            break;
-        }
-        due = PyTuple_GET_ITEM(e, 0);
-        Py_INCREF(e); /* the checks below may run Python code (__eq__, __bool__, __hash__) */
-        live = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
-        if (live > 0) {
-            PyObject *d = CSLOT(sa, C_DUE);
-            if (d != NULL && PyFloat_CheckExact(d) && PyFloat_CheckExact(due))
-                live = PyFloat_AS_DOUBLE(d) == PyFloat_AS_DOUBLE(due);
-            else {
-                PyObject *eq = d != NULL ? PyObject_RichCompare(d, due, Py_EQ) : NULL;
-                live = eq != NULL ? PyObject_IsTrue(eq) : -1;
-                Py_XDECREF(eq);
-            }
-        }
-        if (live > 0) {
-            PyObject *key = SLOT(sa, S_KEY), *entry;
-            entry = key != NULL ? PyDict_GetItemWithError(sas, key) : NULL;
-            live = entry == sa ? 1 : PyErr_Occurred() || key == NULL ? -1 : 0;
-        }
-        if (live < 0 || (live > 0 && PyList_Append(out, e) < 0))
-            Py_CLEAR(out);
-        Py_DECREF(e);
-    }
-    return out;
+/* ---- The export schedule (agent.schedule) -------------------------------------------------------
+ * SATable's timers: a binary heap of (due, SA) as heapq keeps a list of tuples, in 16 bytes per entry
+ * instead of a 56-byte tuple and its list slot. Entries order as the tuples do (by time, then by
+ * SA.__lt__), and push, pop and heapify are heapq's own steps (CPython's Modules/_heapqmodule.c:
+ * siftdown, siftup): entries that compare equal (one SA twice at one time) leave in heapq's order too,
+ * so a table with this schedule and one with agent.schedule.HeapSchedule export alike. No GC support:
+ * the schedule holds SAs, which hold no schedule.
+ */
+
+/* (a.due, a.sa) < (b.due, b.sa), as tuples compare; -1 on error */
+static inline int timer_lt(const Timer *a, const Timer *b) {
+    if (a->due < b->due)
+        return 1;
+    if (a->due != b->due || a->sa == b->sa)
+        return 0;
+    return PyObject_RichCompareBool(a->sa, b->sa, Py_LT);
 }
 
-/* SATable.create(key, udp, now, direction, local): key (obs, ident bytes), now a float */
+/* SA.__lt__ is Python code: a schedule it changed is an error, as heapq says of a list */
+static inline int unchanged(const Schedule *s, const Timer *t, Py_ssize_t n) {
+    if (s->t == t && s->n == n)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "the schedule changed during a comparison");
+    return -1;
+}
+
+static int siftdown(Schedule *s, Py_ssize_t start, Py_ssize_t pos) {
+    Timer *t = s->t;
+    Py_ssize_t n = s->n;
+    while (pos > start) {
+        Py_ssize_t parent = (pos - 1) >> 1;
+        int lt = timer_lt(&t[pos], &t[parent]);
+        if (lt < 0 || unchanged(s, t, n) < 0)
+            return -1;
+        if (!lt)
+            break;
+        Timer tmp = t[parent];
+        t[parent] = t[pos];
+        t[pos] = tmp;
+        pos = parent;
+    }
+    return 0;
+}
+
+static int siftup(Schedule *s, Py_ssize_t pos) {
+    Timer *t = s->t;
+    Py_ssize_t n = s->n, start = pos, limit = n >> 1;
+    while (pos < limit) {
+        Py_ssize_t child = 2 * pos + 1;
+        if (child + 1 < n) {
+            int lt = timer_lt(&t[child], &t[child + 1]);
+            if (lt < 0 || unchanged(s, t, n) < 0)
+                return -1;
+            child += lt ^ 1;
+        }
+        Timer tmp = t[child];
+        t[child] = t[pos];
+        t[pos] = tmp;
+        pos = child;
+    }
+    return siftdown(s, start, pos);
+}
+
+static int schedule_push(Schedule *s, double due, PyObject *sa) {
+    if (s->n == s->cap) {
+        Py_ssize_t cap = s->cap < 64 ? 64 : s->cap + (s->cap >> 1);
+        Timer *t = PyMem_Realloc(s->t, (size_t)cap * sizeof(Timer));
+        if (t == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->t = t;
+        s->cap = cap;
+    }
+    Py_INCREF(sa);
+    s->t[s->n++] = (Timer){due, sa};
+    return siftdown(s, 0, s->n - 1);
+}
+
+static int schedule_heapify(Schedule *s) {
+    for (Py_ssize_t i = (s->n >> 1) - 1; i >= 0; i--)
+        if (siftup(s, i) < 0)
+            return -1;
+    return 0;
+}
+
+/* Fewer entries than a quarter of the room: give back half of it (a flood's heap shrinks after it). */
+static void schedule_fit(Schedule *s) {
+    if (s->cap > 64 && s->n < s->cap / 4) {
+        Timer *t = PyMem_Realloc(s->t, (size_t)(s->cap / 2) * sizeof(Timer));
+        if (t != NULL) {
+            s->t = t;
+            s->cap /= 2;
+        }
+    }
+}
+
+static void schedule_empty(Schedule *s) {
+    Timer *t = s->t;
+    Py_ssize_t n = s->n;
+    s->t = NULL;
+    s->n = s->cap = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(t[i].sa);
+    PyMem_Free(t);
+}
+
+static void schedule_dealloc(Schedule *s) {
+    schedule_empty(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *schedule_push_method(Schedule *s, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 2) {
+        PyErr_SetString(PyExc_TypeError, "push(due, sa)");
+        return NULL;
+    }
+    double due = PyFloat_AsDouble(argv[0]);
+    if (due == -1.0 && PyErr_Occurred())
+        return NULL;
+    return schedule_push(s, due, argv[1]) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *schedule_pop(Schedule *s, PyObject *unused) {
+    (void)unused;
+    if (s->n == 0) {
+        PyErr_SetString(PyExc_IndexError, "pop from an empty schedule");
+        return NULL;
+    }
+    Timer top = s->t[0];
+    s->t[0] = s->t[--s->n];
+    PyObject *due = PyFloat_FromDouble(top.due), *r = due != NULL ? PyTuple_New(2) : NULL;
+    if (r == NULL) { /* the entry is gone from the heap all the same, as heapq's would be */
+        Py_XDECREF(due);
+        Py_DECREF(top.sa);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(r, 0, due);
+    PyTuple_SET_ITEM(r, 1, top.sa);
+    if (s->n > 0 && siftup(s, 0) < 0)
+        Py_CLEAR(r);
+    return r;
+}
+
+static PyObject *schedule_head(Schedule *s, PyObject *unused) {
+    (void)unused;
+    return PyFloat_FromDouble(s->n > 0 ? s->t[0].due : INFINITY);
+}
+
+static PyObject *schedule_clear(Schedule *s, PyObject *unused) {
+    (void)unused;
+    schedule_empty(s);
+    return Py_NewRef(Py_None);
+}
+
+/* agent.schedule.live: the SA is active, due at the entry's time and the table's entry for its key */
+static int live(const Timer *e, PyObject *sas) {
+    PyObject *sa = e->sa;
+    if (Py_TYPE(sa) != sa_type) {
+        PyErr_SetString(PyExc_TypeError, "a schedule entry is not an agent.sa.SA");
+        return -1;
+    }
+    int alive = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
+    if (alive > 0) {
+        PyObject *d = CSLOT(sa, C_DUE);
+        if (d != NULL && PyFloat_CheckExact(d))
+            alive = PyFloat_AS_DOUBLE(d) == e->due;
+        else {
+            PyObject *due = PyFloat_FromDouble(e->due), *eq = d != NULL && due != NULL ? PyObject_RichCompare(d, due, Py_EQ) : NULL;
+            alive = eq != NULL ? PyObject_IsTrue(eq) : -1;
+            Py_XDECREF(due);
+            Py_XDECREF(eq);
+        }
+    }
+    if (alive > 0) {
+        PyObject *key = SLOT(sa, S_KEY), *entry = key != NULL ? PyDict_GetItemWithError(sas, key) : NULL;
+        alive = entry == sa ? 1 : PyErr_Occurred() || key == NULL ? -1 : 0;
+    }
+    return alive;
+}
+
+/* SATable._drop_dead: keep the live entries, in heap order, and heapify them (HeapSchedule.drop_dead). */
+static PyObject *schedule_drop_dead(Schedule *s, PyObject *sas) {
+    if (!PyDict_CheckExact(sas)) {
+        PyErr_SetString(PyExc_TypeError, "drop_dead(sas dict)");
+        return NULL;
+    }
+    /* the checks may run Python code (__bool__, __eq__, __hash__): the entries are taken out first */
+    Timer *t = s->t;
+    Py_ssize_t n = s->n, cap = s->cap, kept = 0, i = 0;
+    s->t = NULL;
+    s->n = s->cap = 0;
+    for (; i < n; i++) {
+        int alive = live(&t[i], sas);
+        if (alive < 0)
+            break;
+        if (alive)
+            t[kept++] = t[i];
+        else
+            Py_DECREF(t[i].sa);
+    }
+    for (; i < n; i++) /* after an error: the unchecked entries stay */
+        t[kept++] = t[i];
+    if (s->t != NULL) { /* pushed to during a check: those entries stay too */
+        for (Py_ssize_t k = 0; k < s->n; k++)
+            Py_DECREF(s->t[k].sa);
+        PyMem_Free(s->t);
+    }
+    s->t = t;
+    s->n = kept;
+    s->cap = cap;
+    if (PyErr_Occurred())
+        return NULL;
+    schedule_fit(s);
+    return schedule_heapify(s) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static Py_ssize_t schedule_len(Schedule *s) { return s->n; }
+
+/* The entries as (due, SA) tuples, in heap order (tests compare it with HeapSchedule's list). */
+static PyObject *schedule_iter(Schedule *s) {
+    PyObject *list = PyList_New(s->n);
+    for (Py_ssize_t i = 0; list != NULL && i < s->n; i++) {
+        PyObject *e = Py_BuildValue("(dO)", s->t[i].due, s->t[i].sa);
+        if (e == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, e);
+    }
+    PyObject *it = list != NULL ? PyObject_GetIter(list) : NULL;
+    Py_XDECREF(list);
+    return it;
+}
+
+static PyObject *schedule_sizeof(Schedule *s, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSsize_t((Py_ssize_t)sizeof(Schedule) + s->cap * (Py_ssize_t)sizeof(Timer));
+}
+
+static PyMethodDef schedule_methods[] = {
+    {"push", (PyCFunction)(void (*)(void))schedule_push_method, METH_FASTCALL, "push(due, sa): heapq.heappush"},
+    {"pop", (PyCFunction)schedule_pop, METH_NOARGS, "pop() -> (due, sa): heapq.heappop"},
+    {"head", (PyCFunction)schedule_head, METH_NOARGS, "head() -> float: the earliest due time, inf when empty"},
+    {"clear", (PyCFunction)schedule_clear, METH_NOARGS, "clear(): no entry left"},
+    {"drop_dead", (PyCFunction)schedule_drop_dead, METH_O,
+     "drop_dead(sas): keep the entries agent.schedule.live keeps, as a heap"},
+    {"__sizeof__", (PyCFunction)schedule_sizeof, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods schedule_as_sequence = {.sq_length = (lenfunc)schedule_len};
+
+static PyTypeObject ScheduleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "agent._fastpath.Schedule",
+    .tp_doc = "Schedule(): agent.schedule.HeapSchedule in C, 16 bytes per entry",
+    .tp_basicsize = sizeof(Schedule),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)schedule_dealloc,
+    .tp_iter = (getiterfunc)schedule_iter,
+    .tp_methods = schedule_methods,
+    .tp_as_sequence = &schedule_as_sequence,
+};
+
 static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
                            PyObject *local) {
     PyObject *ident = PyTuple_GET_ITEM(key, 1), *settings = NULL, *sas = NULL, *probation = NULL, *sa = NULL;
@@ -1608,8 +1824,6 @@ static PyMethodDef methods[] = {
      "number, or not established); else None."},
     {"create", (PyCFunction)(void (*)(void))create, METH_FASTCALL,
      "create(table, key, udp, now, direction, local) -> SA: SATable.create, its pairing included."},
-    {"live_entries", (PyCFunction)(void (*)(void))live_entries, METH_FASTCALL,
-     "live_entries(schedule, sas) -> list: SATable._stale's filter of the schedule's live entries."},
     {"index_pcap", index_pcap, METH_VARARGS,
      "index_pcap(buf, start, max_frames, swapped, nanos, snapshot, max_caplen) -> (meta, stop): the 16-byte\n"
      "records (sec, usec, offset, caplen) of the classic pcap records from `start` that are whole in buf."},
@@ -1685,9 +1899,12 @@ static int bind_sa(void) {
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    if (bind_sa() < 0)
+    if (bind_sa() < 0 || PyType_Ready(&ScheduleType) < 0)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "Schedule", (PyObject *)&ScheduleType) < 0)
+        Py_CLEAR(m);
+    return m;
 }
 
 

@@ -23,7 +23,7 @@ from agent.compiled import fastpath as _fastpath  # agent/_fastpath.c, None wher
 from agent.fragments import FragEntry, FragmentTable
 from agent.ike import IkePair, IkeTable
 from agent.records import LossEventSettings, Producer, RecordSink
-from agent.sa import NEVER, SA, esp_ident, udp_ident
+from agent.sa import SA, esp_ident, udp_ident
 from agent.satable import SATable, TableSettings
 from agent.tracker import LossRun
 from exporter.records import MeteringStats
@@ -296,8 +296,7 @@ class Meter:
 
     def _due(self) -> float:
         """When the next SA timer is due (the head of the schedule)."""
-        schedule = self.table.schedule
-        return schedule[0][0] if schedule else NEVER
+        return self.table.schedule.head()
 
     def _timers(self, now: float) -> None:
         """The timers due at `now`, inside a batch: their records are handed over when it ends (`feed`),

@@ -2,7 +2,7 @@
 
 `sas` maps key → SA (active or dormant: an SA ended by the idle timeout keeps its sequence state,
 so a quiet tunnel that speaks again continues its numbering instead of starting a new "flow").
-`schedule` is a heap of (due, SA); an SA has one live entry, stale ones are skipped.
+`schedule` is a heap of (due, SA) (agent.schedule); an SA has one live entry, stale ones are skipped.
 New SAs are on probation until they show a run of packets in sequence. Nothing is evicted while the
 table has room; when it is full, probationers go first (oldest first, counted, not exported one by
 one), so a flood of one-packet SPIs evicts its own kind, never the established tunnels.
@@ -10,7 +10,6 @@ one), so a flood of one-packet SPIs evicts its own kind, never the established t
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from operator import attrgetter
 from agent.compiled import fastpath as _fastpath
 from agent.pairing import Pairer
 from agent.sa import PROBATION_RUN, SA, SAKey
+from agent.schedule import Schedule, live, new_schedule
 from agent.tracker import TrackerSettings, Verdict
 from exporter.records import END_ACTIVE, END_FORCED, END_IDLE, END_RESOURCES
 
@@ -47,7 +47,6 @@ class SATable:
         # `create` in C (agent/_fastpath.c): the same steps; a full table and a choice between pairing
         # candidates come back to Python (_make_room, Pairer._place)
         self._create = _fastpath.create if compiled and _fastpath else None
-        self._live = _fastpath.live_entries if compiled and _fastpath else None  # _stale's filter
         # changes whenever an entry of `sas` is removed or replaced, unique across tables: the compiled
         # walk's SA cache holds borrowed SA pointers while it is unchanged (agent/_fastpath.c)
         self.epoch = next(self._epochs)
@@ -58,7 +57,7 @@ class SATable:
         # made that quadratic: 27 s of 43 for 400 000 SPIs)
         self.dormant: OrderedDict[SAKey, SA] = OrderedDict()
         self.probation: OrderedDict[SAKey, SA] = OrderedDict()
-        self.schedule: list[tuple[float, SA]] = []
+        self.schedule: Schedule = new_schedule(compiled)
         self.stale_entries = 0  # schedule entries of SAs no longer in the table
         self.pairer = Pairer()
         self.history: list[SA] | None = [] if keep_history else None  # read mode: ended generations
@@ -152,9 +151,9 @@ class SATable:
         """Idle and active timeouts for every SA whose schedule entry is due; O(due entries)."""
         s = self.settings
         heap = self.schedule
-        while heap and heap[0][0] <= now:
-            due, sa = heapq.heappop(heap)
-            if not sa.active or sa.due != due or self.sas.get(sa.key) is not sa:
+        while heap.head() <= now:
+            due, sa = heap.pop()
+            if not live(due, sa, self.sas):
                 continue
             if now - sa.last_seen >= s.idle_timeout:
                 self._end(sa, END_IDLE, now)
@@ -186,7 +185,7 @@ class SATable:
         if due <= now:
             due = now + min(s.idle_timeout, s.active_timeout)
         sa.due = due
-        heapq.heappush(self.schedule, (due, sa))
+        self.schedule.push(due, sa)
 
     def _stale(self) -> None:
         """An SA left the table with an entry still in the schedule: drop dead entries once they are a
@@ -198,10 +197,7 @@ class SATable:
             self._drop_dead()
 
     def _drop_dead(self) -> None:
-        heap = self.schedule
-        self.schedule = (self._live(heap, self.sas) if self._live is not None else
-                         [e for e in heap if e[1].active and e[1].due == e[0] and self.sas.get(e[1].key) is e[1]])
-        heapq.heapify(self.schedule)
+        self.schedule.drop_dead(self.sas)
         self.stale_entries = 0
 
     @staticmethod
@@ -243,13 +239,12 @@ class SATable:
         """Approximately the least recently seen active SA, from the front of the schedule."""
         heap = self.schedule
         sample: list[tuple[float, SA]] = []
-        while heap and len(sample) < EVICTION_SAMPLE:
-            entry = heapq.heappop(heap)
-            sa = entry[1]
-            if sa.active and sa.due == entry[0] and self.sas.get(sa.key) is sa:
+        while len(heap) and len(sample) < EVICTION_SAMPLE:
+            entry = heap.pop()
+            if live(*entry, self.sas):
                 sample.append(entry)
         for entry in sample:
-            heapq.heappush(heap, entry)
+            heap.push(*entry)
         if sample:
             return min(sample, key=lambda e: e[1].last_seen)[1]
         return min((sa for sa in self.sas.values() if sa.active), key=lambda sa: sa.last_seen)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from agent.compiled import fastpath
 from agent.sa import SA, esp_ident, udp_ident
 from agent.satable import SATable, TableSettings
+from agent.schedule import HeapSchedule
 
 if fastpath is None:
     pytestmark = pytest.mark.skipif(not (os.environ.get("CI") and not os.environ.get("ESPMETER_PURE_PYTHON")),
@@ -225,24 +226,69 @@ def test_a_flooded_table_drops_dead_schedule_entries_as_python_does() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(entries=st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.sampled_from([1.0, 2.0, 2.5]),
-                                  st.sampled_from([1.0, 2.0]), st.booleans()), max_size=30))
-def test_live_entries_is_the_python_filter(entries: list) -> None:
-    """_fastpath.live_entries against SATable._stale's list comprehension: SAs active or not, entries due at
-    the SA's time or not, SAs that are the table's entry for their key or not."""
+                                  st.sampled_from([1.0, 2.0]), st.booleans()), max_size=30),
+       pops=st.integers(0, 30))
+def test_the_compiled_schedule_is_the_heapq_one(entries: list, pops: int) -> None:
+    """agent/_fastpath.c's Schedule against HeapSchedule, its oracle: the same pushes give the same heap, entry
+    for entry (SAs that tie on due time and on SA.__lt__ included: one SA several times), the same pops, and
+    drop_dead keeps the same entries (SAs active or not, due at the entry's time or not, the table's entry for
+    their key or not)."""
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
-    sas_made = {n: SA((None, esp_ident(_ADDRS[0], _ADDRS[1], n + 1)), False, 1.0, None) for n in range(6)}
+    sas_made = {n: SA((None, esp_ident(_ADDRS[0], _ADDRS[1], n % 4 + 1)), False, 1.0 + n % 2, None)
+                for n in range(6)}
     table: dict = {}
-    heap = []
+    schedules = (HeapSchedule(), fastpath.Schedule())
     for n, active, due, entry_due, in_table in entries:
         sa = sas_made[n]
         sa.active, sa.due = active, due
         if in_table:
             table[sa.key] = sa
-        heap.append((entry_due, sa))
-    want = [e for e in heap if e[1].active and e[1].due == e[0] and table.get(e[1].key) is e[1]]
-    got = fastpath.live_entries(heap, table)
-    assert len(got) == len(want) and all(g is w for g, w in zip(got, want, strict=True))
+        for s in schedules:
+            s.push(entry_due, sa)
+
+    def same() -> None:
+        a, b = ([(due, id(sa)) for due, sa in s] for s in schedules)
+        assert a == b and len(schedules[0]) == len(schedules[1])
+        assert schedules[0].head() == schedules[1].head()
+
+    same()
+    for s in schedules:
+        s.drop_dead(table)
+    same()
+    for _ in range(min(pops, len(schedules[0]))):
+        a, b = (s.pop() for s in schedules)
+        assert a[0] == b[0] and a[1] is b[1]
+        same()
+
+
+def test_the_compiled_schedule_frees_its_entries() -> None:
+    """Entries popped, dropped, cleared, or left in a schedule that goes, release their SA."""
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    import sys
+    sa = SA((None, esp_ident(_ADDRS[0], _ADDRS[1], 1)), False, 1.0, None)
+    base = sys.getrefcount(sa)
+    s = fastpath.Schedule()
+    for i in range(1000):
+        s.push(float(i % 7), sa)
+    assert sys.getrefcount(sa) == base + 1000
+    for _ in range(10):
+        s.pop()
+    assert sys.getrefcount(sa) == base + 990
+    s.drop_dead({})  # not in the table: dead
+    assert sys.getrefcount(sa) == base and len(s) == 0 and s.head() == float("inf")
+    for i in range(10):
+        s.push(float(i), sa)
+    s.clear()
+    assert sys.getrefcount(sa) == base
+    s.push(1.0, sa)
+    del s
+    assert sys.getrefcount(sa) == base
+    with pytest.raises(IndexError):
+        fastpath.Schedule().pop()
+    with pytest.raises(TypeError):
+        fastpath.Schedule().push("1", sa)
 
 
 def test_an_spi_flood_between_two_addresses_leaves_its_candidates_in_constant_time() -> None:
