@@ -1104,6 +1104,110 @@ static PyObject *tunnel_entries(PyObject *self, PyObject *args) {
     return entries(tunnels, put_tunnel, names, Py_None, slow);
 }
 
+/* The document's order of SAs (SATable.all_sas): by (first_seen, generation), ties in list order, as
+ * Python's stable sort on that key orders them; for 100 000 SAs a tenth of the time of the sort with
+ * a key tuple per SA. None when a key is not a float (not NaN) and a 64-bit int: then Python sorts. */
+typedef struct { double first_seen; long long generation; Py_ssize_t i; } OrderKey;
+
+static int order_cmp(const void *pa, const void *pb) {
+    const OrderKey *a = pa, *b = pb;
+    if (a->first_seen != b->first_seen)
+        return a->first_seen < b->first_seen ? -1 : 1;
+    if (a->generation != b->generation)
+        return a->generation < b->generation ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+static PyObject *sa_order(PyObject *self, PyObject *sas) {
+    (void)self;
+    if (!PyList_CheckExact(sas)) {
+        PyErr_SetString(PyExc_TypeError, "sa_order(list of SAs)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(sas);
+    OrderKey *k = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(OrderKey));
+    if (k == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *sa = PyList_GET_ITEM(sas, i), *fs, *gen;
+        int overflow = 0;
+        if (Py_TYPE(sa) != sa_type || (fs = JSLOT(sa, J_FIRST_SEEN)) == NULL || !PyFloat_CheckExact(fs)
+            || isnan(PyFloat_AS_DOUBLE(fs)) || (gen = JSLOT(sa, J_GENERATION)) == NULL || !PyLong_CheckExact(gen)
+            || (k[i] = (OrderKey){PyFloat_AS_DOUBLE(fs), PyLong_AsLongLongAndOverflow(gen, &overflow), i},
+                overflow)) {
+            PyMem_Free(k); /* not a key this function orders as Python does: Python sorts */
+            Py_RETURN_NONE;
+        }
+    }
+    qsort(k, (size_t)n, sizeof(OrderKey), order_cmp);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++)
+        PyList_SET_ITEM(out, i, Py_NewRef(PyList_GET_ITEM(sas, k[i].i)));
+    PyMem_Free(k);
+    return out;
+}
+
+/* agent.report's tunnels of a list of SAs: for each SA with a tunnel id not taken yet whose partner is
+ * in the list too, (id, the first of the two in the list, the other, their two indices), by id. */
+static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
+    (void)self;
+    if (!PyList_CheckExact(sas)) {
+        PyErr_SetString(PyExc_TypeError, "tunnel_pairs(list of SAs)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(sas), size = 16;
+    while (size < 2 * n)
+        size <<= 1;
+    /* where each SA is in the list: open addressing on its address (an SA is in the list once) */
+    struct { PyObject *sa; Py_ssize_t i; } *at = PyMem_Calloc((size_t)size, sizeof(*at));
+    PyObject *pairs = PyDict_New(), *out = NULL, *ids = NULL;
+    if (at == NULL || pairs == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *sa = PyList_GET_ITEM(sas, i);
+        if (Py_TYPE(sa) != sa_type) {
+            PyErr_SetString(PyExc_TypeError, "tunnel_pairs: not an agent.sa.SA");
+            goto done;
+        }
+        size_t h = ((uintptr_t)sa >> 4) * 0x9E3779B97F4A7C15ull;
+        for (h >>= 20; at[h & (size - 1)].sa != NULL && at[h & (size - 1)].sa != sa; h++)
+            ;
+        at[h & (size - 1)].sa = sa;
+        at[h & (size - 1)].i = i;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *sa = PyList_GET_ITEM(sas, i), *tid = JSLOT(sa, J_TUNNEL_ID), *peer = JSLOT(sa, J_PEER);
+        if (tid == NULL || peer == NULL || tid == Py_None || peer == Py_None)
+            continue;
+        int taken = PyDict_Contains(pairs, tid);
+        if (taken < 0)
+            goto done;
+        if (taken)
+            continue;
+        size_t h = ((uintptr_t)peer >> 4) * 0x9E3779B97F4A7C15ull;
+        for (h >>= 20; at[h & (size - 1)].sa != NULL && at[h & (size - 1)].sa != peer; h++)
+            ;
+        if (at[h & (size - 1)].sa == NULL)
+            continue; /* the partner is not in the list */
+        Py_ssize_t j = at[h & (size - 1)].i;
+        PyObject *t = i <= j ? Py_BuildValue("(OOOnn)", tid, sa, peer, i, j) : Py_BuildValue("(OOOnn)", tid, peer, sa, j, i);
+        if (t == NULL || PyDict_SetItem(pairs, tid, t) < 0) {
+            Py_XDECREF(t);
+            goto done;
+        }
+        Py_DECREF(t);
+    }
+    if ((ids = PyDict_Keys(pairs)) == NULL || PyList_Sort(ids) < 0 || (out = PyList_New(PyList_GET_SIZE(ids))) == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(ids); k++)
+        PyList_SET_ITEM(out, k, Py_NewRef(PyDict_GetItem(pairs, PyList_GET_ITEM(ids, k))));
+done:
+    PyMem_Free(at);
+    Py_XDECREF(pairs);
+    Py_XDECREF(ids);
+    return out;
+}
+
 /* ---- New SAs (SATable.create) -------------------------------------------------------------------
  * A new SA is a copy of a template SA that agent.sa.SA.__init__ built at import from stand-in
  * arguments: each slot holds either one of the stand-ins (replaced by the real argument) or an
@@ -1830,6 +1934,12 @@ static PyMethodDef methods[] = {
     {"sa_entries", sa_entries, METH_VARARGS,
      "sa_entries(sas, names, interfaces, slow) -> str: the `read --json` entries of a list of SAs, joined by\n"
      "commas, as agent.report writes them; slow(sa) -> str writes the SAs this function does not handle."},
+    {"sa_order", sa_order, METH_O,
+     "sa_order(sas) -> list | None: the SAs by (first_seen, generation), ties in list order (SATable.all_sas);\n"
+     "None where Python must sort."},
+    {"tunnel_pairs", tunnel_pairs, METH_O,
+     "tunnel_pairs(sas) -> list: (id, first SA, other SA, index of first, index of other) of each tunnel\n"
+     "whose two SAs are in the list, by id (agent.report)."},
     {"tunnel_entries", tunnel_entries, METH_VARARGS,
      "tunnel_entries(tunnels, names, slow) -> str: the `tunnels[]` entries of (id, forward SA, reverse SA,\n"
      "index of forward, index of reverse) tuples, as sa_entries."},

@@ -173,6 +173,38 @@ def test_compiled_tunnel_entries_are_the_python_ones(data: st.DataObject) -> Non
     assert fastpath.tunnel_entries(tunnels, names, slow) == ",".join(map(slow, tunnels))
 
 
+@given(data=st.data())
+def test_compiled_order_and_tunnels_are_the_python_ones(data: st.DataObject) -> None:
+    """agent/_fastpath.c's sa_order and tunnel_pairs against SATable.all_sas's sort and report.tunnel_pairs's
+    Python body: SAs tied on first_seen and generation, huge generations (Python sorts those), partners in
+    the list or not, tunnel ids shared by several SAs (generations after a restart) or by none."""
+    assert fastpath is not None, "the extension is not built"
+    sas = data.draw(st.lists(_sa(False), max_size=12))
+    times = data.draw(st.lists(st.sampled_from([1.0, 2.0, 2.0 + 1e-6]), min_size=len(sas), max_size=len(sas)))
+    for sa, t in zip(sas, times, strict=True):
+        if data.draw(st.booleans()):
+            sa.first_seen, sa.generation = t, data.draw(st.integers(0, 2))
+        sa.tunnel_id = data.draw(st.none() | st.integers(1, 4))
+        if sas and data.draw(st.booleans()):
+            sa.peer = data.draw(st.sampled_from(sas))
+    if data.draw(st.booleans()):
+        sas.append(data.draw(st.sampled_from(sas))) if sas else None  # one SA twice
+    ordered = fastpath.sa_order(sas)
+    want = sorted(sas, key=lambda sa: (sa.first_seen, sa.generation))
+    if ordered is None:  # a key the compiled order leaves to Python
+        assert any(not -2**63 <= sa.generation < 2**63 or sa.first_seen != sa.first_seen for sa in sas)
+    else:
+        assert [id(sa) for sa in ordered] == [id(sa) for sa in want]
+    compiled = fastpath.tunnel_pairs(sas)
+    try:
+        report.fastpath = None
+        python = report.tunnel_pairs(sas)
+    finally:
+        report.fastpath = fastpath
+    assert [(t[0], id(t[1]), id(t[2]), t[3], t[4]) for t in compiled] == \
+        [(t[0], id(t[1]), id(t[2]), t[3], t[4]) for t in python]
+
+
 @pytest.mark.parametrize("slot", ["ident", "udp", "obs", "direction", "local", "generation", "packets", "octets",
                                   "datagrams", "first", "last", "lost", "reordered", "max_extent", "duplicates",
                                   "late", "implausible", "incomplete", "peer", "tunnel_id", "name", "first_seen",
