@@ -10,6 +10,7 @@ MessageBuffer writes (consecutive records of one template share a set), with its
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections.abc import Container
 
 from .codec import TemplateCodec
@@ -125,21 +126,28 @@ class MessageBuilder:
 
     def add_records(self, records: EncodedRecords, start: int, announced: Container[int]) -> int:
         """Add records from index `start` on while their templates are announced and they fit; returns the
-        index of the first record not added. A run of one template costs no call per record."""
-        codecs, datas, parts, mtu = records.codecs, records.data, self._parts, self.mtu
+        index of the first record not added (the builder is then as before it was tried: the caller flushes or
+        tries it with `add_record`). A run of one template goes in as one slice of the columns, its length by
+        a bisection of the records' offsets."""
+        codecs, datas, offsets, mtu = records.codecs, records.data, records.offsets(), self.mtu
         i, n = start, len(datas)
         while i < n:
             codec = codecs[i]
-            if codec.tid not in announced or not self.add_record(codec, datas[i], records.packets[i],
-                                                                 records.octets[i]):
+            if codec.tid not in announced:
                 return i
-            i += 1
-            j, length = i, self._length
-            while j < n and codecs[j] is codec and length + len(datas[j]) <= mtu:
-                parts.append(datas[j])
-                length += len(datas[j])
-                j += 1
-            self._length = length
+            if self._set_id != codec.tid:
+                if len(datas[i]) + SET_HEADER_LEN + (self._length or HEADER_LEN) > mtu:
+                    return i
+                self._open_set(codec.tid)
+            room = mtu - self._length
+            at_most = min(n, i + room // max(1, codec.minlength))  # no more records than that fit
+            j = bisect_right(offsets, offsets[i] + room, i, at_most + 1) - 1
+            if codecs[i:j].count(codec) != j - i:
+                j = next(k for k in range(i, j) if codecs[k] is not codec)
+            if j == i:
+                return i
+            self._parts += datas[i:j]
+            self._length += offsets[j] - offsets[i]
             self._records += j - i
             self._packets += sum(records.packets[i:j])
             self._octets += sum(records.octets[i:j])
