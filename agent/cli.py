@@ -268,8 +268,8 @@ def _trace(args: argparse.Namespace, result: Any, observer: Any, start: float | 
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError
     from agent.daemon import RunOptions, run
+    from agent.runtime import ConfigError  # not agent.config: the daemon does not import pydantic
 
     config = args.config
     if config is None and os.path.exists(DEFAULT_CONFIG) and not (args.interface and args.collector):

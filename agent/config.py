@@ -37,6 +37,7 @@ from pydantic import (
 
 from agent.capture import DLT_EN10MB, build_filter
 from agent.metrics import split_listen
+from agent.runtime import ConfigError
 from exporter.infomodel import DOC_PEN, check_pen
 from exporter.message import MIN_MTU
 from exporter.transport import parse_collector
@@ -45,10 +46,6 @@ _SECTIONS = frozenset({"interfaces", "collectors", "tunnel_names", "log", "metri
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
 STATE_DIR = "/var/lib/espmeter"  # StateDirectory= of agent/share/espmeter.service: made by systemd at start
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
-
-
-class ConfigError(Exception):
-    """A configuration problem, already formatted as one ``FILE:LINE: KEY: message`` line."""
 
 
 def check_collector_url(url: str) -> str:

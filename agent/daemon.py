@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.capture import Batch
-from agent.config import load_config
 from agent.decode import ESP
 from agent.heap import HeapTrim, keep_batches_in_heap
 from agent.live import LinkMonitor, LiveCapture
@@ -26,8 +25,8 @@ from agent.metrics import CaptureCounters, Health, MetricsOutput
 from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
 from agent.report import sa_json
+from agent.runtime import Runtime, load
 from agent.sdnotify import SdNotify, watchdog_interval
-from agent.settings import Runtime, runtime
 from agent.signals import Signals
 from agent.status import Totals, capture_status, stats_line
 from exporter import Exporter
@@ -76,10 +75,12 @@ class Agent:
     # -- configuration -------------------------------------------------------------------------
     def _load(self) -> Runtime:
         o = self.options
-        cfg = load_config(o.config, run=True, interfaces=o.interfaces, collectors=o.collectors, warn=log.warning)
-        if not cfg.collectors:
+        rt, warnings = load(o.config, o.interfaces, o.collectors)
+        for line in warnings:
+            log.warning("%s", line)
+        if not rt.export.collectors:
             log.warning("no collector configured: metering only (SIGUSR1 logs the SA table)")
-        return runtime(cfg)
+        return rt
 
     def _outputs(self, rt: Runtime) -> list[OutputSpec]:
         """The outputs `rt` asks for; each is built only when it starts (or its settings change)."""
@@ -89,7 +90,7 @@ class Agent:
         if rt.metrics is not None:
             metrics = rt.metrics
             specs.append(OutputSpec("metrics", metrics, lambda: MetricsOutput(metrics, self.meter, self._health)))
-        log_min = rt.loss_events.log_min
+        log_min = rt.loss_log_min
         if log_min:
             specs.append(OutputSpec("loss-log", log_min, lambda: LossEventLog(log_min)))
         return specs
@@ -130,7 +131,7 @@ class Agent:
             for name, ic in self.capture.interfaces.items():
                 if name in before:
                     ic.frames, ic.dropped = before[name].frames, before[name].dropped
-        if new.strongswan != old.strongswan:
+        if new.vici != old.vici:
             self._start_vici()
 
     def _start_vici(self) -> None:
@@ -138,7 +139,7 @@ class Agent:
         if self.vici is not None:
             self.vici.close()
             self.vici = None
-        uri = self.rt.strongswan.vici
+        uri = self.rt.vici
         if uri is not None:
             from agent.strongswan import Vici  # loaded only on a gateway that asks for it
 

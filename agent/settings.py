@@ -1,4 +1,5 @@
-"""The one settings path: the validated schema (`agent.config.Settings`) → every runtime settings object.
+"""The one settings path: the validated schema (`agent.config.Settings`) → every runtime settings object
+(`agent.runtime.Runtime`; `espmeter run` gets it from `python -m agent.settings`, agent.runtime.load).
 
 `runtime(cfg)` is the only place that maps configuration keys to the objects the agent runs with
 (the meter's frozen dataclasses, kept for speed on the packet path; the exporter's; the capture's).
@@ -12,8 +13,8 @@ Adding a setting or a section (e.g. ``metrics:``):
    bounds as ``Field(ge=..., le=...)``/``Literal``/one validator) used as
    ``metrics: MetricsConfig = Field(default_factory=MetricsConfig, description=...)``; add the
    section name to ``_SECTIONS`` so an all-commented-out section means its defaults.
-2. here: a field of `Runtime` filled in `runtime()`: a runtime dataclass when the packet path reads
-   it, or the section model itself for anything off the hot path.
+2. agent/runtime.py: a field of `Runtime`, and here its value in `runtime()`: a dataclass or plain values,
+   never a pydantic model (the daemon does not import pydantic: agent.runtime).
 3. agent/daemon.py: an output (Prometheus, ...) is one `OutputSpec(name, settings, make)` in
    `Agent._outputs(rt)` (agent.outputs restarts it on reload when its settings changed, else calls
    its `reload()`); any other part is applied in `Agent._apply(old, new)`.
@@ -22,31 +23,18 @@ Adding a setting or a section (e.g. ``metrics:``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import pickle
+import sys
 
 from agent.capture import CaptureSettings
-from agent.config import LogConfig, LossEventsConfig, Settings, StrongSwanConfig, load_config
+from agent.config import ConfigError, Settings, load_config
 from agent.meter import MeterSettings
 from agent.metrics import MetricsSettings
 from agent.records import LossEventSettings
+from agent.runtime import Answer, LogSettings, Request, Runtime
 from agent.satable import TableSettings
 from agent.tracker import TrackerSettings
 from exporter.settings import ExportSettings
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """Everything the agent runs with, derived from one validated configuration."""
-
-    meter: MeterSettings
-    export: ExportSettings
-    capture: CaptureSettings
-    interfaces: tuple[tuple[str, str], ...]  # (name, direction)
-    log: LogConfig
-    user: str | None
-    metrics: MetricsSettings | None  # None: no endpoint
-    strongswan: StrongSwanConfig
-    loss_events: LossEventsConfig  # log_min for the loss-event log output (the rest is in meter)
 
 
 def runtime(cfg: Settings) -> Runtime:
@@ -86,14 +74,31 @@ def runtime(cfg: Settings) -> Runtime:
         export=export,
         capture=CaptureSettings(cfg.snaplen, cfg.buffer_size_mb, cfg.filter),
         interfaces=tuple((i.name, i.direction) for i in cfg.interfaces),
-        log=cfg.log,
+        log=LogSettings(cfg.log.level, cfg.log.format),
         user=cfg.user,
         metrics=MetricsSettings(**cfg.metrics.model_dump()) if cfg.metrics.listen else None,
-        strongswan=cfg.strongswan,
-        loss_events=cfg.loss_events,
+        vici=cfg.strongswan.vici,
+        loss_log_min=cfg.loss_events.log_min,
     )
 
 
 def load_runtime(path: str | None) -> Runtime:
     """`runtime()` of a configuration file (built-in defaults when `path` is None)."""
     return runtime(load_config(path))
+
+
+def main() -> None:
+    """The child of agent.runtime.load: a pickled Request on stdin, the pickled Answer on stdout."""
+    request: Request = pickle.load(sys.stdin.buffer)
+    config, interfaces, collectors = request
+    warnings: list[str] = []
+    try:
+        cfg = load_config(config, run=True, interfaces=interfaces, collectors=collectors, warn=warnings.append)
+        answer: Answer = (runtime(cfg), None, warnings)
+    except ConfigError as e:
+        answer = (None, str(e), warnings)
+    pickle.dump(answer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
