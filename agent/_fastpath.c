@@ -1725,14 +1725,19 @@ static PyObject *schedule_pop(Schedule *s, PyObject *unused) {
         PyErr_SetString(PyExc_IndexError, "pop from an empty schedule");
         return NULL;
     }
-    Timer top = s->t[0];
-    s->t[0] = s->t[--s->n];
-    PyObject *due = PyFloat_FromDouble(top.due), *r = due != NULL ? PyTuple_New(2) : NULL;
-    if (r == NULL) { /* the entry is gone from the heap all the same, as heapq's would be */
-        Py_XDECREF(due);
-        Py_DECREF(top.sa);
+    /* the result first: out of memory, the schedule stays as it was (heapq's pop allocates nothing; a
+     * head moved without its siftup would leave every later pop out of order) */
+    PyObject *r = PyTuple_New(2), *due = NULL;
+    if (r != NULL && s->n == 0) { /* emptied by a collection during PyTuple_New */
+        PyErr_SetString(PyExc_IndexError, "pop from an empty schedule");
+        Py_CLEAR(r);
+    }
+    if (r == NULL || (due = PyFloat_FromDouble(s->t[0].due)) == NULL) {
+        Py_XDECREF(r);
         return NULL;
     }
+    Timer top = s->t[0];
+    s->t[0] = s->t[--s->n];
     PyTuple_SET_ITEM(r, 0, due);
     PyTuple_SET_ITEM(r, 1, top.sa);
     if (s->n > 0 && siftup(s, 0) < 0)

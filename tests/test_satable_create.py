@@ -8,8 +8,11 @@ from __future__ import annotations
 import gc
 import os
 import struct
+import subprocess
+import sys
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -289,6 +292,38 @@ def test_the_compiled_schedule_frees_its_entries() -> None:
         fastpath.Schedule().pop()
     with pytest.raises(TypeError):
         fastpath.Schedule().push("1", sa)
+
+
+def test_a_pop_out_of_memory_leaves_the_compiled_schedule_as_it_was() -> None:
+    """heapq's pop allocates nothing; the compiled one makes its (due, SA): when that fails, no entry is lost
+    and the heap is still a heap (its last entry moved to the head without its siftup would come out first).
+    In a fresh interpreter: no other thread's allocation takes the failure (_testcapi.set_nomemory)."""
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    code = """if True:
+        import _testcapi  # CPython's, in every build's standard library (Debian's python3.11 included)
+        from agent.compiled import fastpath
+        from agent.sa import SA, esp_ident
+        sas = [SA((None, esp_ident(bytes(4), bytes(4), n + 1)), False, 1.0, None) for n in range(50)]
+        s = fastpath.Schedule()
+        for n, sa in enumerate(sas):
+            s.push(float(n), sa)  # the last entry is the latest
+        before = [(due, id(sa)) for due, sa in s]
+        hold = [n + 0.5 for n in range(1000)], [(n, n) for n in range(3000)]  # the float, pair free lists empty
+        _testcapi.set_nomemory(0, 1)  # the next allocation fails: pop's
+        try:
+            s.pop()
+            raised = False
+        except MemoryError:
+            raised = True
+        finally:
+            _testcapi.remove_mem_hooks()
+        assert raised, "no MemoryError"
+        assert [(due, id(sa)) for due, sa in s] == before, "the schedule changed"
+        assert [s.pop()[1] for _ in range(len(s))] == sas, "out of order"
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr[-800:]
 
 
 def test_an_spi_flood_between_two_addresses_leaves_its_candidates_in_constant_time() -> None:
