@@ -1217,8 +1217,8 @@ done:
  * pairing authority, the pairing of Pairer.add when there are no or one candidates (two or more:
  * Pairer._place, in Python). A full table (_make_room) is left to Python too. */
 enum { A_OBS, A_IDENT, A_KEY, A_UDP, A_NOW, A_DIRECTION, N_ARGS };
-enum { C_PEER, C_TUNNEL_ID, C_DUE, C_LOCAL, C_X_DATAGRAMS, C_IDENT, C_UDP, N_CSLOTS };
-static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "due", "local", "x_datagrams", "ident", "udp"};
+enum { C_PEER, C_TUNNEL_ID, C_LOCAL, C_X_DATAGRAMS, C_IDENT, C_UDP, N_CSLOTS };
+static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "local", "x_datagrams", "ident", "udp"};
 static Py_ssize_t create_off[N_CSLOTS];
 #define CSLOT(o, i) (*(PyObject **)((char *)(o) + create_off[i]))
 static PyObject *stand_in[N_ARGS], *template_sa, *one, *empty_tuple;
@@ -1337,21 +1337,12 @@ static int schedule_new(PyObject *table, PyObject *sa, double now, double idle, 
     double due = fmin(now + idle, now + active);
     if (due <= now)
         due = now + fmin(idle, active);
-    PyObject *due_obj = PyFloat_FromDouble(due);
-    if (due_obj == NULL)
-        return -1;
-    Py_INCREF(due_obj);
-    if (set_cslot(sa, C_DUE, due_obj) < 0) {
-        Py_DECREF(due_obj);
-        return -1;
-    }
     PyObject *heap = PyObject_GetAttr(table, str_schedule), *r = NULL;
     int rc = -1;
     if (heap != NULL && Py_IS_TYPE(heap, &ScheduleType))
         rc = schedule_push((Schedule *)heap, due, sa);
     else if (heap != NULL) /* another kind of schedule (agent.schedule.Schedule) */
-        rc = (r = PyObject_CallMethod(heap, "push", "OO", due_obj, sa)) == NULL ? -1 : 0;
-    Py_DECREF(due_obj);
+        rc = (r = PyObject_CallMethod(heap, "push", "dO", due, sa)) == NULL ? -1 : 0;
     Py_XDECREF(heap);
     Py_XDECREF(r);
     return rc;
@@ -1756,7 +1747,7 @@ static PyObject *schedule_clear(Schedule *s, PyObject *unused) {
     return Py_NewRef(Py_None);
 }
 
-/* agent.schedule.live: the SA is active, due at the entry's time and the table's entry for its key */
+/* agent.schedule.live: the SA is active and the table's entry for its key */
 static int live(const Timer *e, PyObject *sas) {
     PyObject *sa = e->sa;
     if (Py_TYPE(sa) != sa_type) {
@@ -1764,17 +1755,6 @@ static int live(const Timer *e, PyObject *sas) {
         return -1;
     }
     int alive = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
-    if (alive > 0) {
-        PyObject *d = CSLOT(sa, C_DUE);
-        if (d != NULL && PyFloat_CheckExact(d))
-            alive = PyFloat_AS_DOUBLE(d) == e->due;
-        else {
-            PyObject *due = PyFloat_FromDouble(e->due), *eq = d != NULL && due != NULL ? PyObject_RichCompare(d, due, Py_EQ) : NULL;
-            alive = eq != NULL ? PyObject_IsTrue(eq) : -1;
-            Py_XDECREF(due);
-            Py_XDECREF(eq);
-        }
-    }
     if (alive > 0) {
         PyObject *key = SLOT(sa, S_KEY), *entry = key != NULL ? PyDict_GetItemWithError(sas, key) : NULL;
         alive = entry == sa ? 1 : PyErr_Occurred() || key == NULL ? -1 : 0;

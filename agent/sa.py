@@ -26,7 +26,7 @@ class SA(SeqTracker):
         "packets", "octets", "iv_seen", "fseq", "ftime",  # first: the fast path's (see SeqTracker)
         "key", "ident", "obs", "udp", "generation", "direction",
         "incomplete", "first_seen",
-        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local", "due",
+        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local",
         "name",
         "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
         "x_incomplete", "x_last",
@@ -53,7 +53,6 @@ class SA(SeqTracker):
         self.held_octets = 0  # size and previous last_seen of a held datagram (moved on a restart)
         self.held_seen = 0.0
         self.local = False  # sent by this box: no path loss is measurable here
-        self.due = 0.0  # when the export schedule next looks at this SA
         self.fseq = -1  # the in-order fast path applies while last + 1 < fseq and now <= ftime
         self.ftime = 0.0
         self.name: str | None = None  # from strongSwan (agent.strongswan) when this box runs it

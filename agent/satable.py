@@ -2,7 +2,9 @@
 
 `sas` maps key → SA (active or dormant: an SA ended by the idle timeout keeps its sequence state,
 so a quiet tunnel that speaks again continues its numbering instead of starting a new "flow").
-`schedule` is a heap of (due, SA) (agent.schedule); an SA has one live entry, stale ones are skipped.
+`schedule` is a heap of (due, SA) (agent.schedule): an active SA in the table has exactly one entry (an
+entry is pushed only for a new SA, a reactivated one or one whose entry was just popped); entries of
+SAs that ended or left the table are skipped.
 New SAs are on probation until they show a run of packets in sequence. Nothing is evicted while the
 table has room; when it is full, probationers go first (oldest first, counted, not exported one by
 one), so a flood of one-packet SPIs evicts its own kind, never the established tunnels.
@@ -153,7 +155,7 @@ class SATable:
         heap = self.schedule
         while heap.head() <= now:
             due, sa = heap.pop()
-            if not live(due, sa, self.sas):
+            if not live(sa, self.sas):
                 continue
             if now - sa.last_seen >= s.idle_timeout:
                 self._end(sa, END_IDLE, now)
@@ -186,7 +188,6 @@ class SATable:
         due = min(sa.last_seen + s.idle_timeout, sa.interval_start + s.active_timeout)
         if due <= now:
             due = now + min(s.idle_timeout, s.active_timeout)
-        sa.due = due
         self.schedule.push(due, sa)
 
     def _stale(self) -> None:
@@ -243,7 +244,7 @@ class SATable:
         sample: list[tuple[float, SA]] = []
         while len(heap) and len(sample) < EVICTION_SAMPLE:
             entry = heap.pop()
-            if live(*entry, self.sas):
+            if live(entry[1], self.sas):
                 sample.append(entry)
         for entry in sample:
             heap.push(*entry)

@@ -30,9 +30,10 @@ class Schedule(Protocol):
         """The entries in heap order."""
 
 
-def live(due: float, sa: SA, sas: dict[SAKey, SA]) -> bool:
-    """An entry still stands for its SA: active, due at the entry's time, the table's entry for its key."""
-    return sa.active and sa.due == due and sas.get(sa.key) is sa
+def live(sa: SA, sas: dict[SAKey, SA]) -> bool:
+    """An entry still stands for its SA: active and the table's entry for its key (such an SA has one
+    entry, agent.satable; so an SA holds no due time of its own: 32 bytes per SA)."""
+    return sa.active and sas.get(sa.key) is sa
 
 
 class HeapSchedule:
@@ -54,7 +55,7 @@ class HeapSchedule:
         self.heap.clear()
 
     def drop_dead(self, sas: dict[SAKey, SA]) -> None:
-        self.heap = [e for e in self.heap if live(*e, sas)]
+        self.heap = [e for e in self.heap if live(e[1], sas)]
         heapq.heapify(self.heap)
 
     def __len__(self) -> int:

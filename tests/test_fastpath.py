@@ -21,6 +21,7 @@ from agent.sa import PROBATION_RUN, SA
 from agent.satable import TableSettings
 from agent.tracker import TrackerSettings
 from tests.gt.scenarios import registry
+from tests.test_satable_create import one_entry_each
 
 SCENARIOS = registry()
 
@@ -327,7 +328,9 @@ def test_many_new_sas_through_a_full_table_equal_the_reference(seed: int) -> Non
             states.append((list(t.probation), list(t.dormant), t.evictions, t.unconfirmed_sas, t.unconfirmed_datagrams,
                            t.pairer.next_tunnel, t.pairer.disagreements, dict(m.classes),
                            [(sa.key, sa.generation, sa.tunnel_id, sa.name, sa.local, sa.datagrams, sa.last, sa.fseq,
-                             sa.trial, sa.active, sa.due) for sa in t.sas.values()]))
+                             sa.trial, sa.active) for sa in t.sas.values()],
+                           [(due, sa.key, sa.generation) for due, sa in t.schedule]))
+            assert one_entry_each(t)
             i, c = i + len(chunk), c + 1
         m.finish()
         results.append((states, sink.records, document(m, "h", 1)))

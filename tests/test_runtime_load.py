@@ -77,6 +77,7 @@ def test_the_daemon_never_imports_pydantic() -> None:
     """Once imported, pydantic and its schemas stay resident (README: memory of `espmeter run`)."""
     code = ("import sys\nfrom agent.daemon import Agent\nfrom agent.runtime import load\n"
             "load(None, ['eth0'], ['udp://127.0.0.1:4739'])\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core', 'annotated_types')))\n")
+            "print(sorted(m for m in sys.modules\n"
+            "             if m.split('.')[0] in ('pydantic', 'pydantic_core', 'annotated_types')))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
