@@ -2,18 +2,17 @@
 
 The configuration is validated with pydantic (agent.config). Once imported, pydantic and the schemas
 pydantic-core builds for the settings models stay resident: about a third of an idle agent (README).
-So the daemon never imports them: `load` runs the validation (`python -m agent.settings`) in a child,
+So the daemon never imports them: `load` runs the validation (agent.settings.main) in a child,
 at start and at each SIGHUP, and takes back `Runtime`, plain dataclasses, and the warnings to log.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import pickle
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.capture import CaptureSettings
 from agent.meter import MeterSettings
@@ -46,6 +45,10 @@ class Runtime:
     loss_log_min: int  # loss events this long get a log line (0: none); the rest of loss_events is in meter
 
 
+# the child resolves imports as this process does (its sys.path; isolated from the working directory and
+# PYTHON* variables otherwise): the same agent and the same libraries
+_CHILD = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from agent.settings import main; main()"
+
 Request = tuple[str | None, list[str] | None, list[str] | None]  # config file, --interface, --collector
 Answer = tuple[Runtime | None, str | None, list[str]]  # the runtime or the error, and the warnings
 
@@ -54,11 +57,9 @@ def load(config: str | None, interfaces: list[str] | None = None,
          collectors: list[str] | None = None) -> tuple[Runtime, list[str]]:
     """`agent.settings.load_runtime` for `espmeter run`, in a child: the Runtime and the warnings;
     ConfigError with every problem, as the validation words it."""
-    package_root = str(Path(__file__).resolve().parent.parent)  # the child imports this very agent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
     request: Request = (config, interfaces, collectors)
-    child = subprocess.run([sys.executable, "-m", "agent.settings"], input=pickle.dumps(request),
-                           capture_output=True, env=env, check=False)
+    child = subprocess.run([sys.executable, "-I", "-c", _CHILD, json.dumps(sys.path)], input=pickle.dumps(request),
+                           capture_output=True, check=False)
     try:
         rt, error, warnings = pickle.loads(child.stdout)
     except Exception:  # it died before answering: its last words

@@ -1,5 +1,5 @@
 """The one settings path: the validated schema (`agent.config.Settings`) → every runtime settings object
-(`agent.runtime.Runtime`; `espmeter run` gets it from `python -m agent.settings`, agent.runtime.load).
+(`agent.runtime.Runtime`; `espmeter run` gets it from `main()` below in a child, agent.runtime.load).
 
 `runtime(cfg)` is the only place that maps configuration keys to the objects the agent runs with
 (the meter's frozen dataclasses, kept for speed on the packet path; the exporter's; the capture's).

@@ -81,3 +81,14 @@ def test_the_daemon_never_imports_pydantic() -> None:
             "             if m.split('.')[0] in ('pydantic', 'pydantic_core', 'annotated_types')))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_child_imports_this_agent_whatever_the_working_directory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m` would put the working directory first: an `agent` package there must not be the one run."""
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "__init__.py").write_text("raise SystemExit('not this agent')\n")
+    (tmp_path / "agent" / "settings.py").write_text("raise SystemExit('not this agent')\n")
+    monkeypatch.chdir(tmp_path)
+    rt, _ = load(None, ["eth0"])
+    assert rt.interfaces == (("eth0", "both"),)
