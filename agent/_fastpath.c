@@ -1747,34 +1747,25 @@ static PyObject *schedule_clear(Schedule *s, PyObject *unused) {
     return Py_NewRef(Py_None);
 }
 
-/* agent.schedule.live: the SA is active and the table's entry for its key */
-static int live(const Timer *e, PyObject *sas) {
-    PyObject *sa = e->sa;
-    if (Py_TYPE(sa) != sa_type) {
+/* a live entry: its SA is active (agent.schedule) */
+static int live(const Timer *e) {
+    if (Py_TYPE(e->sa) != sa_type) {
         PyErr_SetString(PyExc_TypeError, "a schedule entry is not an agent.sa.SA");
         return -1;
     }
-    int alive = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
-    if (alive > 0) {
-        PyObject *key = SLOT(sa, S_KEY), *entry = key != NULL ? PyDict_GetItemWithError(sas, key) : NULL;
-        alive = entry == sa ? 1 : PyErr_Occurred() || key == NULL ? -1 : 0;
-    }
-    return alive;
+    return PyObject_IsTrue(SLOT(e->sa, S_ACTIVE));
 }
 
 /* SATable._drop_dead: keep the live entries, in heap order, and heapify them (HeapSchedule.drop_dead). */
-static PyObject *schedule_drop_dead(Schedule *s, PyObject *sas) {
-    if (!PyDict_CheckExact(sas)) {
-        PyErr_SetString(PyExc_TypeError, "drop_dead(sas dict)");
-        return NULL;
-    }
-    /* the checks may run Python code (__bool__, __eq__, __hash__): the entries are taken out first */
+static PyObject *schedule_drop_dead(Schedule *s, PyObject *unused) {
+    (void)unused;
+    /* the check may run Python code (an `active` that is not a bool): the entries are taken out first */
     Timer *t = s->t;
     Py_ssize_t n = s->n, cap = s->cap, kept = 0, i = 0;
     s->t = NULL;
     s->n = s->cap = 0;
     for (; i < n; i++) {
-        int alive = live(&t[i], sas);
+        int alive = live(&t[i]);
         if (alive < 0)
             break;
         if (alive)
@@ -1825,8 +1816,8 @@ static PyMethodDef schedule_methods[] = {
     {"pop", (PyCFunction)schedule_pop, METH_NOARGS, "pop() -> (due, sa): heapq.heappop"},
     {"head", (PyCFunction)schedule_head, METH_NOARGS, "head() -> float: the earliest due time, inf when empty"},
     {"clear", (PyCFunction)schedule_clear, METH_NOARGS, "clear(): no entry left"},
-    {"drop_dead", (PyCFunction)schedule_drop_dead, METH_O,
-     "drop_dead(sas): keep the entries agent.schedule.live keeps, as a heap"},
+    {"drop_dead", (PyCFunction)schedule_drop_dead, METH_NOARGS,
+     "drop_dead(): keep the entries of active SAs, as a heap"},
     {"__sizeof__", (PyCFunction)schedule_sizeof, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

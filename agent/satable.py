@@ -2,9 +2,10 @@
 
 `sas` maps key → SA (active or dormant: an SA ended by the idle timeout keeps its sequence state,
 so a quiet tunnel that speaks again continues its numbering instead of starting a new "flow").
-`schedule` is a heap of (due, SA) (agent.schedule): an active SA in the table has exactly one entry (an
-entry is pushed only for a new SA, a reactivated one or one whose entry was just popped); entries of
-SAs that ended or left the table are skipped.
+`schedule` is a heap of (due, SA) (agent.schedule). An active SA is the table's entry for its key (an SA
+leaves the table, or is replaced by its next generation, only once inactive) and has exactly one entry
+(pushed only for a new SA, a reactivated one, or one whose entry was just popped): the entries of inactive
+SAs are skipped.
 New SAs are on probation until they show a run of packets in sequence. Nothing is evicted while the
 table has room; when it is full, probationers go first (oldest first, counted, not exported one by
 one), so a flood of one-packet SPIs evicts its own kind, never the established tunnels.
@@ -21,7 +22,7 @@ from operator import attrgetter
 from agent.compiled import fastpath as _fastpath
 from agent.pairing import Pairer
 from agent.sa import PROBATION_RUN, SA, SAKey
-from agent.schedule import Schedule, live, new_schedule
+from agent.schedule import Schedule, new_schedule
 from agent.tracker import TrackerSettings, Verdict
 from exporter.records import END_ACTIVE, END_FORCED, END_IDLE, END_RESOURCES
 
@@ -155,7 +156,7 @@ class SATable:
         heap = self.schedule
         while heap.head() <= now:
             due, sa = heap.pop()
-            if not live(sa, self.sas):
+            if not sa.active:
                 continue
             if now - sa.last_seen >= s.idle_timeout:
                 self._end(sa, END_IDLE, now)
@@ -200,7 +201,7 @@ class SATable:
             self._drop_dead()
 
     def _drop_dead(self) -> None:
-        self.schedule.drop_dead(self.sas)
+        self.schedule.drop_dead()
         self.stale_entries = 0
 
     @staticmethod
@@ -244,7 +245,7 @@ class SATable:
         sample: list[tuple[float, SA]] = []
         while len(heap) and len(sample) < EVICTION_SAMPLE:
             entry = heap.pop()
-            if live(entry[1], self.sas):
+            if entry[1].active:
                 sample.append(entry)
         for entry in sample:
             heap.push(*entry)

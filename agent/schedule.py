@@ -1,10 +1,11 @@
 """The export schedule of the SA table: timers of (due, SA), the earliest first.
 
-Two of them, one behaviour: `HeapSchedule`, a heapq list of tuples (the fallback and the oracle), and
-`agent/_fastpath.c`'s `Schedule`, the same heap with the same steps in 16 bytes per entry instead of a
-56-byte tuple and its list slot (bench/memory.py). A table keeps one entry per SA live; entries an SA
-left behind (rescheduled, ended, dropped) are skipped when they come up and dropped in bulk
-(SATable._stale).
+An entry is live while its SA is active: an active SA is the table's entry for its key and has exactly
+one entry (agent.satable), so an SA holds no due time of its own. Entries of SAs that ended or left the
+table are skipped when they come up and dropped in bulk (SATable._stale). Two schedules, one behaviour:
+`HeapSchedule`, a heapq list of tuples (the fallback and the oracle), and `agent/_fastpath.c`'s
+`Schedule`, the same heap with the same steps in 16 bytes per entry instead of a 56-byte tuple and its
+list slot (bench/memory.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from agent.compiled import fastpath as _fastpath
-from agent.sa import NEVER, SA, SAKey
+from agent.sa import NEVER, SA
 
 
 class Schedule(Protocol):
@@ -23,17 +24,11 @@ class Schedule(Protocol):
     def head(self) -> float:
         """The earliest due time; NEVER when there is no entry."""
     def clear(self) -> None: ...
-    def drop_dead(self, sas: dict[SAKey, SA]) -> None:
-        """Keep only the entries `live` keeps."""
+    def drop_dead(self) -> None:
+        """Keep only the entries of active SAs."""
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[tuple[float, SA]]:
         """The entries in heap order."""
-
-
-def live(sa: SA, sas: dict[SAKey, SA]) -> bool:
-    """An entry still stands for its SA: active and the table's entry for its key (such an SA has one
-    entry, agent.satable; so an SA holds no due time of its own: 32 bytes per SA)."""
-    return sa.active and sas.get(sa.key) is sa
 
 
 class HeapSchedule:
@@ -54,8 +49,8 @@ class HeapSchedule:
     def clear(self) -> None:
         self.heap.clear()
 
-    def drop_dead(self, sas: dict[SAKey, SA]) -> None:
-        self.heap = [e for e in self.heap if live(e[1], sas)]
+    def drop_dead(self) -> None:
+        self.heap = [e for e in self.heap if e[1].active]
         heapq.heapify(self.heap)
 
     def __len__(self) -> int:

@@ -98,7 +98,3 @@ def main() -> None:
     except ConfigError as e:
         answer = (None, str(e), warnings)
     pickle.dump(answer, sys.stdout.buffer)
-
-
-if __name__ == "__main__":
-    main()
