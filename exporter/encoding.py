@@ -13,12 +13,14 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
+from types import ModuleType
 from typing import Any
 
-from .codec import Constant, ObjectPacker, TemplateCodec
+from . import codec as _codec
+from .codec import Constant, Derived, ObjectPacker, TemplateCodec
 from .infomodel import SEMANTICS, UNITS, ElementDef, InfoModel
 from .layouts import Layout, Variant, load_layouts
-from .records import ENCAP_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord
+from .records import ENCAP_ESP, ENCAP_UDP, BiflowRecord, LossEvent, MeteringStats, SARecord, protocol
 
 OptionsRecord = tuple[TemplateCodec, bytes]  # an encoded options record (it counts no packets)
 
@@ -65,68 +67,98 @@ class EncodedRecords:
         return zip(self.codecs, self.data, self.packets, self.octets, strict=True)
 
 
-def _sa_groups(r: str) -> dict[str, str]:
-    """When an SA record (the expression `r`) has each optional group, as a Python condition."""
+Test = tuple[str, str, Any]  # (attribute path, "set" | "true" | "eq" | "len_eq" | "len_ne", argument)
+_TEST_SOURCE = {"set": "{} is not None", "true": "{}", "eq": "{} == {!r}", "len_eq": "len({}) == {!r}",
+                "len_ne": "len({}) != {!r}"}
+
+
+def _sa_groups(r: str = "") -> dict[str, tuple[Test, ...]]:
+    """When an SA record (at attribute path prefix `r`) has each optional group: tests that must all pass."""
     return {
-        "ipv4": f"len({r}.src) == 4", "ipv6": f"len({r}.src) != 4",
-        "ports": f"{r}.encap == {ENCAP_UDP} and {r}.sport is not None and {r}.dport is not None",
-        "vlan": f"{r}.vlan is not None", "inner_vlan": f"{r}.vlan is not None and {r}.inner_vlan is not None",
-        "ingress": f"{r}.ingress_if is not None", "egress": f"{r}.egress_if is not None",
-        "direction": f"{r}.direction is not None", "seq": f"{r}.first_seq is not None and {r}.last_seq is not None",
-        "peer": f"{r}.peer_spi is not None", "tunnel": f"{r}.tunnel_id is not None", "name": f"{r}.tunnel_name",
+        "ipv4": ((f"{r}src", "len_eq", 4),), "ipv6": ((f"{r}src", "len_ne", 4),),
+        "ports": ((f"{r}encap", "eq", ENCAP_UDP), (f"{r}sport", "set", None), (f"{r}dport", "set", None)),
+        "vlan": ((f"{r}vlan", "set", None),),
+        "inner_vlan": ((f"{r}vlan", "set", None), (f"{r}inner_vlan", "set", None)),
+        "ingress": ((f"{r}ingress_if", "set", None),), "egress": ((f"{r}egress_if", "set", None),),
+        "direction": ((f"{r}direction", "set", None),),
+        "seq": ((f"{r}first_seq", "set", None), (f"{r}last_seq", "set", None)),
+        "peer": ((f"{r}peer_spi", "set", None),), "tunnel": ((f"{r}tunnel_id", "set", None),),
+        "name": ((f"{r}tunnel_name", "true", None),),
     }
 
 
-# the conditions of each layout's groups (records.yaml names the groups); a biflow takes the tunnel's id and
+# the tests of each layout's groups (records.yaml names the groups); a biflow takes the tunnel's id and
 # name (not its forward SA's) and the reverse SA's sequence range
-_GROUPS: dict[str, dict[str, str]] = {
-    "sa": _sa_groups("r"),
-    "biflow": {**_sa_groups("r.forward"), "rseq": _sa_groups("r.reverse")["seq"],
-               "tunnel": "r.tunnel_id is not None", "name": "r.tunnel_name"},
-    "loss_event": {**_sa_groups("r"), "ports": f"r.encap == {ENCAP_UDP} and r.sport is not None"},
+_GROUPS: dict[str, dict[str, tuple[Test, ...]]] = {
+    "sa": _sa_groups(),
+    "biflow": {**_sa_groups("forward."), "rseq": _sa_groups("reverse.")["seq"],
+               "tunnel": (("tunnel_id", "set", None),), "name": (("tunnel_name", "true", None),)},
+    "loss_event": {**_sa_groups(), "ports": (("encap", "eq", ENCAP_UDP), ("sport", "set", None))},
 }
 
 Selector = Callable[[Any], ObjectPacker]
 
 
-def _packer(variant: Variant, constants: Mapping[str, Any]) -> ObjectPacker:
-    """Value keys are attribute paths of the record (addresses are packed), or constants of the exporter."""
-    return ObjectPacker(variant.codec, [Constant(constants[f.key]) if f.key in constants else f.key
-                                        for f in variant.fields])
+def _protocol(encap: str) -> Derived:
+    """protocolIdentifier follows espEncapsulation (`records.protocol`): looked up, not a property call."""
+    return Derived(encap, {ENCAP_UDP: protocol(ENCAP_UDP)}, protocol(ENCAP_ESP))
 
 
-def _selector(layout: Layout, constants: Mapping[str, Any]) -> Selector:
-    """The packer of a record's template variant, by a function compiled from its layout's group conditions:
-    one call per record instead of a dozen attribute tests against a bit table (bench/export.py)."""
-    conditions = _GROUPS[layout.name]
-    missing = set(layout.groups) - set(conditions)
+# value keys that are not attribute paths of the record, per layout (besides the exporter's constants)
+_DERIVED = {"sa": {"protocol": _protocol("encap")}, "biflow": {"protocol": _protocol("forward.encap")},
+            "loss_event": {"protocol": _protocol("encap")}}
+
+
+def _packer(variant: Variant, sources: Mapping[str, Constant | Derived], compiled: ModuleType | None) -> ObjectPacker:
+    """Value keys are attribute paths of the record (addresses are packed), or the given sources."""
+    return ObjectPacker(variant.codec, [sources.get(f.key, f.key) for f in variant.fields], compiled)
+
+
+def _selector(layout: Layout, constants: Mapping[str, Any], compiled: ModuleType | None) -> Selector:
+    """The packer of a record's template variant, by a function made from its layout's group tests (compiled
+    in exporter/_encode.c where built, else Python source): one call per record instead of a dozen
+    attribute tests against a bit table (bench/export.py)."""
+    groups = _GROUPS[layout.name]
+    sources = {**{k: Constant(v) for k, v in constants.items()}, **_DERIVED[layout.name]}
+    missing = set(layout.groups) - set(groups)
     if missing:
-        raise ValueError(f"records.yaml {layout.name}: no condition for groups {sorted(missing)}")
-    mask = " | ".join(f"({1 << i} if {conditions[g]} else 0)" for i, g in enumerate(layout.groups)) or "0"
-    source = (f"def select(r):\n    m = {mask}\n    try:\n        return _packers[m]\n"
-              f"    except KeyError:\n        return _new(m)\n")
+        raise ValueError(f"records.yaml {layout.name}: no tests for groups {sorted(missing)}")
     packers: dict[int, ObjectPacker] = {}
 
     def new(m: int) -> ObjectPacker:
-        packers[m] = packer = _packer(layout.variant(m), constants)
+        packers[m] = packer = _packer(layout.variant(m), sources, compiled)
         return packer
+    tests = [(1 << i, path, op, arg) for i, g in enumerate(layout.groups) for path, op, arg in groups[g]]
+    if compiled is not None:
+        return compiled.Selector([(bit, tuple(path.split(".")), op, arg) for bit, path, op, arg in tests],
+                                 packers, new)
+    mask = " | ".join(f"({1 << i} if {_condition(groups[g])} else 0)" for i, g in enumerate(layout.groups)) or "0"
+    source = (f"def select(r):\n    m = {mask}\n    try:\n        return _packers[m]\n"
+              f"    except KeyError:\n        return _new(m)\n")
     env: dict[str, Any] = {"_packers": packers, "_new": new}
-    exec(compile(source, f"<selector {layout.name}>", "exec"), env)  # noqa: S102 - conditions are this module's
+    exec(compile(source, f"<selector {layout.name}>", "exec"), env)  # noqa: S102 - tests are this module's
     return env["select"]
+
+
+def _condition(tests: Iterable[Test]) -> str:
+    """The Python expression of a group's tests on the record `r`."""
+    return " and ".join(_TEST_SOURCE[op].format(f"r.{path}", arg) for path, op, arg in tests)
 
 
 class RecordEncoder:
     """Encodes SA, biflow, statistics and RFC 5610 records for one exporter configuration."""
 
-    def __init__(self, model: InfoModel, odid: int, biflow: bool):
+    def __init__(self, model: InfoModel, odid: int, biflow: bool, compiled: bool = True):
+        """`compiled`: use exporter/_encode.c where it is built (False: the Python oracle)."""
         self.model = model
         self.odid = odid
         self.biflow = biflow
         self.layouts: dict[str, Layout] = load_layouts(model)
         self._constants = {"odid": odid}
-        self._select_sa = _selector(self.layouts["sa"], self._constants)
-        self._select_biflow = _selector(self.layouts["biflow"], self._constants)
-        self._select_event = _selector(self.layouts["loss_event"], self._constants)
+        ext = _codec.compiled if compiled else None
+        self._select_sa = _selector(self.layouts["sa"], self._constants, ext)
+        self._select_biflow = _selector(self.layouts["biflow"], self._constants, ext)
+        self._select_event = _selector(self.layouts["loss_event"], self._constants, ext)
 
     def encode(self, records: Iterable[SARecord | BiflowRecord]) -> EncodedRecords:
         """One data record per SA, or per tunnel with `records: biflow`, in order (a biflow given to an SA

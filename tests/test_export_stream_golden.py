@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from exporter import Exporter, ExportSettings, MeteringStats
+from exporter import Exporter, ExportSettings, MeteringStats, codec
 from exporter.records import ENCAP_UDP, BiflowRecord, LossEvent, SARecord
 from exporter.session import Session
 from exporter.transport import CollectorCounters
@@ -149,8 +149,12 @@ def golden() -> dict[str, Any]:
     return json.loads(lzma.decompress(GOLDEN.read_bytes()))
 
 
+@pytest.mark.parametrize("path", ["default", "python"])
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_export_stream_is_byte_identical(golden, name):
+def test_export_stream_is_byte_identical(golden, name, path, monkeypatch):
+    """`default`: exporter/_encode.c where built; `python`: the Python packers and selectors."""
+    if path == "python":
+        monkeypatch.setattr(codec, "compiled", None)
     messages, counters = stream(*SCENARIOS[name])
     want = golden[name]
     got = [m.hex() for m in messages]
