@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 from .codec import TemplateCodec
 from .encoding import EncodedRecords
@@ -23,6 +23,7 @@ MIN_MTU = 512  # the smallest `mtu:` the configuration accepts (templates and op
 IPFIX_VERSION = 10
 _HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, observation domain
 _SET_HEADER = struct.Struct("!HH")  # set ID, length
+_NO_TEMPLATES: frozenset[int] = frozenset()
 
 
 class ExportMessage(bytes):
@@ -39,7 +40,7 @@ class ExportMessage(bytes):
 
 
 def make_message(data: bytes, records: int = 0, packets: int = 0, octets: int = 0,
-                 template_ids: frozenset[int] = frozenset()) -> ExportMessage:
+                 template_ids: frozenset[int] = _NO_TEMPLATES) -> ExportMessage:
     msg = ExportMessage(data)
     msg.records, msg.packets, msg.octets, msg.template_ids = records, packets, octets, template_ids
     return msg
@@ -124,28 +125,33 @@ class MessageBuilder:
         self._octets += octets
         return True
 
-    def add_records(self, records: EncodedRecords, start: int, announced: Container[int]) -> int:
-        """Add records from index `start` on while their templates are announced and they fit; returns the
-        index of the first record not added (the builder is then as before it was tried: the caller flushes or
-        tries it with `add_record`). A run of one template goes in as one slice of the columns, its length by
-        a bisection of the records' offsets."""
+    def add_records(self, records: EncodedRecords, start: int, announced: Container[int],
+                    flush: Callable[[], object]) -> int:
+        """Add records from index `start` on while their templates are announced, calling `flush` (which
+        finishes the message) whenever the next one does not fit; returns the index of the first record not
+        added: its template is not announced, or it does not fit in an empty message (the builder is then as
+        before it was tried). A run of one template goes in as one slice of the columns, its length by a
+        bisection of the records' offsets."""
         codecs, datas, offsets, mtu = records.codecs, records.data, records.offsets(), self.mtu
         i, n = start, len(datas)
         while i < n:
             codec = codecs[i]
             if codec.tid not in announced:
                 return i
-            if self._set_id != codec.tid:
-                if len(datas[i]) + SET_HEADER_LEN + (self._length or HEADER_LEN) > mtu:
+            j = i
+            if self._set_id == codec.tid or len(datas[i]) + SET_HEADER_LEN + (self._length or HEADER_LEN) <= mtu:
+                if self._set_id != codec.tid:
+                    self._open_set(codec.tid)
+                room = mtu - self._length
+                at_most = i + room // (codec.minlength or 1)  # no more records than that fit
+                j = bisect_right(offsets, offsets[i] + room, i, at_most + 1 if at_most < n else n + 1) - 1
+                if codecs[i:j].count(codec) != j - i:
+                    j = next(k for k in range(i, j) if codecs[k] is not codec)
+            if j == i:  # record i does not fit
+                if self._length <= HEADER_LEN:
                     return i
-                self._open_set(codec.tid)
-            room = mtu - self._length
-            at_most = min(n, i + room // max(1, codec.minlength))  # no more records than that fit
-            j = bisect_right(offsets, offsets[i] + room, i, at_most + 1) - 1
-            if codecs[i:j].count(codec) != j - i:
-                j = next(k for k in range(i, j) if codecs[k] is not codec)
-            if j == i:
-                return i
+                flush()
+                continue
             self._parts += datas[i:j]
             self._length += offsets[j] - offsets[i]
             self._records += j - i
@@ -165,9 +171,10 @@ class MessageBuilder:
         data = b"".join(self._parts)
         assert len(data) == self._length <= self.mtu, (len(data), self._length, self.mtu)
         self.sequence = (self.sequence + self._records) % SEQ_MODULO
-        msg = make_message(data, self._records, self._packets, self._octets, frozenset(self._tids))
+        msg = make_message(data, self._records, self._packets, self._octets,
+                           frozenset(self._tids) if self._tids else _NO_TEMPLATES)
         self._parts = []
         self._length = 0
         self._records = self._packets = self._octets = 0
-        self._tids = set()
+        self._tids.clear()
         return msg

@@ -105,10 +105,7 @@ class Session:
 
     def _write(self, records: EncodedRecords) -> None:
         i, n = 0, len(records)
-        while (i := self._builder.add_records(records, i, self._announced)) < n:
-            if records.codecs[i].tid in self._announced and not self._builder.empty:
-                self._flush()  # this message is full
-                continue
+        while (i := self._builder.add_records(records, i, self._announced, self._flush)) < n:
             rec = records[i]  # its template is not announced yet, or it does not fit even alone
             if not self._put(*rec):
                 self._flush()

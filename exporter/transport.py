@@ -214,7 +214,7 @@ class UdpTransport:
         return True
 
     def send(self, message: bytes) -> None:
-        if not self._open():
+        if self._sock is None and not self._open():
             self._fail(message)
             return
         assert self._sock is not None
