@@ -116,7 +116,6 @@ typedef struct {
     PyObject_HEAD
     Field fields[MAX_FIELDS];
     int nfields;
-    Py_ssize_t fixed; /* octets of the fields that are not strings */
     PyObject *fallback;
 } Packer;
 
@@ -204,7 +203,6 @@ Packer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             return NULL;
         }
         self->nfields = (int)i + 1;
-        self->fixed += self->fields[i].size;
     }
     Py_DECREF(seq);
     return (PyObject *)self;
@@ -268,66 +266,42 @@ put_be(unsigned char *w, uint64_t x, int size)
 static PyObject *
 Packer_pack(Packer *self, PyObject *record)
 {
-    PyObject *values[MAX_FIELDS];
-    unsigned long long ints[MAX_FIELDS];
-    Py_ssize_t lens[MAX_FIELDS];
-    const char *strs[MAX_FIELDS];
-    Py_ssize_t total = self->fixed;
-    int n = 0, ok = 1;
-    for (; n < self->nfields; n++) {
+    unsigned char buf[MAX_FIELDS * 256], *w = buf; /* a field takes at most 256 octets (1 + a string) */
+    for (int n = 0; n < self->nfields; n++) {
         Field *f = &self->fields[n];
         PyObject *v = f->constant ? (Py_INCREF(f->constant), f->constant) : path_get(&f->path, record);
         if (!v)
-            goto error;
+            return NULL;
         if (f->table) {
             PyObject *d = PyDict_GetItemWithError(f->table, v);
             Py_DECREF(v);
             if (!d && PyErr_Occurred())
-                goto error;
+                return NULL;
             v = d ? d : f->fallback;
             Py_INCREF(v);
         }
-        values[n] = v;
-        int r = check_value(f, v, &ints[n], &lens[n], &strs[n]);
-        if (r < 0) {
-            n++;
-            goto error;
+        unsigned long long u = 0;
+        Py_ssize_t len = 0;
+        const char *str = NULL;
+        int r = check_value(f, v, &u, &len, &str);
+        if (r <= 0) {
+            Py_DECREF(v);
+            return r < 0 ? NULL : PyObject_CallOneArg(self->fallback, record);
         }
-        if (!r) {
-            ok = 0;
-            n++;
-            break;
+        if (f->kind == K_UINT) {
+            put_be(w, u, f->size);
+            w += f->size;
+        } else if (f->kind == K_ADDR) {
+            memcpy(w, PyBytes_AS_STRING(v), f->size);
+            w += f->size;
+        } else {
+            *w++ = (unsigned char)len;
+            memcpy(w, str, len);
+            w += len;
         }
-        if (f->kind == K_STRING)
-            total += 1 + lens[n];
+        Py_DECREF(v);
     }
-    PyObject *out = NULL;
-    if (!ok) {
-        out = PyObject_CallOneArg(self->fallback, record);
-    } else if ((out = PyBytes_FromStringAndSize(NULL, total))) {
-        unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
-        for (int i = 0; i < n; i++) {
-            const Field *f = &self->fields[i];
-            if (f->kind == K_UINT) {
-                put_be(w, ints[i], f->size);
-                w += f->size;
-            } else if (f->kind == K_ADDR) {
-                memcpy(w, PyBytes_AS_STRING(values[i]), f->size);
-                w += f->size;
-            } else {
-                *w++ = (unsigned char)lens[i];
-                memcpy(w, strs[i], lens[i]);
-                w += lens[i];
-            }
-        }
-    }
-    for (int i = 0; i < n; i++)
-        Py_DECREF(values[i]);
-    return out;
-error:
-    for (int i = 0; i < n; i++)
-        Py_DECREF(values[i]);
-    return NULL;
+    return PyBytes_FromStringAndSize((const char *)buf, w - buf);
 }
 
 static PyMethodDef Packer_methods[] = {
