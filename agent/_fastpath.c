@@ -1747,44 +1747,26 @@ static PyObject *schedule_clear(Schedule *s, PyObject *unused) {
     return Py_NewRef(Py_None);
 }
 
-/* a live entry: its SA is active (agent.schedule) */
-static int live(const Timer *e) {
-    if (Py_TYPE(e->sa) != sa_type) {
-        PyErr_SetString(PyExc_TypeError, "a schedule entry is not an agent.sa.SA");
-        return -1;
-    }
-    return PyObject_IsTrue(SLOT(e->sa, S_ACTIVE));
-}
-
-/* SATable._drop_dead: keep the live entries, in heap order, and heapify them (HeapSchedule.drop_dead). */
+/* SATable._drop_dead: keep the entries whose SA is active (agent.schedule), in heap order, and heapify them
+ * (HeapSchedule.drop_dead). Every entry is checked first: one that is not an SA with a bool `active`
+ * leaves the schedule as it was (TypeError); so no Python code runs while entries are dropped. */
 static PyObject *schedule_drop_dead(Schedule *s, PyObject *unused) {
     (void)unused;
-    /* the check may run Python code (an `active` that is not a bool): the entries are taken out first */
-    Timer *t = s->t;
-    Py_ssize_t n = s->n, cap = s->cap, kept = 0, i = 0;
-    s->t = NULL;
-    s->n = s->cap = 0;
-    for (; i < n; i++) {
-        int alive = live(&t[i]);
-        if (alive < 0)
-            break;
-        if (alive)
-            t[kept++] = t[i];
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        PyObject *sa = s->t[i].sa, *active = Py_TYPE(sa) == sa_type ? SLOT(sa, S_ACTIVE) : NULL;
+        if (active == NULL || !PyBool_Check(active)) {
+            PyErr_SetString(PyExc_TypeError, "a schedule entry is not an agent.sa.SA with a bool `active`");
+            return NULL;
+        }
+    }
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (SLOT(s->t[i].sa, S_ACTIVE) == Py_True)
+            s->t[kept++] = s->t[i];
         else
-            Py_DECREF(t[i].sa);
+            Py_DECREF(s->t[i].sa);
     }
-    for (; i < n; i++) /* after an error: the unchecked entries stay */
-        t[kept++] = t[i];
-    if (s->t != NULL) { /* pushed to during a check: those entries stay too */
-        for (Py_ssize_t k = 0; k < s->n; k++)
-            Py_DECREF(s->t[k].sa);
-        PyMem_Free(s->t);
-    }
-    s->t = t;
     s->n = kept;
-    s->cap = cap;
-    if (PyErr_Occurred())
-        return NULL;
     schedule_fit(s);
     return schedule_heapify(s) < 0 ? NULL : Py_NewRef(Py_None);
 }
