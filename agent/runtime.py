@@ -58,8 +58,11 @@ def load(config: str | None, interfaces: list[str] | None = None,
     """`agent.settings.load_runtime` for `espmeter run`, in a child: the Runtime and the warnings;
     ConfigError with every problem, as the validation words it."""
     request: Request = (config, interfaces, collectors)
-    child = subprocess.run([sys.executable, "-I", "-c", _CHILD, json.dumps(sys.path)], input=pickle.dumps(request),
-                           capture_output=True, check=False)
+    try:
+        child = subprocess.run([sys.executable, "-I", "-c", _CHILD, json.dumps(sys.path)],
+                               input=pickle.dumps(request), capture_output=True, check=False)
+    except OSError as e:  # e.g. an interpreter the user the agent dropped to (`user:`) may not execute
+        raise ConfigError(f"cannot run the configuration check: {sys.executable}: {e.strerror}") from None
     try:
         rt, error, warnings = pickle.loads(child.stdout)
     except Exception:  # it died before answering: its last words

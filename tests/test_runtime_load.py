@@ -73,6 +73,14 @@ def test_a_child_that_dies_is_one_line_not_a_hang(monkeypatch: pytest.MonkeyPatc
         load(None, ["eth0"])
 
 
+@pytest.mark.parametrize("executable", ["/nonexistent/python", "/etc/passwd"], ids=["missing", "not-executable"])
+def test_a_child_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch, executable: str) -> None:
+    """The interpreter may be one the user the agent dropped to (`user:`) cannot execute: one line, no traceback."""
+    monkeypatch.setattr(sys, "executable", executable)
+    with pytest.raises(ConfigError, match=rf"^cannot run the configuration check: {executable}: \w"):
+        load(None, ["eth0"])
+
+
 def test_the_daemon_never_imports_pydantic() -> None:
     """Once imported, pydantic and its schemas stay resident (README: memory of `espmeter run`)."""
     code = ("import sys\nfrom agent.daemon import Agent\nfrom agent.runtime import load\n"
