@@ -439,11 +439,8 @@ test_passes(Test *t, PyObject *record) /* 1, 0, or -1 on error */
 }
 
 static PyObject *
-Selector_call(Selector *self, PyObject *args, PyObject *kwds)
+select_packer(Selector *self, PyObject *record) /* new reference */
 {
-    PyObject *record;
-    if (!PyArg_ParseTuple(args, "O:select", &record))
-        return NULL;
     long mask = 0, failed = 0; /* failed: groups with a test that did not pass */
     for (int i = 0; i < self->ntests; i++) {
         if (failed & self->bits[i])
@@ -470,6 +467,74 @@ Selector_call(Selector *self, PyObject *args, PyObject *kwds)
     return packer;
 }
 
+static PyObject *
+Selector_call(Selector *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *record;
+    if (!PyArg_ParseTuple(args, "O:select", &record))
+        return NULL;
+    return select_packer(self, record);
+}
+
+static PyObject *str_codec, *str_pack, *str_packets, *str_octets;
+
+static int
+encode_one(Selector *self, PyObject *record, PyObject **columns) /* 0, or -1 on error */
+{
+    PyObject *packer = select_packer(self, record);
+    if (!packer)
+        return -1;
+    PyObject *items[4] = {PyObject_GetAttr(packer, str_codec), NULL, PyObject_GetAttr(record, str_packets),
+                          PyObject_GetAttr(record, str_octets)};
+    PyObject *pack = PyObject_GetAttr(packer, str_pack);
+    Py_DECREF(packer);
+    if (pack) {
+        items[1] = PyObject_CallOneArg(pack, record);
+        Py_DECREF(pack);
+    }
+    int r = 0;
+    for (int k = 0; k < 4; k++) {
+        if (r == 0 && (!items[k] || PyList_Append(columns[k], items[k]) < 0))
+            r = -1;
+        Py_XDECREF(items[k]);
+    }
+    return r;
+}
+
+static PyObject *
+Selector_encode(Selector *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* encode(records, start, type, codecs, data, packets, octets): appends each record's packer codec,
+     * bytes, packets and octets from records[start] on while it is exactly of `type`; returns the index of
+     * the first record that is not (or len(records)) */
+    if (nargs != 7 || !PyList_Check(args[0]) || !PyType_Check(args[2]))
+        return PyErr_Format(PyExc_TypeError, "encode(records: list, start, type, codecs, data, packets, octets)");
+    PyObject *columns[4] = {args[3], args[4], args[5], args[6]};
+    for (int k = 0; k < 4; k++)
+        if (!PyList_Check(columns[k]))
+            return PyErr_Format(PyExc_TypeError, "the columns are lists");
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    for (; i >= 0 && i < PyList_GET_SIZE(args[0]); i++) {
+        PyObject *record = PyList_GET_ITEM(args[0], i);
+        if (Py_TYPE(record) != (PyTypeObject *)args[2])
+            break;
+        Py_INCREF(record); /* the calls may run Python code */
+        int r = encode_one(self, record, columns);
+        Py_DECREF(record);
+        if (r < 0)
+            return NULL;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+static PyMethodDef Selector_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))Selector_encode, METH_FASTCALL,
+     "encode(records, start, type, codecs, data, packets, octets) -> index of the first record not of type."},
+    {NULL},
+};
+
 static PyTypeObject SelectorType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "exporter._encode.Selector",
@@ -479,6 +544,7 @@ static PyTypeObject SelectorType = {
     .tp_new = Selector_new,
     .tp_dealloc = (destructor)Selector_dealloc,
     .tp_call = (ternaryfunc)Selector_call,
+    .tp_methods = Selector_methods,
 };
 
 static struct PyModuleDef module = {
@@ -489,6 +555,10 @@ PyMODINIT_FUNC
 PyInit__encode(void)
 {
     if (PyType_Ready(&PackerType) < 0 || PyType_Ready(&SelectorType) < 0)
+        return NULL;
+    if (!(str_codec = PyUnicode_InternFromString("codec")) || !(str_pack = PyUnicode_InternFromString("pack")) ||
+        !(str_packets = PyUnicode_InternFromString("packets")) ||
+        !(str_octets = PyUnicode_InternFromString("octets")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

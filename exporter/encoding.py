@@ -159,14 +159,23 @@ class RecordEncoder:
         self._select_sa = _selector(self.layouts["sa"], self._constants, ext)
         self._select_biflow = _selector(self.layouts["biflow"], self._constants, ext)
         self._select_event = _selector(self.layouts["loss_event"], self._constants, ext)
+        self._encode_sas: Callable[..., int] | None = self._select_sa.encode if ext is not None else None
 
     def encode(self, records: Iterable[SARecord | BiflowRecord]) -> EncodedRecords:
         """One data record per SA, or per tunnel with `records: biflow`, in order (a biflow given to an SA
         exporter is split into its two SAs, an SA given to a biflow exporter stays an SA record)."""
         out = EncodedRecords()
         codecs, data, packets, octets = out.codecs.append, out.data.append, out.packets.append, out.octets.append
-        select_sa = self._select_sa
-        for rec in records:
+        select_sa, encode_sas = self._select_sa, self._encode_sas
+        recs = records if type(records) is list else list(records)
+        i, n = 0, len(recs)
+        while i < n:
+            if encode_sas is not None:  # the SA records from i on, without a Python step per record
+                i = encode_sas(recs, i, SARecord, out.codecs, out.data, out.packets, out.octets)
+                if i == n:
+                    break
+            rec = recs[i]
+            i += 1
             if type(rec) is BiflowRecord:
                 if self.biflow:
                     p = self._select_biflow(rec)
