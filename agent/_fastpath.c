@@ -1148,7 +1148,10 @@ static PyObject *sa_order(PyObject *self, PyObject *sas) {
 }
 
 /* agent.report's tunnels of a list of SAs: for each SA with a tunnel id not taken yet whose partner is
- * in the list too, (id, the first of the two in the list, the other, their two indices), by id. */
+ * in the list too, (id, the first of the two in the list, the other, their two indices), by id. None
+ * (Python does it) unless every SA is an agent.sa.SA with its slots set and an int or None tunnel id:
+ * then no Python code runs here (an int subclass's __hash__ could change the list under its borrowed
+ * items, or hash the id differently once it is a key). */
 static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
     (void)self;
     if (!PyList_CheckExact(sas)) {
@@ -1161,13 +1164,18 @@ static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
     /* where each SA is in the list: open addressing on its address (an SA is in the list once) */
     struct { PyObject *sa; Py_ssize_t i; } *at = PyMem_Calloc((size_t)size, sizeof(*at));
     PyObject *pairs = PyDict_New(), *out = NULL, *ids = NULL;
-    if (at == NULL || pairs == NULL)
+    if (at == NULL || pairs == NULL) {
+        if (at == NULL)
+            PyErr_NoMemory();
         goto done;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *sa = PyList_GET_ITEM(sas, i);
-        if (Py_TYPE(sa) != sa_type) {
-            PyErr_SetString(PyExc_TypeError, "tunnel_pairs: not an agent.sa.SA");
-            goto done;
+        PyObject *sa = PyList_GET_ITEM(sas, i), *tid;
+        if (Py_TYPE(sa) != sa_type || JSLOT(sa, J_PEER) == NULL || (tid = JSLOT(sa, J_TUNNEL_ID)) == NULL
+            || (tid != Py_None && !PyLong_CheckExact(tid))) {
+            PyMem_Free(at);
+            Py_DECREF(pairs);
+            Py_RETURN_NONE;
         }
         size_t h = ((uintptr_t)sa >> 4) * 0x9E3779B97F4A7C15ull;
         for (h >>= 20; at[h & (size - 1)].sa != NULL && at[h & (size - 1)].sa != sa; h++)
@@ -1177,7 +1185,7 @@ static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *sa = PyList_GET_ITEM(sas, i), *tid = JSLOT(sa, J_TUNNEL_ID), *peer = JSLOT(sa, J_PEER);
-        if (tid == NULL || peer == NULL || tid == Py_None || peer == Py_None)
+        if (tid == Py_None || peer == Py_None)
             continue;
         int taken = PyDict_Contains(pairs, tid);
         if (taken < 0)
@@ -1896,8 +1904,8 @@ static PyMethodDef methods[] = {
      "sa_order(sas) -> list | None: the SAs by (first_seen, generation), ties in list order (SATable.all_sas);\n"
      "None where Python must sort."},
     {"tunnel_pairs", tunnel_pairs, METH_O,
-     "tunnel_pairs(sas) -> list: (id, first SA, other SA, index of first, index of other) of each tunnel\n"
-     "whose two SAs are in the list, by id (agent.report)."},
+     "tunnel_pairs(sas) -> list | None: (id, first SA, other SA, index of first, index of other) of each\n"
+     "tunnel whose two SAs are in the list, by id (agent.report); None for ids it leaves to Python."},
     {"tunnel_entries", tunnel_entries, METH_VARARGS,
      "tunnel_entries(tunnels, names, slow) -> str: the `tunnels[]` entries of (id, forward SA, reverse SA,\n"
      "index of forward, index of reverse) tuples, as sa_entries."},

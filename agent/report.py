@@ -176,8 +176,9 @@ def _sections(meter: Meter, source: str, linktype: int, error: str | None, inter
 def tunnel_pairs(sas: list[SA]) -> list[Tunnel]:
     """The document's tunnels: for each SA (in `sas` order) with a tunnel id not taken yet whose partner is
     in `sas` too, (id, the first of the two in `sas`, the other, their indices), by id."""
-    if fastpath is not None:  # the same list, a tenth of the time at 100 000 SAs (bench/run.py)
-        return fastpath.tunnel_pairs(sas)
+    compiled = fastpath.tunnel_pairs(sas) if fastpath is not None else None  # a tenth of the time (bench/run.py)
+    if compiled is not None:  # None: a tunnel id that is not an int (or None), left to the lines below
+        return compiled
     index = {id(sa): i for i, sa in enumerate(sas)}
     pairs: dict[int, Tunnel] = {}
     for i, sa in enumerate(sas):

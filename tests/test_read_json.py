@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,6 +205,54 @@ def test_compiled_order_and_tunnels_are_the_python_ones(data: st.DataObject) -> 
         report.fastpath = fastpath
     assert [(t[0], id(t[1]), id(t[2]), t[3], t[4]) for t in compiled] == \
         [(t[0], id(t[1]), id(t[2]), t[3], t[4]) for t in python]
+
+
+_ODD_TUNNEL_IDS = """
+from agent import report
+from agent.compiled import fastpath
+from agent.sa import SA
+
+def pairs():
+    a, b, c, d = (SA((None, bytes(8) + i.to_bytes(4, "big")), False, float(i), None, 0) for i in range(4))
+    a.peer, b.peer, c.peer, d.peer = b, a, d, c
+    return [a, b, c, d]
+
+class Unstable(int):  # hashed differently once it is a key
+    n = 0
+    def __hash__(self):
+        Unstable.n += 1
+        return Unstable.n
+
+sas = pairs()
+for sa in sas:
+    sa.tunnel_id = Unstable(5)
+try:
+    report.tunnel_pairs(sas)
+except KeyError:
+    print("unstable: KeyError")
+
+sas = pairs()
+class Clears(int):  # changes the list under the C loop's borrowed SAs
+    def __hash__(self):
+        sas.clear()
+        return int.__hash__(self)
+sas[0].tunnel_id = sas[1].tunnel_id = 7
+sas[2].tunnel_id = sas[3].tunnel_id = Clears(8)
+print("clears:", [t[0] for t in report.tunnel_pairs(sas)])
+"""
+
+
+def test_compiled_tunnels_leave_odd_ids_to_python() -> None:
+    """fastpath.tunnel_pairs pairs only int and None tunnel ids, with no Python code run: an int subclass's
+    __hash__ that clears the list, or hashes the id differently once it is a key, crashed the interpreter
+    (its SAs are borrowed from the list; a key not found again was a NULL reference). In a child: a crash."""
+    assert fastpath is not None, "the extension is not built"
+    out = subprocess.run([sys.executable, "-X", "dev", "-c", _ODD_TUNNEL_IDS],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=False)
+    assert (out.returncode, out.stdout) == (0, "unstable: KeyError\nclears: [7, 8]\n"), out.stderr[-2000:]
+    a, b = (SA((None, bytes(8) + i.to_bytes(4, "big")), False, float(i), None, 0) for i in range(2))
+    a.peer, b.peer, a.tunnel_id, b.tunnel_id = b, a, True, True  # a bool: Python pairs it, as it would
+    assert fastpath.tunnel_pairs([a, b]) is None and report.tunnel_pairs([a, b]) == [(True, a, b, 0, 1)]
 
 
 @pytest.mark.parametrize("slot", ["ident", "udp", "obs", "direction", "local", "generation", "packets", "octets",
