@@ -25,7 +25,7 @@ from agent.metrics import CaptureCounters, Health, MetricsOutput
 from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
 from agent.report import sa_json
-from agent.runtime import Runtime, load
+from agent.runtime import Check, Runtime
 from agent.sdnotify import SdNotify, watchdog_interval
 from agent.signals import Signals
 from agent.status import Totals, capture_status, stats_line
@@ -71,11 +71,12 @@ class Agent:
         self.next_stats = self.clock() + self.rt.export.stats_interval_s
         self.status = ""  # the STATUS= last sent
         self.vici: Vici | None = None
+        self.check: Check | None = None  # a SIGHUP's configuration check under way
 
     # -- configuration -------------------------------------------------------------------------
-    def _load(self) -> Runtime:
+    def _load(self, check: Check | None = None) -> Runtime:
         o = self.options
-        rt, warnings = load(o.config, o.interfaces, o.collectors)
+        rt, warnings = (check or Check(o.config, o.interfaces, o.collectors)).result()
         for line in warnings:
             log.warning("%s", line)
         if not rt.export.collectors:
@@ -100,10 +101,23 @@ class Agent:
         return Health(interfaces, self.outputs.counters)
 
     def reload(self) -> None:
-        """SIGHUP: new settings; SA state is kept, templates are re-sent, changed parts reopened."""
+        """SIGHUP: the configuration is checked in a child while the loop goes on (`reloaded` applies it)."""
         self.notify.reloading()
+        if self.check is not None:  # the file may have changed since that child read it
+            self.check.cancel()
+            self.check = None
+        o = self.options
         try:
-            new = self._load()
+            self.check = Check(o.config, o.interfaces, o.collectors)
+        except Exception as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            self.notify.ready(self.status)
+
+    def reloaded(self) -> None:
+        """The check answered: new settings; SA state is kept, templates are re-sent, changed parts reopened."""
+        check, self.check = self.check, None
+        try:
+            new = self._load(check)
         except Exception as e:  # a bad new config keeps the running one
             log.error("reload failed, keeping the running configuration: %s", e)
             self.notify.ready(self.status)
@@ -164,6 +178,8 @@ class Agent:
             fds = [*self.capture.fds(), self.signals.fileno(), self.links.fileno()]
             if self.vici is not None:
                 fds.append(self.vici.fileno())
+            if self.check is not None:
+                fds.append(self.check.fileno())
             try:
                 readable, _, _ = select.select(fds, [], [], TICK_S)
             except InterruptedError:
@@ -173,10 +189,12 @@ class Agent:
                 self.vici.apply()  # before the packets: SAs new in this batch find charon's latest word
             frames = 0
             backlog = False
+            check_fd = self.check.fileno() if self.check is not None else -1
+            answered = check_fd in readable
             for fd in readable:
                 if fd == self.links.fileno():
                     self._links()
-                elif fd != self.signals.fileno():
+                elif fd not in (self.signals.fileno(), check_fd):
                     frames += self._feed(self.capture.read(fd))
                     backlog |= self.capture.backlog
             tick_frames += frames
@@ -185,6 +203,8 @@ class Agent:
             events = self.signals.take()
             if "stop" in events:
                 return self.shutdown()
+            if answered:  # after the frames: reloaded() may close the rings they came from
+                self.reloaded()
             if "reload" in events:
                 self.reload()
             if "dump" in events:
@@ -270,6 +290,8 @@ class Agent:
     def shutdown(self) -> int:
         """SIGTERM/SIGINT: every open SA is exported with forced end, then the exporter is flushed."""
         self.notify.stopping()
+        if self.check is not None:
+            self.check.cancel()
         log.info("stopping: exporting every open record")
         self._drain()
         now = self.clock()

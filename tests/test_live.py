@@ -206,6 +206,29 @@ def test_sigterm_flushes_and_sighup_reloads(tmp_path: Path) -> None:
     assert len(doc["tunnels"]) == 2 and {(t["spis"][0], t["spis"][1]) for t in doc["tunnels"]} <= pairs(records)
 
 
+def test_the_loop_goes_on_while_a_reload_is_checked(tmp_path: Path) -> None:
+    """The child that checks a SIGHUP's configuration takes ~0.3 s to start (agent.runtime.Check), more than a
+    ring is sized to wait (buffer_size_mb: 0.1 s): the loop goes on meanwhile, so a SIGUSR1 sent just after
+    the SIGHUP is answered before the reload is applied (it was after: the loop waited for the child)."""
+    cap = str(tmp_path / "cap.pcap")
+    SCENARIOS["rekey"]().write(cap)
+    with veth_pair() as pair:
+        agent, _ = _start(pair, tmp_path)
+        try:
+            pair.replay(cap, pps=5000)
+            agent.wait_for("espmeter running")
+            agent.signal(signal.SIGHUP)
+            time.sleep(0.05)
+            agent.signal(signal.SIGUSR1)
+            agent.wait_for("configuration reloaded")
+            agent.wait_for("SA 192.0.2.1 -> 192.0.2.2")
+            log = agent.log.read_text()
+            assert log.index("SA 192.0.2.1 -> 192.0.2.2") < log.index("configuration reloaded"), log
+            assert agent.stop() == 0
+        finally:
+            agent.kill()
+
+
 def test_interface_deleted_and_recreated(tmp_path: Path) -> None:
     """The link flaps: capture resumes on the new link, both halves of the traffic are metered."""
     cap = str(tmp_path / "cap.pcap")

@@ -3,6 +3,8 @@ daemon never imports pydantic: the child must give exactly what the validation i
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.runtime import ConfigError, load
+from agent.runtime import Check, ConfigError, load
 from agent.settings import runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,18 @@ def test_a_child_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(sys, "executable", executable)
     with pytest.raises(ConfigError, match=rf"^cannot run the configuration check: {executable}: \w"):
         load(None, ["eth0"])
+
+
+def test_a_check_under_way_is_selected_on_and_leaves_nothing_behind() -> None:
+    """The daemon selects on a SIGHUP's Check while its loop goes on; answered or cancelled, the child is
+    reaped and its pipes and stderr file closed (no zombie, no descriptor per reload)."""
+    fds = len(os.listdir("/proc/self/fd"))
+    check = Check(None, ["eth0"])
+    assert select.select([check], [], [], 20)[0] == [check]
+    assert check.result()[0].interfaces == (("eth0", "both"),)
+    cancelled = Check(None, ["eth0"])
+    cancelled.cancel()
+    assert cancelled._child.returncode is not None and len(os.listdir("/proc/self/fd")) == fds
 
 
 def test_the_daemon_never_imports_pydantic() -> None:
