@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import select
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from agent.metrics import CaptureCounters, Health, MetricsOutput
 from agent.outputs import Outputs, OutputSpec
 from agent.privileges import drop_privileges
 from agent.report import sa_json
-from agent.runtime import Check, Runtime
+from agent.runtime import Check, Runtime, can_check
 from agent.sdnotify import SdNotify, watchdog_interval
 from agent.signals import Signals
 from agent.status import Totals, capture_status, stats_line
@@ -166,6 +167,9 @@ class Agent:
         self._start_vici()
         if self.rt.user:
             drop_privileges(self.rt.user)
+            if not can_check():
+                log.warning("user %s cannot execute %s: SIGHUP cannot check a new configuration (restart to apply"
+                            " one)", self.rt.user, sys.executable)
         self.status = capture_status(self.capture.states())
         self.notify.ready(self.status)
         log.info("espmeter running: %d interface(s), %d collector(s)",

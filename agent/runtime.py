@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -101,6 +102,12 @@ class Check:
         self._child.wait()
         self._stdout.close()
         self._stderr.close()
+
+
+def can_check() -> bool:
+    """Whether this process may start a Check: after `user:` dropped privileges, an interpreter only root
+    can reach (a venv under /root) cannot be executed, so no SIGHUP can apply a new configuration."""
+    return os.access(sys.executable, os.X_OK)
 
 
 def load(config: str | None, interfaces: list[str] | None = None,

@@ -307,6 +307,30 @@ def test_drops_privileges_notifies_systemd_and_idles(tmp_path: Path) -> None:
             shutil.rmtree(public)
 
 
+def test_an_interpreter_the_user_cannot_execute_is_said_at_start(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `user:` dropped privileges, a SIGHUP's configuration check runs this interpreter as that user: one
+    only root can reach (here: behind a 0700 directory) is a warning at start, and each SIGHUP one error line."""
+    private = Path(tempfile.mkdtemp(prefix="espm-root-only-"))  # mode 0700
+    (private / "prefix").symlink_to(sys.prefix)
+    monkeypatch.setattr(sys, "executable", str(private / "prefix" / Path(sys.executable).relative_to(sys.prefix)))
+    with veth_pair() as pair:
+        cfg = tmp_path / "espmeter.yaml"
+        cfg.write_text(f"interfaces: [{pair.capture_if}]\nuser: nobody\n")
+        cfg.chmod(0o644)
+        agent = AgentProcess(pair.capture_ns, ["--config", str(cfg)], tmp_path / "agent.log")
+        try:
+            agent.wait_for("espmeter running")
+            agent.signal(signal.SIGHUP)
+            agent.wait_for("reload failed, keeping the running configuration: cannot run the configuration check")
+            log = agent.log.read_text()
+            assert f"user nobody cannot execute {sys.executable}: SIGHUP cannot check" in log, log
+            assert agent.stop() == 0, log
+        finally:
+            agent.kill()
+            shutil.rmtree(private)
+
+
 def test_interface_that_appears_later(tmp_path: Path) -> None:
     """Configured before it exists (a PPPoE link not up yet): capture starts when netlink announces it."""
     cap = str(tmp_path / "cap.pcap")
