@@ -150,10 +150,11 @@ class Meter:
         n = len(meta) // 16
         pos = esp = octets = 0
         while True:
-            stop, part, sa, seq, ip_len = walk(buf, meta, pos, sas, obs, self._due(), table.epoch, t.window,
-                                               t.jump_limit, t.reorder_time, table.probation, table, direction,
-                                               self.local_addrs)
-            esp += stop - pos
+            stop, part, sa, seq, ip_len, others = walk(buf, meta, pos, sas, obs, self._due(), table.epoch,
+                                                       t.window, t.jump_limit, t.reorder_time, table.probation,
+                                                       table, direction, self.local_addrs)
+            esp += stop - pos - others
+            self.classes[d.OTHER] += others
             octets += part
             if stop == n:
                 break

@@ -31,8 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 import gen  # noqa: E402
 
-from agent.capture import PREFILTER  # noqa: E402
-
 TOOLS = ("espmeter", "argus", "softflowd", "tcpdump", "cfloor")
 CAPTURES = {  # name -> gen.generate keyword arguments
     "esp": {"encap": "esp"},
@@ -57,16 +55,15 @@ class Run:
 @dataclass(slots=True)
 class Tool:
     name: str
-    argv: Callable[[Path, Path, bool], list[str]]  # (capture, out dir, mixed) -> argv
+    argv: Callable[[Path, Path], list[str]]  # (capture, out dir) -> argv
     parse: Callable[[Path], int | None] = lambda _out: None  # stdout file -> lost total
     check: Callable[[Path, dict], int | None] = lambda _out, _truth: None  # (stdout, truth) -> SAs wrong
     runs: list[Run] = field(default_factory=list)
 
 
 # -- the tools ---------------------------------------------------------------------------------
-def espmeter_argv(cap: Path, _out: Path, mixed: bool) -> list[str]:
-    bpf = ["--bpf", PREFILTER] if mixed else []
-    return [sys.executable, "-m", "agent.cli", "read", str(cap), "--json", *bpf]
+def espmeter_argv(cap: Path, _out: Path) -> list[str]:
+    return [sys.executable, "-m", "agent.cli", "read", str(cap), "--json"]
 
 
 def espmeter_lost(stdout: Path) -> int | None:
@@ -125,13 +122,13 @@ def make_tools(wanted: list[str], out: Path) -> list[Tool]:
     port = free_udp_port()
     tools = {
         "espmeter": Tool("espmeter", espmeter_argv, espmeter_lost, espmeter_wrong),
-        "argus": Tool("argus", lambda c, o, _m: ["argus", "-X", "-r", str(c), "-w", str(o / "peer.argus")]),
-        "softflowd": Tool("softflowd", lambda c, _o, _m: ["softflowd", "-r", str(c), "-n",
+        "argus": Tool("argus", lambda c, o: ["argus", "-X", "-r", str(c), "-w", str(o / "peer.argus")]),
+        "softflowd": Tool("softflowd", lambda c, _o: ["softflowd", "-r", str(c), "-n",
                                                             f"127.0.0.1:{port}", "-v", "10"]),
-        "tcpdump": Tool("tcpdump", lambda c, _o, _m: ["tcpdump", "-n", "-r", str(c)]),
+        "tcpdump": Tool("tcpdump", lambda c, _o: ["tcpdump", "-n", "-r", str(c)]),
     }
     if "cfloor" in wanted and (exe := build_cfloor(out)) is not None:
-        tools["cfloor"] = Tool("cfloor", lambda c, _o, _m: [str(exe), str(c)], cfloor_lost)
+        tools["cfloor"] = Tool("cfloor", lambda c, _o: [str(exe), str(c)], cfloor_lost)
     chosen = []
     for name in wanted:
         tool = tools.get(name)
@@ -175,13 +172,13 @@ def warm(path: Path) -> None:
             pass
 
 
-def rounds(tools: list[Tool], cap: Path, truth: dict, out: Path, mixed: bool, n: int) -> None:
+def rounds(tools: list[Tool], cap: Path, truth: dict, out: Path, n: int) -> None:
     """Alternate the tools on `cap` for `n` rounds, rotating the order each round; check every run."""
     for r in range(n):
         order = tools[r % len(tools):] + tools[:r % len(tools)]
         for tool in order:
             stdout = out / f"{tool.name}.stdout"
-            run = measure(tool.argv(cap, out, mixed), stdout)
+            run = measure(tool.argv(cap, out), stdout)
             run.lost = tool.parse(stdout)
             run.wrong = tool.check(stdout, truth)
             tool.runs.append(run)
@@ -225,7 +222,7 @@ def bench_capture(name: str, wanted: list[str], a: argparse.Namespace) -> dict:
           f"{truth['sas']} SAs, load {load()}", flush=True)
     warm(path)
     tools = make_tools(wanted, a.out)
-    rounds(tools, path, truth, a.out, "mix" in CAPTURES[name], a.rounds)
+    rounds(tools, path, truth, a.out, a.rounds)
     result = {
         "file": path.name, "truth_lost": truth["lost_total"], "frames": truth["packets"],
         "esp_frames": truth["esp_packets"], "sas": truth["sas"], "load_after": load(),
@@ -255,7 +252,7 @@ def startup(out: Path, n: int = 7) -> dict:
     """Median wall time of `espmeter read` on a 20-frame file, and of a bare `python -c pass`."""
     tiny = out / "tiny.pcap"
     gen.generate(tiny, 20, 2)
-    read = [measure(espmeter_argv(tiny, out, False), out / "tiny.stdout") for _ in range(n)]
+    read = [measure(espmeter_argv(tiny, out), out / "tiny.stdout") for _ in range(n)]
     bare = [measure([sys.executable, "-c", "pass"], out / "bare.stdout") for _ in range(n)]
     return {
         "read_s": round(statistics.median(r.wall for r in read), 3),
