@@ -1,6 +1,6 @@
 /* Compiled per-frame fast path of agent.meter (Meter._walk_frames): the datagrams of established SAs
- * that need no tracker decision, for Ethernet / IPv4 without options / unfragmented ESP or UDP 4500
- * (not the non-ESP marker): the next number (also the one that ends an SA's probation), a forward
+ * that need no tracker decision, for Ethernet (untagged, 802.1Q or QinQ) / IPv4 without options /
+ * unfragmented ESP or UDP 4500 (not the non-ESP marker): the next number (also the one that ends an SA's probation), a forward
  * jump that opens a gap inside the window, and either of them after gaps older than the reorder time
  * became final (SeqTracker.finalize_by_time).
  * walk() consumes frames from `start` while each one is such a datagram and the next timer is not due,
@@ -111,8 +111,15 @@ typedef struct {
     const unsigned char *seq;   /* the ESP sequence number */
     uint64_t w0, w1;            /* the SA ident (agent.sa: addresses [+ ports] + SPI), zero-padded to 16 octets */
     Py_ssize_t ident_len;
+    uint32_t vlans;             /* 0: untagged; else the VLAN IDs + 1, the outer in bits 0-12, the inner above */
     uint32_t idx;               /* its slot in the SA cache */
+    int32_t code;               /* its observation point, as the cache keys it (obs_code, tagged_obs) */
+    PyObject *obs;              /* and as the table's key has it (borrowed: the walk's or tagged_obs's) */
 } Parsed;
+
+static inline int is_tpid(unsigned ethertype) {
+    return ethertype == 0x8100 || ethertype == 0x88A8 || ethertype == 0x9100;
+}
 
 /* Whether agent.decode classes this Ethernet frame "other" and Meter._frame only counts it: neither ESP
  * nor UDP on port 500 or 4500, nor an IP fragment (the fragment table may want it), nor truncated or
@@ -124,7 +131,7 @@ static int is_other(const unsigned char *p, uint32_t caplen) {
         return 0;
     uint32_t at = 12;
     unsigned ethertype = be16(p + 12);
-    for (int tags = 0; ethertype == 0x8100 || ethertype == 0x88A8 || ethertype == 0x9100; tags++) {
+    for (int tags = 0; is_tpid(ethertype); tags++) {
         if (tags == 2)
             return 1; /* a third tag */
         if (caplen - at < 6)
@@ -165,6 +172,14 @@ static int is_other(const unsigned char *p, uint32_t caplen) {
 
 static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen) {
     f->ok = 0;
+    f->vlans = 0;
+    /* up to two 802.1Q/802.1ad tags (agent.decode._vlan_tags; a third is "other"): the frame is read as if
+     * untagged from 4 octets further on, the tags kept for the SA's observation point */
+    for (int shift = 0; shift < 26 && caplen >= 18 && is_tpid(be16(p + 12)); shift += 13) {
+        f->vlans |= ((be16(p + 14) & 0x0FFFu) + 1) << shift;
+        p += 4;
+        caplen -= 4;
+    }
     if (caplen < 42 || be16(p + 12) != 0x0800 || p[14] != 0x45 || (be16(p + 20) & 0x3FFF))
         return;
     uint32_t total = be16(p + 16);
@@ -193,7 +208,7 @@ static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen)
     }
     memcpy(&f->w0, ident, 8);
     memcpy(&f->w1, ident + 8, 8);
-    uint64_t h = (f->w0 ^ (f->w1 * 0x9E3779B97F4A7C15ull)) * 0xC2B2AE3D27D4EB4Full;
+    uint64_t h = (f->w0 ^ (f->w1 * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)f->vlans << 40)) * 0xC2B2AE3D27D4EB4Full;
     f->idx = (uint32_t)(h >> (64 - cache_bits));
     f->total = total;
     f->ok = 1;
@@ -240,18 +255,72 @@ static int32_t obs_code(PyObject *obs) {
     return -2;
 }
 
-static inline Entry *find(const Parsed *f, int32_t code) {
+/* The observation points of tagged frames, (ifindex, vlan, inner_vlan) as agent.decode.Frame.obs has
+ * them, each made once and kept for the module's life: a slot's code is -3 - its index. Bounded: beyond
+ * half of the slots a new one is not cacheable (-2), and Python takes its frames. */
+#define TAGGED_BITS 14
+#define TAGGED_SLOTS (1 << TAGGED_BITS)
+typedef struct {
+    int32_t base;   /* the walk's code: -1 (no ifindex) or the ifindex */
+    uint32_t vlans; /* as Parsed.vlans */
+    PyObject *obs;
+} TaggedObs;
+static TaggedObs tagged[TAGGED_SLOTS];
+static int n_tagged;
+
+static int32_t tagged_obs(int32_t base, PyObject *obs, uint32_t vlans, PyObject **out) {
+    if (base == -2)
+        return -2;
+    uint32_t h = (uint32_t)(((uint64_t)(uint32_t)base * 0x9E3779B97F4A7C15ull ^ vlans) * 0xC2B2AE3D27D4EB4Full >> (64 - TAGGED_BITS));
+    for (;; h = (h + 1) & (TAGGED_SLOTS - 1)) {
+        TaggedObs *t = &tagged[h];
+        if (t->obs == NULL)
+            break;
+        if (t->base == base && t->vlans == vlans) {
+            *out = t->obs;
+            return -3 - (int32_t)h;
+        }
+    }
+    if (n_tagged >= TAGGED_SLOTS / 2)
+        return -2;
+    PyObject *vlan = PyLong_FromLong((long)(vlans & 0x1FFF) - 1);
+    PyObject *inner = vlans >> 13 ? PyLong_FromLong((long)(vlans >> 13) - 1) : Py_NewRef(Py_None);
+    PyObject *t = vlan == NULL || inner == NULL ? NULL
+        : PyTuple_Pack(3, base == -1 ? Py_None : PyTuple_GET_ITEM(obs, 0), vlan, inner);
+    Py_XDECREF(vlan);
+    Py_XDECREF(inner);
+    if (t == NULL) { /* out of memory: Python takes the frame (and meets the error itself) */
+        PyErr_Clear();
+        return -2;
+    }
+    tagged[h] = (TaggedObs){base, vlans, t};
+    n_tagged++;
+    *out = t;
+    return -3 - (int32_t)h;
+}
+
+/* f's observation point from the walk's (code, obs); a tagged frame without a cacheable one is Python's */
+static inline void observe(Parsed *f, int32_t code, PyObject *obs) {
+    f->code = code;
+    f->obs = obs;
+    if (f->ok && f->vlans && (f->code = tagged_obs(code, obs, f->vlans, &f->obs)) == -2)
+        f->ok = 0;
+}
+
+static inline Entry *find(const Parsed *f) {
     Bucket *b = &cache[f->idx];
     for (int k = 0; k < 2; k++) {
         Entry *e = &b->e[k];
-        if (e->gen == cache_gen && e->obs == code && e->w0 == f->w0 && e->w1 == f->w1)
+        if (e->gen == cache_gen && e->obs == f->code && e->w0 == f->w0 && e->w1 == f->w1)
             return e;
     }
     return NULL;
 }
 
-static PyObject *lookup(PyObject *sas, PyObject *obs, int32_t code, const Parsed *f) {
-    Entry *e = code == -2 ? NULL : find(f, code);
+static PyObject *lookup(PyObject *sas, const Parsed *f) {
+    int32_t code = f->code;
+    PyObject *obs = f->obs;
+    Entry *e = code == -2 ? NULL : find(f);
     if (e != NULL)
         return e->sa;
     unsigned char ident[16];
@@ -288,8 +357,8 @@ static PyObject *lookup(PyObject *sas, PyObject *obs, int32_t code, const Parsed
 #define AHEAD_SLOTS 3
 #define RING 16
 
-static inline PyObject *cached_sa(const Parsed *f, int32_t code) {
-    Entry *e = f->ok ? find(f, code) : NULL;
+static inline PyObject *cached_sa(const Parsed *f) {
+    Entry *e = f->ok && f->code != -2 ? find(f) : NULL;
     return e != NULL ? e->sa : NULL;
 }
 
@@ -526,14 +595,14 @@ static void new_cache_epoch(unsigned long long epoch) {
  * Meter._create and Meter._esp_datagram would; `*epoch` and `*due` follow the table (a full table
  * drops an SA to make room; the new SA is scheduled). Returns the SA (borrowed from the table) when
  * its first datagram is still to be taken by Python, Py_None when it was taken here, NULL on error. */
-static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, PyObject *obs, const Parsed *f, double now,
+static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f, double now,
                                  PyObject *direction, PyObject *local_addrs, unsigned long long *epoch, double *due) {
     unsigned char raw[16];
     memcpy(raw, &f->w0, 8);
     memcpy(raw + 8, &f->w1, 8);
     PyObject *ident = PyBytes_FromStringAndSize((const char *)raw, f->ident_len), *key = NULL, *now_obj = NULL;
     PyObject *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL, *e = NULL, *heap = NULL;
-    if (ident == NULL || (key = PyTuple_Pack(2, obs, ident)) == NULL || (now_obj = PyFloat_FromDouble(now)) == NULL
+    if (ident == NULL || (key = PyTuple_Pack(2, f->obs, ident)) == NULL || (now_obj = PyFloat_FromDouble(now)) == NULL
         || (seq = PyLong_FromUnsignedLong(be32(f->seq))) == NULL)
         goto done;
     if (PyAnySet_Check(local_addrs) && PySet_GET_SIZE(local_addrs) > 0) { /* src in Meter.local_addrs */
@@ -620,8 +689,10 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         memcpy(r, m + 16 * j, 16);
         Parsed *f = &ring[j % RING];
         f->ok = f->other = 0;
-        if ((Py_ssize_t)r[2] + r[3] <= buf.len)
+        if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
             parse(f, b + r[2], r[3]);
+            observe(f, code, obs);
+        }
     }
     for (; i < n; i++) {
         Py_ssize_t j = i + AHEAD_PARSE;
@@ -633,18 +704,19 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
                 __builtin_prefetch(b + r[2] + 64);
                 parse(f, b + r[2], r[3]);
+                observe(f, code, obs);
                 if (f->ok)
                     __builtin_prefetch(&cache[f->idx]);
             }
         }
         if (i + AHEAD_SA < n) {
-            PyObject *sa = cached_sa(&ring[(i + AHEAD_SA) % RING], code);
+            PyObject *sa = cached_sa(&ring[(i + AHEAD_SA) % RING]);
             if (sa != NULL)
                 for (int k = 0; k < N_HOT; k++)
                     __builtin_prefetch(&SLOT(sa, k));
         }
         if (i + AHEAD_SLOTS < n) {
-            PyObject *sa = cached_sa(&ring[(i + AHEAD_SLOTS) % RING], code);
+            PyObject *sa = cached_sa(&ring[(i + AHEAD_SLOTS) % RING]);
             if (sa != NULL)
                 for (int k = 0; k < N_HOT; k++) {
                     PyObject *v = SLOT(sa, k);
@@ -665,12 +737,12 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             octets += r[3];
             continue;
         }
-        PyObject *sa = lookup(sas, obs, code, f);
+        PyObject *sa = lookup(sas, f);
         if (sa == NULL) {
             if (PyErr_Occurred())
                 goto error;
             /* a new SA, and its first datagram */
-            PyObject *left = new_sa_datagram(table, sas, obs, f, now, direction, local_addrs, &epoch, &due);
+            PyObject *left = new_sa_datagram(table, sas, f, now, direction, local_addrs, &epoch, &due);
             if (left == NULL)
                 goto error;
             if (left != Py_None) { /* its first datagram is Python's */
