@@ -1,6 +1,6 @@
 /* Compiled per-frame fast path of agent.meter (Meter._walk_frames): the datagrams of established SAs
- * that need no tracker decision, for Ethernet (untagged, 802.1Q or QinQ) / IPv4 without options /
- * unfragmented ESP or UDP 4500 (not the non-ESP marker): the next number (also the one that ends an SA's probation), a forward
+ * that need no tracker decision, for Ethernet (untagged, 802.1Q or QinQ) / IPv4 without options or
+ * IPv6 without extension headers / unfragmented ESP or UDP 4500 (not the non-ESP marker): the next number (also the one that ends an SA's probation), a forward
  * jump that opens a gap inside the window, and either of them after gaps older than the reorder time
  * became final (SeqTracker.finalize_by_time).
  * walk() consumes frames from `start` while each one is such a datagram and the next timer is not due,
@@ -109,8 +109,11 @@ typedef struct {
     int other;                  /* ok = 0 and agent.decode's class is "other": only counted (see is_other) */
     uint32_t total;             /* IP total length: the datagram's octets */
     const unsigned char *seq;   /* the ESP sequence number */
-    uint64_t w0, w1;            /* the SA ident (agent.sa: addresses [+ ports] + SPI), zero-padded to 16 octets */
-    Py_ssize_t ident_len;
+    uint64_t w0, w1;            /* IPv4: the SA ident (agent.sa: addresses [+ ports] + SPI), zero-padded to 16
+                                 * octets; IPv6: a digest of it (a cache hit compares the ident itself) */
+    Py_ssize_t ident_len;       /* 12 / 16: IPv4 ESP / ESP-in-UDP; 36 / 40: IPv6 */
+    const unsigned char *addrs; /* IPv6: the source and destination addresses (and the ports) in the frame */
+    const unsigned char *spi;   /* IPv6: the SPI in the frame */
     uint32_t vlans;             /* 0: untagged; else the VLAN IDs + 1, the outer in bits 0-12, the inner above */
     uint32_t idx;               /* its slot in the SA cache */
     int32_t code;               /* its observation point, as the cache keys it (obs_code, tagged_obs) */
@@ -170,6 +173,61 @@ static int is_other(const unsigned char *p, uint32_t caplen) {
     return sport != 500 && dport != 500 && sport != 4500 && dport != 4500;
 }
 
+static inline void parsed(Parsed *f, uint32_t total) {
+    uint64_t h = (f->w0 ^ (f->w1 * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)f->vlans << 40)) * 0xC2B2AE3D27D4EB4Full;
+    f->idx = (uint32_t)(h >> (64 - cache_bits));
+    f->total = total;
+    f->ok = 1;
+}
+
+static inline uint64_t load64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* Ethernet / IPv6 without extension headers / ESP or UDP 4500: the checks of the IPv4 case below, as
+ * agent.decode makes them (the payload length in place of the total length). The 36- or 40-octet ident
+ * stays in the frame; w0, w1 digest it for the cache (a hit compares the ident: ident_matches). */
+static inline void parse_ipv6(Parsed *f, const unsigned char *p, uint32_t caplen) {
+    if (caplen < 62 || p[14] >> 4 != 6)
+        return;
+    uint32_t payload = be16(p + 18);
+    if (p[20] == 50) {
+        if (payload < 8 || be32(p + 54) == 0)
+            return;
+        f->ident_len = 36;
+        f->seq = p + 58;
+    } else if (p[20] == 17) {
+        if (caplen < 70 || payload < 16 || (be16(p + 54) != 4500 && be16(p + 56) != 4500))
+            return;
+        uint32_t ulen = be16(p + 58);
+        if (ulen < 16 || ulen > payload || be32(p + 62) == 0)
+            return;
+        f->ident_len = 40;
+        f->seq = p + 66;
+    } else
+        return;
+    f->addrs = p + 22;
+    f->spi = f->seq - 4;
+    uint64_t k = 0x9E3779B97F4A7C15ull;
+    f->w0 = (load64(p + 22) * k ^ load64(p + 30)) * 0xC2B2AE3D27D4EB4Full ^ be32(f->spi);
+    f->w1 = (load64(p + 38) * k ^ load64(p + 46)) * 0xD6E8FEB86659FD93ull ^ (uint64_t)be32(p + 54) << 32
+        ^ (uint64_t)f->ident_len;
+    parsed(f, 40 + payload);
+}
+
+/* The ident bytes of a parsed frame, as agent.sa.esp_ident / udp_ident make them. */
+static void ident_of(const Parsed *f, unsigned char *out) {
+    if (f->ident_len <= 16) {
+        memcpy(out, &f->w0, 8);
+        memcpy(out + 8, &f->w1, 8);
+        return;
+    }
+    memcpy(out, f->addrs, f->ident_len - 4); /* addresses [+ ports] */
+    memcpy(out + f->ident_len - 4, f->spi, 4);
+}
+
 static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen) {
     f->ok = 0;
     f->vlans = 0;
@@ -179,6 +237,10 @@ static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen)
         f->vlans |= ((be16(p + 14) & 0x0FFFu) + 1) << shift;
         p += 4;
         caplen -= 4;
+    }
+    if (be16(p + 12) == 0x86DD) {
+        parse_ipv6(f, p, caplen);
+        return;
     }
     if (caplen < 42 || be16(p + 12) != 0x0800 || p[14] != 0x45 || (be16(p + 20) & 0x3FFF))
         return;
@@ -208,10 +270,7 @@ static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen)
     }
     memcpy(&f->w0, ident, 8);
     memcpy(&f->w1, ident + 8, 8);
-    uint64_t h = (f->w0 ^ (f->w1 * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)f->vlans << 40)) * 0xC2B2AE3D27D4EB4Full;
-    f->idx = (uint32_t)(h >> (64 - cache_bits));
-    f->total = total;
-    f->ok = 1;
+    parsed(f, total);
 }
 
 static inline void parse(Parsed *f, const unsigned char *p, uint32_t caplen) {
@@ -317,15 +376,27 @@ static inline Entry *find(const Parsed *f) {
     return NULL;
 }
 
+/* An IPv6 cache hit is the SA's when its ident is the frame's (w0, w1 only digest it). */
+static inline int ident_matches(PyObject *sa, const Parsed *f) {
+    if (f->ident_len <= 16)
+        return 1;
+    PyObject *key = SLOT(sa, S_KEY), *ident;
+    if (key == NULL || !PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2
+        || !PyBytes_CheckExact(ident = PyTuple_GET_ITEM(key, 1)))
+        return 0; /* not a key the table makes: the dict decides */
+    const unsigned char *i = (const unsigned char *)PyBytes_AS_STRING(ident);
+    return PyBytes_GET_SIZE(ident) == f->ident_len && !memcmp(i, f->addrs, f->ident_len - 4)
+        && !memcmp(i + f->ident_len - 4, f->spi, 4);
+}
+
 static PyObject *lookup(PyObject *sas, const Parsed *f) {
     int32_t code = f->code;
     PyObject *obs = f->obs;
     Entry *e = code == -2 ? NULL : find(f);
-    if (e != NULL)
+    if (e != NULL && ident_matches(e->sa, f))
         return e->sa;
-    unsigned char ident[16];
-    memcpy(ident, &f->w0, 8);
-    memcpy(ident + 8, &f->w1, 8);
+    unsigned char ident[40];
+    ident_of(f, ident);
     PyObject *ib = PyBytes_FromStringAndSize((const char *)ident, f->ident_len);
     if (ib == NULL)
         return NULL;
@@ -597,21 +668,21 @@ static void new_cache_epoch(unsigned long long epoch) {
  * its first datagram is still to be taken by Python, Py_None when it was taken here, NULL on error. */
 static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f, double now,
                                  PyObject *direction, PyObject *local_addrs, unsigned long long *epoch, double *due) {
-    unsigned char raw[16];
-    memcpy(raw, &f->w0, 8);
-    memcpy(raw + 8, &f->w1, 8);
+    unsigned char raw[40];
+    ident_of(f, raw);
     PyObject *ident = PyBytes_FromStringAndSize((const char *)raw, f->ident_len), *key = NULL, *now_obj = NULL;
     PyObject *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL, *e = NULL, *heap = NULL;
     if (ident == NULL || (key = PyTuple_Pack(2, f->obs, ident)) == NULL || (now_obj = PyFloat_FromDouble(now)) == NULL
         || (seq = PyLong_FromUnsignedLong(be32(f->seq))) == NULL)
         goto done;
     if (PyAnySet_Check(local_addrs) && PySet_GET_SIZE(local_addrs) > 0) { /* src in Meter.local_addrs */
-        int in = (src = PyBytes_FromStringAndSize((const char *)raw, 4)) == NULL ? -1 : PySet_Contains(local_addrs, src);
+        src = PyBytes_FromStringAndSize((const char *)raw, f->ident_len <= 16 ? 4 : 16);
+        int in = src == NULL ? -1 : PySet_Contains(local_addrs, src);
         if (in < 0)
             goto done;
         local = in ? Py_True : Py_False;
     }
-    if ((sa = create_sa(table, key, f->ident_len == 16 ? Py_True : Py_False, now_obj, direction, local)) == NULL)
+    if ((sa = create_sa(table, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj, direction, local)) == NULL)
         goto done;
     int rc = first_datagram(sa, seq, f->total, now_obj);
     if (rc < 0 || (e = PyObject_GetAttr(table, str_epoch)) == NULL || (heap = PyObject_GetAttr(table, str_schedule)) == NULL)
