@@ -644,8 +644,21 @@ static int first_datagram(PyObject *sa, PyObject *seq, uint32_t total, PyObject 
     return 1;
 }
 
-static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
-                           PyObject *local); /* SATable.create: "New SAs" below */
+/* What the create path reads of its table, once per walk() or create() call: "New SAs" below */
+typedef struct {
+    PyObject *table; /* borrowed from the caller, for its call; NULL before the call's first new SA */
+    int loaded, dirty;
+    PyObject *settings, *sas, *probation, *dormant, *schedule, *pairer, *authority, *unpaired, *epochs, *dropped,
+        *epoch;
+    double idle, active;
+    Py_ssize_t max_sas;
+    long long stale, stale_min, stale_share;
+    long long evictions, unconfirmed_sas, unconfirmed_datagrams;
+} Ctx;
+static Ctx *walk_ctx; /* the Ctx of the walk() under way (walk_call) */
+static int ctx_enter(Ctx *c);
+static PyObject *create_sa(Ctx *c, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
+                           PyObject *local); /* SATable.create */
 /* agent.schedule's compiled heap: "The export schedule" below */
 typedef struct { double due; PyObject *sa; } Timer;
 typedef struct { PyObject_HEAD Timer *t; Py_ssize_t n, cap; } Schedule;
@@ -668,10 +681,16 @@ static void new_cache_epoch(unsigned long long epoch) {
  * its first datagram is still to be taken by Python, Py_None when it was taken here, NULL on error. */
 static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f, double now,
                                  PyObject *direction, PyObject *local_addrs, unsigned long long *epoch, double *due) {
+    Ctx *c = walk_ctx;
+    if (c == NULL) {
+        PyErr_SetString(PyExc_SystemError, "new_sa_datagram outside walk_call");
+        return NULL;
+    }
+    c->table = table; /* walk()'s, for the whole call */
     unsigned char raw[40];
     ident_of(f, raw);
     PyObject *ident = PyBytes_FromStringAndSize((const char *)raw, f->ident_len), *key = NULL, *now_obj = NULL;
-    PyObject *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL, *e = NULL, *heap = NULL;
+    PyObject *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL;
     if (ident == NULL || (key = PyTuple_Pack(2, f->obs, ident)) == NULL || (now_obj = PyFloat_FromDouble(now)) == NULL
         || (seq = PyLong_FromUnsignedLong(be32(f->seq))) == NULL)
         goto done;
@@ -682,19 +701,19 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
             goto done;
         local = in ? Py_True : Py_False;
     }
-    if ((sa = create_sa(table, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj, direction, local)) == NULL)
+    if ((sa = create_sa(c, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj, direction, local)) == NULL)
         goto done;
     int rc = first_datagram(sa, seq, f->total, now_obj);
-    if (rc < 0 || (e = PyObject_GetAttr(table, str_epoch)) == NULL || (heap = PyObject_GetAttr(table, str_schedule)) == NULL)
+    if (rc < 0 || ctx_enter(c) < 0)
         goto done;
-    unsigned long long now_epoch = PyLong_AsUnsignedLongLong(e);
+    unsigned long long now_epoch = PyLong_AsUnsignedLongLong(c->epoch);
     if (now_epoch == (unsigned long long)-1 && PyErr_Occurred())
         goto done;
     if (now_epoch != *epoch)
         new_cache_epoch(*epoch = now_epoch);
     /* Meter._due: the head of the schedule (another kind of schedule: stop at once, Python looks) */
-    if (Py_IS_TYPE(heap, &ScheduleType))
-        *due = ((Schedule *)heap)->n > 0 ? ((Schedule *)heap)->t[0].due : INFINITY;
+    if (Py_IS_TYPE(c->schedule, &ScheduleType))
+        *due = ((Schedule *)c->schedule)->n > 0 ? ((Schedule *)c->schedule)->t[0].due : INFINITY;
     else
         *due = -INFINITY;
     result = rc ? Py_None : PyDict_GetItemWithError(sas, key);
@@ -707,8 +726,6 @@ done:
     Py_XDECREF(seq);
     Py_XDECREF(sa);
     Py_XDECREF(src);
-    Py_XDECREF(e);
-    Py_XDECREF(heap);
     return result;
 }
 
@@ -1429,7 +1446,8 @@ done:
  * SA's state; an __init__ that stores a mutable object or computes with an argument fails the import.
  * create() then does what SATable.create does: table entry, probation, schedule entry and, without a
  * pairing authority, the pairing of Pairer.add when there are no or one candidates (two or more:
- * Pairer._place, in Python). A full table (_make_room) is left to Python too. */
+ * Pairer._place, in Python). A full table drops its oldest probationer here while it has no partner
+ * (make_room); the rest of _make_room is Python's. What a create reads of the table: Ctx, below. */
 enum { A_OBS, A_IDENT, A_KEY, A_UDP, A_NOW, A_DIRECTION, N_ARGS };
 enum { C_PEER, C_TUNNEL_ID, C_LOCAL, C_X_DATAGRAMS, C_IDENT, C_UDP, N_CSLOTS };
 static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "local", "x_datagrams", "ident", "udp"};
@@ -1442,7 +1460,8 @@ static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the te
 static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
     *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
     *str_next_tunnel, *str_place, *str_unconfirmed_sas, *str_unconfirmed_datagrams, *str_evictions,
-    *str_epochs, *str_dormant, *str_remove, *str_stale_entries, *str_stale_min, *str_stale_share, *str_drop_dead, *str_dropped;
+    *str_epochs, *str_dormant, *str_remove, *str_stale_entries, *str_stale_min, *str_stale_share, *str_drop_dead, *str_dropped, *str_popitem,
+    *str_move_to_end;
 
 static inline PyObject **sa_slots(PyObject *sa) { return (PyObject **)((char *)sa + sizeof(PyObject)); }
 
@@ -1496,11 +1515,13 @@ static int bind_template(void) {
                           &str_idle_timeout, &str_active_timeout, &str_make_room, &str_authority, &str_add,
                           &str_unpaired, &str_next_tunnel, &str_place, &str_unconfirmed_sas,
                           &str_unconfirmed_datagrams, &str_evictions, &str_epochs, &str_dormant, &str_remove,
-                          &str_stale_entries, &str_stale_min, &str_stale_share, &str_drop_dead, &str_dropped};
+                          &str_stale_entries, &str_stale_min, &str_stale_share, &str_drop_dead, &str_dropped,
+                          &str_popitem, &str_move_to_end};
     const char *text[] = {"sas", "probation", "schedule", "epoch", "pairer", "settings", "max_sas", "idle_timeout",
                           "active_timeout", "_make_room", "authority", "add", "unpaired", "next_tunnel", "_place",
                           "unconfirmed_sas", "unconfirmed_datagrams", "evictions", "_epochs", "dormant", "remove",
-                          "stale_entries", "STALE_MIN", "STALE_SHARE", "_drop_dead", "dropped"};
+                          "stale_entries", "STALE_MIN", "STALE_SHARE", "_drop_dead", "dropped", "popitem",
+                          "move_to_end"};
     _Static_assert(sizeof(names) / sizeof(names[0]) == sizeof(text) / sizeof(text[0]), "one text per name");
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
         if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
@@ -1546,20 +1567,119 @@ static int attr_double(PyObject *o, PyObject *name, double *v) {
     return *v == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* SATable._schedule of an SA created at `now` (last_seen = interval_start = now). */
-static int schedule_new(PyObject *table, PyObject *sa, double now, double idle, double active) {
-    double due = fmin(now + idle, now + active);
-    if (due <= now)
-        due = now + fmin(idle, active);
-    PyObject *heap = PyObject_GetAttr(table, str_schedule), *r = NULL;
-    int rc = -1;
-    if (heap != NULL && Py_IS_TYPE(heap, &ScheduleType))
-        rc = schedule_push((Schedule *)heap, due, sa);
-    else if (heap != NULL) /* another kind of schedule (agent.schedule.Schedule) */
-        rc = (r = PyObject_CallMethod(heap, "push", "dO", due, sa)) == NULL ? -1 : 0;
-    Py_XDECREF(heap);
-    Py_XDECREF(r);
+/* The attribute `name` of `o` as a long long. */
+static int attr_i64(PyObject *o, PyObject *name, long long *v) {
+    PyObject *x = PyObject_GetAttr(o, name);
+    if (x == NULL)
+        return -1;
+    *v = PyLong_AsLongLong(x);
+    Py_DECREF(x);
+    return *v == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* table.<name> += delta (ints) */
+static int add_attr(PyObject *o, PyObject *name, PyObject *delta) {
+    PyObject *v = PyObject_GetAttr(o, name), *sum = v != NULL ? PyNumber_Add(v, delta) : NULL;
+    int rc = sum != NULL ? PyObject_SetAttr(o, name, sum) : -1;
+    Py_XDECREF(v);
+    Py_XDECREF(sum);
     return rc;
+}
+
+/* What the create path reads of its table (the Ctx): a new SA read or wrote some 30 attributes of the
+ * table, its settings and its pairer, 12 % of an SPI flood's CPU. A Ctx reads them at the first new SA
+ * of a walk() or create() call and keeps them to the call's end: the containers and the authority (their
+ * objects: nothing rebinds them while C code runs), the settings' numbers (Meter.configure rebinds
+ * `settings` between calls), and the counters a dropped probationer changes (evictions, unconfirmed_sas,
+ * unconfirmed_datagrams, stale_entries, epoch), counted here. Before any Python code that may look at the
+ * table (the SATable and Pairer fallbacks, the `dropped` hook, _drop_dead, a Python schedule), and at the
+ * call's end, the counters are written back and the Ctx let go (ctx_leave); the next use reads it again
+ * (ctx_enter). So that code, and the caller, see the table as the Python create leaves it. The only
+ * Python code that runs in between does not look at the table: hashes and comparisons of keys and SAs. */
+static int ctx_enter(Ctx *c) {
+    if (c->loaded)
+        return 0;
+    PyObject *t = c->table, *max = NULL;
+    int ok = (c->settings = PyObject_GetAttr(t, str_settings)) != NULL
+        && attr_double(c->settings, str_idle_timeout, &c->idle) == 0
+        && attr_double(c->settings, str_active_timeout, &c->active) == 0
+        && (max = PyObject_GetAttr(c->settings, str_max_sas)) != NULL
+        && !((c->max_sas = PyLong_AsSsize_t(max)) == -1 && PyErr_Occurred())
+        && (c->sas = PyObject_GetAttr(t, str_sas)) != NULL && (c->probation = PyObject_GetAttr(t, str_probation)) != NULL
+        && (c->dormant = PyObject_GetAttr(t, str_dormant)) != NULL && (c->schedule = PyObject_GetAttr(t, str_schedule)) != NULL
+        && (c->pairer = PyObject_GetAttr(t, str_pairer)) != NULL
+        && (c->authority = PyObject_GetAttr(c->pairer, str_authority)) != NULL
+        && (c->unpaired = PyObject_GetAttr(c->pairer, str_unpaired)) != NULL
+        && (c->epochs = PyObject_GetAttr(t, str_epochs)) != NULL && (c->dropped = PyObject_GetAttr(t, str_dropped)) != NULL
+        && (c->epoch = PyObject_GetAttr(t, str_epoch)) != NULL && attr_i64(t, str_stale_entries, &c->stale) == 0
+        && attr_i64(t, str_stale_min, &c->stale_min) == 0 && attr_i64(t, str_stale_share, &c->stale_share) == 0;
+    Py_XDECREF(max);
+    c->loaded = 1; /* what was read is let go by ctx_leave, also after a failure */
+    c->dirty = 0;
+    c->evictions = c->unconfirmed_sas = c->unconfirmed_datagrams = 0;
+    return ok ? 0 : -1;
+}
+
+/* The counters written back to the table (the stale count as it is, the others added), the Ctx let go. */
+static int ctx_leave(Ctx *c) {
+    if (!c->loaded)
+        return 0;
+    int rc = 0;
+    if (c->dirty) {
+        PyObject *v = PyLong_FromLongLong(c->stale);
+        rc = v == NULL || PyObject_SetAttr(c->table, str_stale_entries, v) < 0 ? -1 : 0;
+        Py_XDECREF(v);
+        PyObject *names[] = {str_evictions, str_unconfirmed_sas, str_unconfirmed_datagrams};
+        long long deltas[] = {c->evictions, c->unconfirmed_sas, c->unconfirmed_datagrams};
+        for (int k = 0; k < 3 && rc == 0; k++)
+            if (deltas[k] != 0) {
+                rc = (v = PyLong_FromLongLong(deltas[k])) == NULL || add_attr(c->table, names[k], v) < 0 ? -1 : 0;
+                Py_XDECREF(v);
+            }
+        if (rc == 0)
+            rc = PyObject_SetAttr(c->table, str_epoch, c->epoch);
+    }
+    Py_CLEAR(c->settings);
+    Py_CLEAR(c->sas);
+    Py_CLEAR(c->probation);
+    Py_CLEAR(c->dormant);
+    Py_CLEAR(c->schedule);
+    Py_CLEAR(c->pairer);
+    Py_CLEAR(c->authority);
+    Py_CLEAR(c->unpaired);
+    Py_CLEAR(c->epochs);
+    Py_CLEAR(c->dropped);
+    Py_CLEAR(c->epoch);
+    c->loaded = c->dirty = 0;
+    return rc;
+}
+
+/* The end of a call that used `c`: `result`, or NULL (its error kept when the call failed). */
+static PyObject *ctx_end(Ctx *c, PyObject *result) {
+    if (result == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        ctx_leave(c);
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    if (ctx_leave(c) < 0)
+        Py_CLEAR(result);
+    return result;
+}
+
+/* SATable._schedule of an SA created at `now` (last_seen = interval_start = now). */
+static int schedule_new(Ctx *c, PyObject *sa, double now) {
+    double due = fmin(now + c->idle, now + c->active);
+    if (due <= now)
+        due = now + fmin(c->idle, c->active);
+    if (Py_IS_TYPE(c->schedule, &ScheduleType))
+        return schedule_push((Schedule *)c->schedule, due, sa);
+    PyObject *heap = Py_NewRef(c->schedule); /* another kind of schedule (agent.schedule.HeapSchedule) */
+    PyObject *r = ctx_leave(c) < 0 ? NULL : PyObject_CallMethod(heap, "push", "dO", due, sa);
+    Py_DECREF(heap);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
 }
 
 /* The flow key (ident without its SPI) or, reverse, its mirror: addresses swapped, and ports for UDP. */
@@ -1585,10 +1705,8 @@ static PyObject *flow_key(PyObject *ident, int udp, int reverse) {
 /* Pairer._place(sa, reverse, the candidates) without an authority, in C when one SA waits under `reverse`,
  * or none and not exactly one under the SA's own flow key (`unpaired` holds a lone candidate itself,
  * several in an OrderedDict of them). */
-static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObject *reverse) {
-    PyObject *unpaired = PyObject_GetAttr(pairer, str_unpaired), *key = NULL, *waiting = NULL, *own = NULL;
-    if (unpaired == NULL)
-        return -1;
+static int place(Ctx *c, PyObject *sa, PyObject *ident, int udp, PyObject *reverse) {
+    PyObject *pairer = c->pairer, *unpaired = c->unpaired, *key = NULL, *waiting = NULL, *own = NULL;
     int rc = -1;
     if (!PyDict_CheckExact(unpaired))
         goto python;
@@ -1615,54 +1733,41 @@ static int place(PyObject *pairer, PyObject *sa, PyObject *ident, int udp, PyObj
         Py_XDECREF(next);
         goto done;
     }
-    if (waiting == NULL) { /* a candidate itself, the first under its flow key */
-        if ((key = flow_key(ident, udp, 0)) == NULL)
+    if (waiting == NULL) { /* a candidate itself: the first under its flow key (set in the same look-up) */
+        if ((key = flow_key(ident, udp, 0)) == NULL || (own = PyDict_SetDefault(unpaired, key, sa)) == NULL)
             goto done;
-        own = PyDict_GetItemWithError(unpaired, key);
-        if (own == NULL && PyErr_Occurred())
-            goto done;
-        if (own == NULL || Py_TYPE(own) == odict_type) { /* the first under its flow key, or one more of several */
-            rc = own == NULL ? PyDict_SetItem(unpaired, key, sa) : PyObject_SetItem(own, sa, Py_None);
+        if (own == sa || Py_TYPE(own) == odict_type) { /* the first under its flow key, or one more of several */
+            rc = own == sa ? 0 : PyObject_SetItem(own, sa, Py_None);
             goto done;
         }
     }
 python:; /* several candidates (Pairer.add weighs the newest), or one other under its own key (the two
            * become an OrderedDict) */
-    PyObject *r = waiting == NULL && PyDict_CheckExact(unpaired)
-        ? PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, empty_tuple, NULL)
+    Py_INCREF(pairer);
+    int several = waiting == NULL && PyDict_CheckExact(unpaired);
+    PyObject *r = ctx_leave(c) < 0 ? NULL
+        : several ? PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, empty_tuple, NULL)
         : PyObject_CallMethodOneArg(pairer, str_add, sa);
+    Py_DECREF(pairer);
     rc = r == NULL ? -1 : 0;
     Py_XDECREF(r);
 done:
     Py_XDECREF(key);
-    Py_DECREF(unpaired);
     return rc;
 }
 
 /* Pairer.add(sa) */
-static int pair_new(PyObject *table, PyObject *sa, PyObject *ident, int udp) {
-    PyObject *pairer = PyObject_GetAttr(table, str_pairer), *authority = NULL, *reverse = NULL, *r = NULL;
-    int rc = -1;
-    if (pairer == NULL || (authority = PyObject_GetAttr(pairer, str_authority)) == NULL)
-        ;
-    else if (authority != Py_None) {
-        r = PyObject_CallMethodOneArg(pairer, str_add, sa);
-        rc = r == NULL ? -1 : 0;
-    } else if ((reverse = flow_key(ident, udp, 1)) != NULL)
-        rc = place(pairer, sa, ident, udp, reverse);
-    Py_XDECREF(pairer);
-    Py_XDECREF(authority);
+static int pair_new(Ctx *c, PyObject *sa, PyObject *ident, int udp) {
+    if (c->authority != Py_None) {
+        PyObject *pairer = Py_NewRef(c->pairer);
+        PyObject *r = ctx_leave(c) < 0 ? NULL : PyObject_CallMethodOneArg(pairer, str_add, sa);
+        Py_DECREF(pairer);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    PyObject *reverse = flow_key(ident, udp, 1);
+    int rc = reverse == NULL ? -1 : place(c, sa, ident, udp, reverse);
     Py_XDECREF(reverse);
-    Py_XDECREF(r);
-    return rc;
-}
-
-/* table.<name> += delta (ints) */
-static int add_attr(PyObject *o, PyObject *name, PyObject *delta) {
-    PyObject *v = PyObject_GetAttr(o, name), *sum = v != NULL ? PyNumber_Add(v, delta) : NULL;
-    int rc = sum != NULL ? PyObject_SetAttr(o, name, sum) : -1;
-    Py_XDECREF(v);
-    Py_XDECREF(sum);
     return rc;
 }
 
@@ -1672,31 +1777,33 @@ static int discard(PyObject *d, PyObject *key) {
     return in <= 0 ? in : PyObject_DelItem(d, key);
 }
 
-/* SATable._stale: one more dead schedule entry; past STALE_MIN and 1/STALE_SHARE of the heap, _drop_dead. */
-static int stale(PyObject *table) {
-    PyObject *n = NULL, *min = NULL, *share = NULL, *heap = NULL, *r = NULL;
-    long long count, at_least, parts;
-    int rc = -1;
-    if (add_attr(table, str_stale_entries, one) < 0 || (n = PyObject_GetAttr(table, str_stale_entries)) == NULL
-        || (min = PyObject_GetAttr(table, str_stale_min)) == NULL
-        || (share = PyObject_GetAttr(table, str_stale_share)) == NULL || (heap = PyObject_GetAttr(table, str_schedule)) == NULL)
-        goto done;
-    count = PyLong_AsLongLong(n);
-    at_least = PyLong_AsLongLong(min);
-    parts = PyLong_AsLongLong(share);
-    Py_ssize_t len = PyObject_Size(heap);
-    if (PyErr_Occurred() || len < 0)
-        goto done;
-    rc = 0;
-    if (count > at_least && count * parts > len)
-        rc = (r = PyObject_CallMethodNoArgs(table, str_drop_dead)) == NULL ? -1 : 0;
-done:
-    Py_XDECREF(n);
-    Py_XDECREF(min);
-    Py_XDECREF(share);
-    Py_XDECREF(heap);
+/* `sa` back at the front of the probation OrderedDict `probation`, as it was before make_room took it. */
+static int unpop(PyObject *probation, PyObject *key, PyObject *sa) {
+    if (PyObject_SetItem(probation, key, sa) < 0)
+        return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(probation, str_move_to_end, key, Py_False, NULL);
     Py_XDECREF(r);
-    return rc;
+    return r == NULL ? -1 : 0;
+}
+
+/* SATable._stale: one more dead schedule entry; past STALE_MIN and 1/STALE_SHARE of the heap, _drop_dead,
+ * which sees the table as Python's _forget leaves it there: `sa` (popped by make_room) still on probation. */
+static int stale(Ctx *c, PyObject *key, PyObject *sa) {
+    c->stale++;
+    c->dirty = 1;
+    Py_ssize_t len = Py_IS_TYPE(c->schedule, &ScheduleType) ? ((Schedule *)c->schedule)->n : PyObject_Size(c->schedule);
+    if (len < 0)
+        return -1;
+    if (!(c->stale > c->stale_min && c->stale * c->stale_share > len))
+        return 0;
+    PyObject *table = c->table, *r = NULL;
+    if (unpop(c->probation, key, sa) < 0 || ctx_leave(c) < 0 || (r = PyObject_CallMethodNoArgs(table, str_drop_dead)) == NULL
+        || ctx_enter(c) < 0 || discard(c->probation, key) < 0) {
+        Py_XDECREF(r);
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
 }
 
 /* Pairer._unwait(fk, sa) where several wait under `fk` (`waiting`, an OrderedDict of them): one left, itself. */
@@ -1715,35 +1822,33 @@ static int unwait_several(PyObject *unpaired, PyObject *fk, PyObject *waiting, P
     return rc;
 }
 
-/* SATable._drop_unconfirmed(sa) and _forget(sa, keep=False) of a probationer without partner. */
-static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation, PyObject *sa) {
-    PyObject *key = SLOT(sa, S_KEY), *epochs = NULL, *epoch = NULL, *dormant = NULL, *pairer = NULL;
-    PyObject *unpaired = NULL, *fk = NULL, *delta = NULL;
+/* SATable._drop_unconfirmed(sa) and _forget(sa, keep=False) of a probationer without partner, which
+ * make_room has taken off probation; `delta`: its datagrams not yet exported. */
+static int drop_unconfirmed(Ctx *c, PyObject *key, PyObject *sa, long long delta) {
+    PyObject *fk = NULL;
     int rc = -1, active = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
-    Py_INCREF(sa);
-    Py_INCREF(key);
     if (active < 0)
-        goto done;
+        return -1;
     if (active) {
-        delta = PyNumber_Subtract(SLOT(sa, S_DATAGRAMS), CSLOT(sa, C_X_DATAGRAMS));
-        if (delta == NULL || add_attr(table, str_unconfirmed_sas, one) < 0
-            || add_attr(table, str_unconfirmed_datagrams, delta) < 0)
-            goto done;
+        c->unconfirmed_sas++;
+        c->unconfirmed_datagrams += delta;
         Py_INCREF(Py_False);
         if (set_slot(sa, S_ACTIVE, Py_False) < 0 || set_slot(sa, S_FSEQ, PyLong_FromLong(-1)) < 0)
-            goto done;
+            return -1;
     }
-    if (add_attr(table, str_evictions, one) < 0 || stale(table) < 0 || PyDict_DelItem(sas, key) < 0 || (epochs = PyObject_GetAttr(table, str_epochs)) == NULL
-        || (epoch = PyIter_Next(epochs)) == NULL || PyObject_SetAttr(table, str_epoch, epoch) < 0
-        || (dormant = PyObject_GetAttr(table, str_dormant)) == NULL || discard(dormant, key) < 0
-        || discard(probation, key) < 0)
+    c->evictions++;
+    c->dirty = 1;
+    PyObject *epoch;
+    if (stale(c, key, sa) < 0 || PyDict_DelItem(c->sas, key) < 0 || (epoch = PyIter_Next(c->epochs)) == NULL)
+        goto done;
+    Py_SETREF(c->epoch, epoch);
+    c->dirty = 1; /* stale() may have written the table and read it again */
+    if (discard(c->dormant, key) < 0)
         goto done;
     /* Pairer.remove(sa): no partner, so no longer a candidate under its flow key */
-    PyObject *ident = CSLOT(sa, C_IDENT), *waiting;
+    PyObject *ident = CSLOT(sa, C_IDENT), *unpaired = c->unpaired, *waiting;
     int udp = PyObject_IsTrue(CSLOT(sa, C_UDP));
-    if (udp < 0 || (pairer = PyObject_GetAttr(table, str_pairer)) == NULL
-        || (unpaired = PyObject_GetAttr(pairer, str_unpaired)) == NULL || !PyBytes_CheckExact(ident)
-        || (fk = flow_key(ident, udp, 0)) == NULL)
+    if (udp < 0 || !PyBytes_CheckExact(ident) || (fk = flow_key(ident, udp, 0)) == NULL)
         goto done;
     waiting = PyDict_CheckExact(unpaired) ? PyDict_GetItemWithError(unpaired, fk) : NULL;
     if (waiting == sa)
@@ -1755,50 +1860,48 @@ static int drop_unconfirmed(PyObject *table, PyObject *sas, PyObject *probation,
     else if (waiting != NULL && Py_TYPE(waiting) == odict_type) /* one of several (an SPI flood between two addresses) */
         rc = unwait_several(unpaired, fk, waiting, sa);
     else {
-        PyObject *done_ = PyObject_CallMethodOneArg(pairer, str_remove, sa);
-        rc = done_ == NULL ? -1 : 0;
-        Py_XDECREF(done_);
+        PyObject *pairer = Py_NewRef(c->pairer), *r = ctx_leave(c) < 0 ? NULL : PyObject_CallMethodOneArg(pairer, str_remove, sa);
+        Py_DECREF(pairer);
+        rc = r == NULL || ctx_enter(c) < 0 ? -1 : 0;
+        Py_XDECREF(r);
     }
-    if (rc == 0) { /* SATable.dropped(sa): read mode forgets what it keyed by id(sa) */
-        PyObject *hook = PyObject_GetAttr(table, str_dropped), *r = NULL;
-        if (hook != NULL && hook != Py_None)
-            r = PyObject_CallOneArg(hook, sa);
-        rc = hook == NULL || (hook != Py_None && r == NULL) ? -1 : 0;
-        Py_XDECREF(hook);
+    if (rc == 0 && c->dropped != Py_None) { /* SATable.dropped(sa): read mode forgets what it keyed by id(sa) */
+        PyObject *hook = Py_NewRef(c->dropped), *r = ctx_leave(c) < 0 ? NULL : PyObject_CallOneArg(hook, sa);
+        Py_DECREF(hook);
+        rc = r == NULL ? -1 : 0;
         Py_XDECREF(r);
     }
 done:
-    Py_DECREF(sa);
-    Py_DECREF(key);
-    Py_XDECREF(epochs);
-    Py_XDECREF(epoch);
-    Py_XDECREF(dormant);
-    Py_XDECREF(pairer);
-    Py_XDECREF(unpaired);
     Py_XDECREF(fk);
-    Py_XDECREF(delta);
     if (rc < 0 && !PyErr_Occurred())
         PyErr_SetString(PyExc_RuntimeError, "drop_unconfirmed: no next epoch");
     return rc;
 }
 
-/* SATable._make_room while the oldest probationer has no partner; 1 room made, 0 the rest is Python's. */
-static int make_room(PyObject *table, PyObject *sas, PyObject *probation, Py_ssize_t max_sas) {
-    while (PyDict_GET_SIZE(sas) >= max_sas) {
-        if (!PyDict_Check(probation) || PyDict_GET_SIZE(probation) == 0)
-            return 0;
-        PyObject *it = PyObject_GetIter(probation), *key = it != NULL ? PyIter_Next(it) : NULL;
-        PyObject *sa = key != NULL ? PyObject_GetItem(probation, key) : NULL;
-        Py_XDECREF(it);
-        Py_XDECREF(key);
-        if (sa == NULL)
+/* SATable._make_room while the oldest probationer has no partner; 1 room made, 0 the rest is Python's.
+ * The oldest comes off probation in one step (popitem), and back at the front when it is Python's. */
+static int make_room(Ctx *c) {
+    while (1) {
+        if (ctx_enter(c) < 0)
             return -1;
-        int rc = Py_TYPE(sa) != sa_type || CSLOT(sa, C_PEER) != Py_None ? 0 : drop_unconfirmed(table, sas, probation, sa);
-        Py_DECREF(sa);
-        if (rc <= 0)
-            return rc;
+        if (PyDict_GET_SIZE(c->sas) < c->max_sas)
+            return 1;
+        if (Py_TYPE(c->probation) != odict_type || PyDict_GET_SIZE(c->probation) == 0)
+            return 0;
+        PyObject *item = PyObject_CallMethodOneArg(c->probation, str_popitem, Py_False);
+        if (item == NULL)
+            return -1;
+        PyObject *key = PyTuple_GET_ITEM(item, 0), *sa = PyTuple_GET_ITEM(item, 1);
+        long long datagrams, exported;
+        int ours = Py_TYPE(sa) == sa_type && SLOT(sa, S_KEY) == key && CSLOT(sa, C_PEER) == Py_None
+            && as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) && as_i64(CSLOT(sa, C_X_DATAGRAMS), &exported);
+        int rc = ours ? drop_unconfirmed(c, key, sa, datagrams - exported) : unpop(c->probation, key, sa);
+        Py_DECREF(item);
+        if (rc < 0)
+            return -1;
+        if (!ours)
+            return 0;
     }
-    return 1;
 }
 
 /* ---- The export schedule (agent.schedule) -------------------------------------------------------
@@ -2033,49 +2136,34 @@ static PyTypeObject ScheduleType = {
     .tp_as_sequence = &schedule_as_sequence,
 };
 
-static PyObject *create_sa(PyObject *table, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
+static PyObject *create_sa(Ctx *c, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
                            PyObject *local) {
-    PyObject *ident = PyTuple_GET_ITEM(key, 1), *settings = NULL, *sas = NULL, *probation = NULL, *sa = NULL;
-    PyObject *max_obj = NULL;
-    double idle, active, t = PyFloat_AS_DOUBLE(now);
+    PyObject *ident = PyTuple_GET_ITEM(key, 1), *sa = NULL;
     int is_udp = PyObject_IsTrue(udp), is_local = PyObject_IsTrue(local);
-    if (is_udp < 0 || is_local < 0 || (settings = PyObject_GetAttr(table, str_settings)) == NULL
-        || attr_double(settings, str_idle_timeout, &idle) < 0 || attr_double(settings, str_active_timeout, &active) < 0
-        || (max_obj = PyObject_GetAttr(settings, str_max_sas)) == NULL
-        || (sas = PyObject_GetAttr(table, str_sas)) == NULL || (probation = PyObject_GetAttr(table, str_probation)) == NULL)
-        goto fail;
-    Py_ssize_t max_sas = PyLong_AsSsize_t(max_obj);
-    if (max_sas == -1 && PyErr_Occurred())
-        goto fail;
-    int room = !PyDict_CheckExact(sas) ? 0 : PyDict_GET_SIZE(sas) < max_sas ? 1 : make_room(table, sas, probation, max_sas);
+    if (is_udp < 0 || is_local < 0 || ctx_enter(c) < 0)
+        return NULL;
+    int room = !PyDict_CheckExact(c->sas) ? 0 : PyDict_GET_SIZE(c->sas) < c->max_sas ? 1 : make_room(c);
     if (room < 0)
-        goto fail;
+        return NULL;
     if (!room) {
-        PyObject *r = PyObject_CallMethodOneArg(table, str_make_room, now);
-        if (r == NULL)
-            goto fail;
+        PyObject *table = c->table, *r = ctx_leave(c) < 0 ? NULL : PyObject_CallMethodOneArg(table, str_make_room, now);
+        if (r == NULL || ctx_enter(c) < 0) {
+            Py_XDECREF(r);
+            return NULL;
+        }
         Py_DECREF(r);
     }
     if ((sa = new_sa(key, udp, now, direction)) == NULL)
-        goto fail;
+        return NULL;
     PyObject *flag = is_local ? Py_True : Py_False;
     Py_INCREF(flag);
     set_cslot(sa, C_LOCAL, flag);
-    if (PyObject_SetItem(sas, key, sa) < 0 || PyObject_SetItem(probation, key, sa) < 0
-        || schedule_new(table, sa, t, idle, active) < 0 || pair_new(table, sa, ident, is_udp) < 0)
-        goto fail;
-    Py_DECREF(settings);
-    Py_DECREF(max_obj);
-    Py_DECREF(sas);
-    Py_DECREF(probation);
+    if (PyObject_SetItem(c->sas, key, sa) < 0 || PyObject_SetItem(c->probation, key, sa) < 0
+        || schedule_new(c, sa, PyFloat_AS_DOUBLE(now)) < 0 || ctx_enter(c) < 0 || pair_new(c, sa, ident, is_udp) < 0) {
+        Py_DECREF(sa);
+        return NULL;
+    }
     return sa;
-fail:
-    Py_XDECREF(settings);
-    Py_XDECREF(max_obj);
-    Py_XDECREF(sas);
-    Py_XDECREF(probation);
-    Py_XDECREF(sa);
-    return NULL;
 }
 
 static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
@@ -2085,13 +2173,23 @@ static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
         PyErr_SetString(PyExc_TypeError, "create(table, (obs, ident bytes), udp, now float, direction, local)");
         return NULL;
     }
-    return create_sa(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5]);
+    Ctx c = {.table = argv[0]};
+    return ctx_end(&c, create_sa(&c, argv[1], argv[2], argv[3], argv[4], argv[5]));
+}
+
+/* walk() with the Ctx its new SAs share (walk_ctx), written back to the table when it returns. */
+static PyObject *walk_call(PyObject *self, PyObject *args) {
+    Ctx c = {0}, *outer = walk_ctx;
+    walk_ctx = &c;
+    PyObject *r = walk(self, args);
+    walk_ctx = outer;
+    return ctx_end(&c, r);
 }
 
 static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: at the end of this file */
 
 static PyMethodDef methods[] = {
-    {"walk", walk, METH_VARARGS,
+    {"walk", walk_call, METH_VARARGS,
      "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time, probation, table, direction,\n"
      "local_addrs) -> (stop, octets, sa, seq, ip_len, others):\n"
      "consume in-order ESP frames (and forward jumps that open a gap inside the window, and the first datagram\n"

@@ -21,7 +21,7 @@ from agent.meter import Meter, MeterSettings
 from agent.offline import meter_file
 from agent.report import document
 from agent.sa import PROBATION_RUN, SA
-from agent.satable import TableSettings
+from agent.satable import SATable, TableSettings
 from agent.tracker import TrackerSettings
 from tests.gt.scenarios import registry
 from tests.test_satable_create import one_entry_each
@@ -530,3 +530,111 @@ def test_tagged_frames_stay_in_the_walk_and_past_its_bound_go_to_python() -> Non
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got == {"calls": 0, "equal": True, "sas": 80, "over_equal": True, "over_sas": 10_000}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_what_python_sees_of_the_table_during_and_between_walks_is_the_reference(seed: int) -> None:
+    """The compiled create reads the table, its settings and its pairer once per walk and counts a dropped
+    probationer's counters in C until Python code may look (agent/_fastpath.c, Ctx). So: the `dropped` hook
+    and _drop_dead see the counters, the epoch, the probation order and the table the reference path shows
+    them (one rebinds max_sas, the other STALE_MIN, as they run: read again after them); and what changes
+    between batches takes effect at the next one: settings rebound (Meter.configure: max_sas, timeouts), an
+    authority set and removed, counters and STALE_MIN set on the table. A walk that kept what it read past its
+    own call, or wrote a counter back late, fails here."""
+    from dataclasses import replace
+
+    rng = random.Random(seed)
+    addrs = [bytes([10, 0, 0, i]) for i in range(1, 5)]
+    tunnels = [(rng.choice(addrs), rng.choice(addrs), 0x7000 + k, k % 3 == 0) for k in range(12)]
+    next_seq = dict.fromkeys(tunnels, 1)
+    frames = []
+    for _ in range(4000):
+        r = rng.random()
+        if r < 0.45:  # one-packet SPIs with their own addresses: pairing and dropping all in C
+            frames.append(_flow_frame(rng.randbytes(4), rng.randbytes(4), rng.getrandbits(31) | 1, 9, False, ""))
+        elif r < 0.7:  # ... between a few addresses: several candidates under a flow key (Pairer in Python)
+            frames.append(_flow_frame(rng.choice(addrs), rng.choice(addrs), rng.getrandbits(31) | 1,
+                                      rng.randint(1, 50), rng.random() < 0.3, ""))
+        else:
+            flow = rng.choice(tunnels)
+            frames.append(_flow_frame(*flow[:3], next_seq[flow], flow[3], ""))
+            next_seq[flow] += 1
+    cuts = [rng.choice((1, 7, 60, 400)) for _ in range(11)]
+    gaps = [rng.choice((0, 30, 2000, 20_000, 300_000)) for _ in frames]  # µs before each frame
+    plan = []  # what changes before each batch, the same for every mode
+    for b in range(len(frames)):
+        step: dict = {}
+        if b % 5 == 2:
+            step["table"] = TableSettings(max_sas=rng.choice((8, 30, 120)), idle_timeout=rng.choice((1.0, 3.0)),
+                                          active_timeout=rng.choice((0.5, 2.0)))
+        if b % 7 == 3:
+            step["authority"] = rng.random() < 0.5
+        if b % 6 == 4:
+            step["stale_min"] = rng.choice((2, 6, 40))
+        if b % 9 == 5:
+            step["evictions"] = rng.randint(0, 10**20)  # past 63 bits: the table's ints, not C's
+        plan.append(step)
+
+    class _Claim:
+        def __init__(self, name: str, peer: bytes) -> None:
+            self.name, self.peer = name, peer
+
+    class _Authority:
+        def claim(self, sa: SA) -> _Claim | None:
+            return None if sa.spi % 3 else _Claim(f"t{sa.spi}", sa.reverse_flow_key() + (sa.spi + 1).to_bytes(4, "big"))
+
+    def view(t: SATable, base: int) -> tuple:
+        return (t.evictions, t.unconfirmed_sas, t.unconfirmed_datagrams, t.stale_entries, t.epoch - base, len(t.sas),
+                list(t.probation)[:2], list(t.probation)[-2:], len(t.probation), len(t.pairer.unpaired),
+                t.pairer.next_tunnel, t.settings.max_sas)
+
+    results = []
+    for mode in ({}, {"fast_path": False}):
+        sink = _Sink()
+        table = TableSettings(max_sas=30, idle_timeout=3.0, active_timeout=2.0)
+        m = Meter(MeterSettings(table=table, **mode), sink, keep_history=True)
+        t, base, seen = m.table, m.table.epoch, []
+        t.STALE_MIN = 4
+        forget, drop_dead = t.dropped, t._drop_dead
+
+        def dropped(sa: SA, t: SATable = t, base: int = base, seen: list = seen, forget=forget) -> None:
+            seen.append(("dropped", sa.key, sa.key in t.sas, *view(t, base)))
+            if len(seen) % 7 == 0:  # the next drop of the same create reads max_sas again
+                t.settings = replace(t.settings, max_sas=max(4, t.settings.max_sas - 3))
+            forget(sa)
+
+        def dead(t: SATable = t, base: int = base, seen: list = seen, drop_dead=drop_dead) -> None:
+            seen.append(("drop_dead", *view(t, base)))
+            t.STALE_MIN = 3 + len(seen) % 5
+            drop_dead()
+
+        t.dropped, t._drop_dead = dropped, dead
+        t_us, i, b, states = 1_700_000_000 * 1_000_000, 0, 0, []
+        while i < len(frames):
+            step = plan[b]
+            if "table" in step:
+                m.configure(MeterSettings(table=step["table"], **mode))
+            if "authority" in step:
+                t.pairer.authority = _Authority() if step["authority"] else None
+            if "stale_min" in step:
+                t.STALE_MIN = step["stale_min"]
+            if "evictions" in step:
+                t.evictions = step["evictions"]
+            chunk = frames[i:i + cuts[b % len(cuts)]]
+            buf, meta = bytearray(), bytearray()
+            for k, f in enumerate(chunk):
+                t_us += gaps[i + k]
+                meta += struct.pack("=IIII", t_us // 1_000_000, t_us % 1_000_000, len(buf), len(f))
+                buf += f
+            m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, 7)
+            states.append((view(t, base), list(t.probation), list(t.dormant), t.pairer.disagreements, dict(m.classes),
+                           [(sa.key, sa.generation, sa.tunnel_id, sa.name, sa.datagrams, sa.last, sa.fseq, sa.trial,
+                             sa.active) for sa in t.sas.values()],
+                           [(due, sa.key, sa.generation) for due, sa in t.schedule]))
+            assert one_entry_each(t)
+            i, b = i + len(chunk), b + 1
+        m.finish()
+        results.append((states, seen, sink.records, document(m, "h", 1)))
+    assert results[0] == results[1]
+    kinds = [s[0] for s in results[0][1]]
+    assert kinds.count("dropped") > 300 and kinds.count("drop_dead") > 20
