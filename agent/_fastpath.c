@@ -2177,7 +2177,9 @@ static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
     return ctx_end(&c, create_sa(&c, argv[1], argv[2], argv[3], argv[4], argv[5]));
 }
 
-/* walk() with the Ctx its new SAs share (walk_ctx), written back to the table when it returns. */
+/* walk() with the Ctx its new SAs share (walk_ctx), written back to the table when it returns. A walk
+ * started by Python code a walk runs has its own (the outer one was written back first); one thread
+ * walks, as the SA cache assumes. */
 static PyObject *walk_call(PyObject *self, PyObject *args) {
     Ctx c = {0}, *outer = walk_ctx;
     walk_ctx = &c;
