@@ -118,7 +118,43 @@ typedef struct {
     uint32_t idx;               /* its slot in the SA cache */
     int32_t code;               /* its observation point, as the cache keys it (obs_code, tagged_obs) */
     PyObject *obs;              /* and as the table's key has it (borrowed: the walk's or tagged_obs's) */
+    int out;                    /* Linux cooked captures: sent by this host (1) or not (0); else -1 */
+    long long ifindex;          /* SLL2: the interface the header names; else -1 (the walk's obs) */
+    PyObject *direction;        /* "in", "out" or None, as agent.decode.Frame.direction (borrowed) */
 } Parsed;
+
+/* The link layers the walk reads (agent.decode DLT_*) */
+enum { DLT_EN10MB = 1, DLT_LINUX_SLL = 113, DLT_LINUX_SLL2 = 276 };
+#define SLL_OUTGOING 4
+
+/* The link header as agent.decode reads it: 0 when the frame is too short for it (truncated: Python's);
+ * else *shift is where an Ethernet header would have to start for the network header to follow at
+ * *shift + 14, and *ethertype the protocol field (SLL2 keeps it at the front, before its tag area). */
+static inline int link_header(int linktype, const unsigned char *p, uint32_t caplen, Parsed *f, uint32_t *shift,
+                              unsigned *ethertype) {
+    f->out = -1;
+    f->ifindex = -1;
+    if (linktype == DLT_EN10MB) {
+        if (caplen < 14)
+            return 0;
+        *shift = 0;
+        *ethertype = be16(p + 12);
+    } else if (linktype == DLT_LINUX_SLL) {
+        if (caplen < 16)
+            return 0;
+        *shift = 2;
+        *ethertype = be16(p + 14);
+        f->out = be16(p) == SLL_OUTGOING;
+    } else {
+        if (caplen < 20)
+            return 0;
+        *shift = 6;
+        *ethertype = be16(p);
+        f->ifindex = be32(p + 4);
+        f->out = p[10] == SLL_OUTGOING;
+    }
+    return 1;
+}
 
 static inline int is_tpid(unsigned ethertype) {
     return ethertype == 0x8100 || ethertype == 0x88A8 || ethertype == 0x9100;
@@ -129,11 +165,8 @@ static inline int is_tpid(unsigned ethertype) {
  * malformed. It keeps a mixed capture read without a BPF filter out of Python: the general decoder
  * took 5 us of CPU per such frame (20 % ESP: 10.5 s for 2 M frames, 0.5 s with --bpf). Any doubt is 0:
  * Python decides. The tests compare its class with the decoder's on every frame of the fuzzed inputs. */
-static int is_other(const unsigned char *p, uint32_t caplen) {
-    if (caplen < 14)
-        return 0;
+static int is_other(const unsigned char *p, uint32_t caplen, unsigned ethertype) {
     uint32_t at = 12;
-    unsigned ethertype = be16(p + 12);
     for (int tags = 0; is_tpid(ethertype); tags++) {
         if (tags == 2)
             return 1; /* a third tag */
@@ -228,21 +261,20 @@ static void ident_of(const Parsed *f, unsigned char *out) {
     memcpy(out + f->ident_len - 4, f->spi, 4);
 }
 
-static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen) {
-    f->ok = 0;
-    f->vlans = 0;
+static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen, unsigned ethertype) {
     /* up to two 802.1Q/802.1ad tags (agent.decode._vlan_tags; a third is "other"): the frame is read as if
      * untagged from 4 octets further on, the tags kept for the SA's observation point */
-    for (int shift = 0; shift < 26 && caplen >= 18 && is_tpid(be16(p + 12)); shift += 13) {
+    for (int shift = 0; shift < 26 && caplen >= 18 && is_tpid(ethertype); shift += 13) {
         f->vlans |= ((be16(p + 14) & 0x0FFFu) + 1) << shift;
         p += 4;
         caplen -= 4;
+        ethertype = be16(p + 12);
     }
-    if (be16(p + 12) == 0x86DD) {
+    if (ethertype == 0x86DD) {
         parse_ipv6(f, p, caplen);
         return;
     }
-    if (caplen < 42 || be16(p + 12) != 0x0800 || p[14] != 0x45 || (be16(p + 20) & 0x3FFF))
+    if (caplen < 42 || ethertype != 0x0800 || p[14] != 0x45 || (be16(p + 20) & 0x3FFF))
         return;
     uint32_t total = be16(p + 16);
     unsigned char ident[16];
@@ -273,9 +305,15 @@ static inline void parse_esp(Parsed *f, const unsigned char *p, uint32_t caplen)
     parsed(f, total);
 }
 
-static inline void parse(Parsed *f, const unsigned char *p, uint32_t caplen) {
-    parse_esp(f, p, caplen);
-    f->other = !f->ok && is_other(p, caplen);
+static inline void parse(Parsed *f, const unsigned char *p, uint32_t caplen, int linktype) {
+    uint32_t shift;
+    unsigned ethertype;
+    f->ok = f->other = 0;
+    f->vlans = 0;
+    if (!link_header(linktype, p, caplen, f, &shift, &ethertype))
+        return;
+    parse_esp(f, p + shift, caplen - shift, ethertype);
+    f->other = !f->ok && is_other(p + shift, caplen - shift, ethertype);
 }
 
 /* ident -> SA for one obs, valid while the table has the same epoch (agent.satable: it changes on every
@@ -327,7 +365,7 @@ typedef struct {
 static TaggedObs tagged[TAGGED_SLOTS];
 static int n_tagged;
 
-static int32_t tagged_obs(int32_t base, PyObject *obs, uint32_t vlans, PyObject **out) {
+static int32_t tagged_obs(int32_t base, uint32_t vlans, PyObject **out) {
     if (base == -2)
         return -2;
     uint32_t h = (uint32_t)(((uint64_t)(uint32_t)base * 0x9E3779B97F4A7C15ull ^ vlans) * 0xC2B2AE3D27D4EB4Full >> (64 - TAGGED_BITS));
@@ -342,10 +380,11 @@ static int32_t tagged_obs(int32_t base, PyObject *obs, uint32_t vlans, PyObject 
     }
     if (n_tagged >= TAGGED_SLOTS / 2)
         return -2;
-    PyObject *vlan = PyLong_FromLong((long)(vlans & 0x1FFF) - 1);
+    PyObject *ifindex = base == -1 ? Py_NewRef(Py_None) : PyLong_FromLong(base);
+    PyObject *vlan = vlans ? PyLong_FromLong((long)(vlans & 0x1FFF) - 1) : Py_NewRef(Py_None);
     PyObject *inner = vlans >> 13 ? PyLong_FromLong((long)(vlans >> 13) - 1) : Py_NewRef(Py_None);
-    PyObject *t = vlan == NULL || inner == NULL ? NULL
-        : PyTuple_Pack(3, base == -1 ? Py_None : PyTuple_GET_ITEM(obs, 0), vlan, inner);
+    PyObject *t = ifindex == NULL || vlan == NULL || inner == NULL ? NULL : PyTuple_Pack(3, ifindex, vlan, inner);
+    Py_XDECREF(ifindex);
     Py_XDECREF(vlan);
     Py_XDECREF(inner);
     if (t == NULL) { /* out of memory: Python takes the frame (and meets the error itself) */
@@ -358,11 +397,22 @@ static int32_t tagged_obs(int32_t base, PyObject *obs, uint32_t vlans, PyObject 
     return -3 - (int32_t)h;
 }
 
-/* f's observation point from the walk's (code, obs); a tagged frame without a cacheable one is Python's */
-static inline void observe(Parsed *f, int32_t code, PyObject *obs) {
+static PyObject *str_in, *str_out; /* agent.decode.Frame.direction of a cooked capture's frames */
+
+/* f's observation point and direction from the walk's (code, obs, direction), as Meter._frame has them: the
+ * walk's direction unless None, then the cooked header's; SLL2's interface, not the walk's. A tagged or
+ * SLL2 frame without a cacheable observation point is Python's. */
+static inline void observe(Parsed *f, int32_t code, PyObject *obs, PyObject *direction) {
     f->code = code;
     f->obs = obs;
-    if (f->ok && f->vlans && (f->code = tagged_obs(code, obs, f->vlans, &f->obs)) == -2)
+    f->direction = direction != Py_None || f->out < 0 ? direction : f->out ? str_out : str_in;
+    if (!f->ok)
+        return;
+    if (f->ifindex >= 0)
+        code = f->ifindex < INT32_MAX ? (int32_t)f->ifindex : -2;
+    else if (!f->vlans)
+        return;
+    if ((f->code = tagged_obs(code, f->vlans, &f->obs)) == -2)
         f->ok = 0;
 }
 
@@ -680,7 +730,7 @@ static void new_cache_epoch(unsigned long long epoch) {
  * drops an SA to make room; the new SA is scheduled). Returns the SA (borrowed from the table) when
  * its first datagram is still to be taken by Python, Py_None when it was taken here, NULL on error. */
 static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f, double now,
-                                 PyObject *direction, PyObject *local_addrs, unsigned long long *epoch, double *due) {
+                                 PyObject *local_addrs, unsigned long long *epoch, double *due) {
     Ctx *c = walk_ctx;
     if (c == NULL) {
         PyErr_SetString(PyExc_SystemError, "new_sa_datagram outside walk_call");
@@ -701,7 +751,8 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
             goto done;
         local = in ? Py_True : Py_False;
     }
-    if ((sa = create_sa(c, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj, direction, local)) == NULL)
+    if ((sa = create_sa(c, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj, f->direction,
+                        local)) == NULL)
         goto done;
     int rc = first_datagram(sa, seq, f->total, now_obj);
     if (rc < 0 || ctx_enter(c) < 0)
@@ -738,9 +789,16 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     long long window, jump_limit;
     double reorder_time;
     PyObject *probation, *table, *direction, *local_addrs;
-    if (!PyArg_ParseTuple(args, "y*y*nO!OdKLLdOOOO", &buf, &meta, &start, &PyDict_Type, &sas, &obs, &due, &epoch,
-                          &window, &jump_limit, &reorder_time, &probation, &table, &direction, &local_addrs))
+    int linktype;
+    if (!PyArg_ParseTuple(args, "y*y*inO!OdKLLdOOOO", &buf, &meta, &linktype, &start, &PyDict_Type, &sas, &obs, &due,
+                          &epoch, &window, &jump_limit, &reorder_time, &probation, &table, &direction, &local_addrs))
         return NULL;
+    if (linktype != DLT_EN10MB && linktype != DLT_LINUX_SLL && linktype != DLT_LINUX_SLL2) {
+        PyBuffer_Release(&buf);
+        PyBuffer_Release(&meta);
+        PyErr_Format(PyExc_ValueError, "walk: link type %d is not Ethernet, SLL or SLL2", linktype);
+        return NULL;
+    }
     const unsigned char *b = buf.buf;
     const unsigned char *m = meta.buf;
     Py_ssize_t n = meta.len / 16, i = start < 0 ? 0 : start;
@@ -778,8 +836,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         Parsed *f = &ring[j % RING];
         f->ok = f->other = 0;
         if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
-            parse(f, b + r[2], r[3]);
-            observe(f, code, obs);
+            parse(f, b + r[2], r[3], linktype);
+            observe(f, code, obs, direction);
         }
     }
     for (; i < n; i++) {
@@ -791,8 +849,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             f->ok = f->other = 0;
             if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
                 __builtin_prefetch(b + r[2] + 64);
-                parse(f, b + r[2], r[3]);
-                observe(f, code, obs);
+                parse(f, b + r[2], r[3], linktype);
+                observe(f, code, obs, direction);
                 if (f->ok)
                     __builtin_prefetch(&cache[f->idx]);
             }
@@ -830,7 +888,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if (PyErr_Occurred())
                 goto error;
             /* a new SA, and its first datagram */
-            PyObject *left = new_sa_datagram(table, sas, f, now, direction, local_addrs, &epoch, &due);
+            PyObject *left = new_sa_datagram(table, sas, f, now, local_addrs, &epoch, &due);
             if (left == NULL)
                 goto error;
             if (left != Py_None) { /* its first datagram is Python's */
@@ -2192,12 +2250,13 @@ static PyObject *index_pcap(PyObject *self, PyObject *args); /* agent.pcapfile: 
 
 static PyMethodDef methods[] = {
     {"walk", walk_call, METH_VARARGS,
-     "walk(buf, meta, start, sas, obs, due, epoch, window, jump_limit, reorder_time, probation, table, direction,\n"
-     "local_addrs) -> (stop, octets, sa, seq, ip_len, others):\n"
-     "consume in-order ESP frames (and forward jumps that open a gap inside the window, and the first datagram\n"
-     "of a new SA, created in `table`) and frames of class \"other\" from `start`; octets: their captured\n"
-     "octets; others: how many were \"other\"; sa, seq, ip_len: the stop frame's SA and ESP fields when the\n"
-     "stop frame is an ESP datagram of an SA in the table (not the next number, or not established); else None."},
+     "walk(buf, meta, linktype, start, sas, obs, due, epoch, window, jump_limit, reorder_time, probation, table,\n"
+     "direction, local_addrs) -> (stop, octets, sa, seq, ip_len, others):\n"
+     "consume Ethernet, SLL or SLL2 frames (linktype: agent.decode's DLT_*): in-order ESP (and forward jumps\n"
+     "that open a gap inside the window, and the first datagram of a new SA, created in `table`) and frames of\n"
+     "class \"other\" from `start`; octets: their captured octets; others: how many were \"other\"; sa, seq,\n"
+     "ip_len: the stop frame's SA and ESP fields when the stop frame is an ESP datagram of an SA in the table\n"
+     "(not the next number, or not established); else None."},
     {"create", (PyCFunction)(void (*)(void))create, METH_FASTCALL,
      "create(table, key, udp, now, direction, local) -> SA: SATable.create, its pairing included."},
     {"index_pcap", index_pcap, METH_VARARGS,
@@ -2281,7 +2340,8 @@ static int bind_sa(void) {
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    if (bind_sa() < 0 || PyType_Ready(&ScheduleType) < 0)
+    if (bind_sa() < 0 || PyType_Ready(&ScheduleType) < 0 || (str_in = PyUnicode_InternFromString("in")) == NULL
+        || (str_out = PyUnicode_InternFromString("out")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddObjectRef(m, "Schedule", (PyObject *)&ScheduleType) < 0)

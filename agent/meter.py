@@ -36,6 +36,7 @@ _ETH_IP4_ESP = struct.Struct("!HBxHxxHxB")  # at +12: ethertype, ver/ihl, total 
 _SEQ = struct.Struct("!I").unpack_from
 _LOW = 0xFFFFFFFF
 OTHER_OWNER = "other"  # fragment owner for non-ESP first fragments
+WALKED = (d.DLT_EN10MB, d.DLT_LINUX_SLL, d.DLT_LINUX_SLL2)  # the link types agent/_fastpath.c walk() reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +96,8 @@ class Meter:
     def _feed_frames(self, buf: bytes, meta: bytes, linktype: int, ifindex: int | None,
                      direction: str | None) -> None:
         """Frame by frame: the inline fast path for in-order ESP, the general decoder for the rest."""
-        if self.walk is not None and linktype == d.DLT_EN10MB:
-            self._walk_frames(buf, meta, ifindex, direction)
+        if self.walk is not None and linktype in WALKED:
+            self._walk_frames(buf, meta, linktype, ifindex, direction)
             return
         sas = self.table.sas
         slow = self._frame
@@ -138,7 +139,8 @@ class Meter:
         self.octets += octets
         self.now = max(self.now, now)
 
-    def _walk_frames(self, buf: bytes, meta: bytes, ifindex: int | None, direction: str | None) -> None:
+    def _walk_frames(self, buf: bytes, meta: bytes, linktype: int, ifindex: int | None,
+                     direction: str | None) -> None:
         """`_feed_frames` with the inline fast path in C: `walk` takes frames up to the first one that
         needs this loop (a due timer or the general decoder). A due timer runs here and the walk goes on
         from that frame (the general decoder on it was most of what a short active timeout cost)."""
@@ -150,7 +152,7 @@ class Meter:
         n = len(meta) // 16
         pos = esp = octets = 0
         while True:
-            stop, part, sa, seq, ip_len, others = walk(buf, meta, pos, sas, obs, self._due(), table.epoch,
+            stop, part, sa, seq, ip_len, others = walk(buf, meta, linktype, pos, sas, obs, self._due(), table.epoch,
                                                        t.window, t.jump_limit, t.reorder_time, table.probation,
                                                        table, direction, self.local_addrs)
             esp += stop - pos - others
@@ -171,7 +173,7 @@ class Meter:
                 self._esp_datagram(sa, seq, ip_len, now)
                 esp += 1
             else:
-                self._frame(buf, off, caplen, now, d.DLT_EN10MB, ifindex, direction)
+                self._frame(buf, off, caplen, now, linktype, ifindex, direction)
             pos = stop + 1
         self.classes[d.ESP] += esp
         self.octets += octets

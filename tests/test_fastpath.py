@@ -202,19 +202,40 @@ def _as_ipv6(frame: bytes) -> bytes:
     return frame[:12] + b"\x86\xdd" + ip6 + frame[34:]
 
 
-@pytest.mark.parametrize("outer", ["ipv4", "ipv4-tagged", "ipv6", "ipv6-tagged"])
+def _cooked(frame: bytes, linktype: int, rng: random.Random) -> bytes:
+    """An Ethernet frame as a Linux cooked capture has it (tcpdump -i any): SLL or SLL2, its protocol field
+    the Ethernet's (tags after it as they were), sent by this host or not and, in SLL2, on interface 1 or 2,
+    mostly by SA (its source address's last octet) and now and then not."""
+    k = (frame[29] if frame[12:14] == b"\x08\x00" else frame[37]) if len(frame) > 37 else 0
+    out = (k % 2 == 0) != (rng.random() < 0.05)
+    pkttype = 4 if out else 0
+    if linktype == d.DLT_LINUX_SLL:
+        return struct.pack("!HHH8s", pkttype, 1, 6, frame[6:12] + b"\0\0") + frame[12:]
+    ifindex = 1 + ((k // 2) % 2 if rng.random() > 0.05 else rng.randrange(2))
+    return struct.pack("!2sHIHBB8s", frame[12:14], 0, ifindex, 1, pkttype, 6, frame[6:12] + b"\0\0") + frame[14:]
+
+
+FRAME_CASES = [("ethernet", outer) for outer in ("ipv4", "ipv4-tagged", "ipv6", "ipv6-tagged")] + [
+    ("sll", "ipv4-tagged"), ("sll", "ipv6"), ("sll2", "ipv4"), ("sll2", "ipv4-tagged"), ("sll2", "ipv6-tagged")]
+LINKS = {"ethernet": d.DLT_EN10MB, "sll": d.DLT_LINUX_SLL, "sll2": d.DLT_LINUX_SLL2}
+
+
+@pytest.mark.parametrize(("link", "outer"), FRAME_CASES)
 @pytest.mark.parametrize("ifindex", [None, 7])
-def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None, outer: str) -> None:
+def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None, link: str, outer: str) -> None:
     """Edge frames next to the in-order ones, small batches and frequent timers (1 s / 2 s): the C walk,
     the Python inline loop and the reference decoder end every batch in the same state; IPv4 or IPv6,
-    untagged or on VLANs (the walk reads them all; the Python inline loop leaves all but untagged IPv4 to
-    the decoder)."""
+    untagged or on VLANs, on Ethernet or in Linux cooked captures (the walk reads them all; the Python
+    inline loop leaves all but Ethernet / IPv4 untagged to the decoder)."""
     rng = random.Random(5)
     frames = _stream(rng, 30_000)
     if outer.startswith("ipv6"):
         frames = [_as_ipv6(f) for f in frames]
     if outer.endswith("tagged"):
         frames = _tagged_stream(rng, frames)
+    linktype = LINKS[link]
+    if linktype != d.DLT_EN10MB:
+        frames = [_cooked(f, linktype, rng) for f in frames]
     modes = {"c": MeterSettings(), "python": MeterSettings(compiled=False),
              "reference": MeterSettings(fast_path=False)}
     table = MeterSettings().table
@@ -232,16 +253,16 @@ def test_compiled_and_python_inline_agree_frame_for_frame(ifindex: int | None, o
             meta += struct.pack("=IIII", int(t), int(round((t % 1) * 1e6)) % 1_000_000, len(buf), len(f))
             buf += f + b"\xee" * rng.randrange(3)
         for m in meters.values():
-            m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, ifindex)
-        states = {k: [(sa.key, sa.first, sa.last, sa.started, sa.datagrams, sa.packets, sa.octets, sa.last_seen,
-                       sa.iv_min, sa.iv_max, sa.iv_seen, sa.lost, sa.trial, sa.key in m.table.probation, sa.fseq,
-                       sa.ftime) for sa in m.table.all_sas()] for k, m in meters.items()}
+            m.feed(bytes(buf), bytes(meta), linktype, ifindex)
+        states = {k: [(sa.key, sa.direction, sa.first, sa.last, sa.started, sa.datagrams, sa.packets, sa.octets,
+                       sa.last_seen, sa.iv_min, sa.iv_max, sa.iv_seen, sa.lost, sa.trial, sa.key in m.table.probation,
+                       sa.fseq, sa.ftime) for sa in m.table.all_sas()] for k, m in meters.items()}
         assert states["c"] == states["python"] == states["reference"]
         at += size
     docs = set()
     for m in meters.values():
         m.finish()
-        docs.add(repr(document(m, "x", d.DLT_EN10MB)))
+        docs.add(repr(document(m, "x", linktype)))
     assert len(docs) == 1
     assert meters["c"].classes[d.ESP] > 25_000
 
@@ -422,28 +443,34 @@ OTHER = {"tcp4", "icmp4", "udp4-dns", "tcp4-options", "tcp6", "udp6-dns", "icmp6
          "qinq-udp6", "three-tags"}
 
 
-def _walk_takes_as_other(frame: bytes) -> bool:
-    """One frame through the compiled walk, as Meter._walk_frames calls it: counted there as "other"?"""
+def _walk_takes_as_other(frame: bytes, linktype: int = d.DLT_EN10MB) -> bool:
+    """One frame through the compiled walk, as Meter._walk_frames calls it: counted there as "other"? Bytes
+    after the frame that no header would have (a read beyond it would misjudge it)."""
     m = Meter(MeterSettings())
     t, table = m.settings.table.tracker, m.table
     meta = struct.pack("=IIII", 1000, 0, 0, len(frame))
-    stop, _octets, _sa, _seq, _len, others = m.walk(frame, meta, 0, table.sas, None, float("inf"), table.epoch,
-                                                    t.window, t.jump_limit, t.reorder_time, table.probation,
-                                                    table, None, set())
+    stop, _octets, _sa, _seq, _len, others = m.walk(frame + b"\xee" * 80, meta, linktype, 0, table.sas, None,
+                                                    float("inf"),
+                                                    table.epoch, t.window, t.jump_limit, t.reorder_time,
+                                                    table.probation, table, None, set())
     assert others in (0, 1) and (not others or stop == 1)
     return bool(others)
 
 
-def test_the_walk_counts_other_frames_in_c_and_nothing_the_decoder_would_not() -> None:
+@pytest.mark.parametrize("link", sorted(LINKS))
+def test_the_walk_counts_other_frames_in_c_and_nothing_the_decoder_would_not(link: str) -> None:
     """A mixed capture read without --bpf: TCP, UDP, ARP... stay in C (the general decoder cost 5 us each);
     the walk takes a frame as "other" only when agent.decode classes it so and no fragment entry wants it,
-    on the templates and on 20 000 mutations of them (truncated, bytes overwritten)."""
-    templates = _other_templates()
-    for name, frame in templates.items():
-        f = d.decode(frame, 0, len(frame), d.DLT_EN10MB)
-        assert name not in OTHER or (f.cls == d.OTHER and f.frag_id is None), name
-        assert _walk_takes_as_other(frame) == (name in OTHER), name
+    on the templates and on 20 000 mutations of them (truncated, bytes overwritten), on Ethernet and in
+    cooked captures."""
     rng = random.Random(11)
+    linktype = LINKS[link]
+    templates = {name: f if linktype == d.DLT_EN10MB else _cooked(f, linktype, rng)
+                 for name, f in _other_templates().items()}
+    for name, frame in templates.items():
+        f = d.decode(frame, 0, len(frame), linktype)
+        assert name not in OTHER or (f.cls == d.OTHER and f.frag_id is None), name
+        assert _walk_takes_as_other(frame, linktype) == (name in OTHER), name
     frames = list(templates.values())
     taken = 0
     for _ in range(20_000):
@@ -455,18 +482,23 @@ def test_the_walk_counts_other_frames_in_c_and_nothing_the_decoder_would_not() -
                 frame[min(len(frame) - 1, rng.choice((12, 13, 14, 18, 20, 21, 23, 34, 36, 40, 54, 56))
                           if rng.random() < 0.7 else rng.randrange(len(frame)))] = rng.randrange(256)
         frame = bytes(frame)
-        if _walk_takes_as_other(frame):
-            f = d.decode(frame, 0, len(frame), d.DLT_EN10MB)
+        if _walk_takes_as_other(frame, linktype):
+            f = d.decode(frame, 0, len(frame), linktype)
             assert f.cls == d.OTHER and f.frag_id is None, frame.hex()
             taken += 1
     assert taken > 5000
 
 
-def test_a_mixed_stream_with_other_frames_equals_the_reference() -> None:
-    """Other frames between the datagrams of a stream, timers in between: the same document and classes."""
+@pytest.mark.parametrize("link", sorted(LINKS))
+def test_a_mixed_stream_with_other_frames_equals_the_reference(link: str) -> None:
+    """Other frames between the datagrams of a stream, timers in between: the same document and classes,
+    on Ethernet and in cooked captures."""
     rng = random.Random(12)
     others = list(_other_templates().values())
     frames = [rng.choice(others) if rng.random() < 0.6 else f for f in _stream(rng, 20_000)]
+    linktype = LINKS[link]
+    if linktype != d.DLT_EN10MB:
+        frames = [_cooked(f, linktype, rng) for f in frames]
     table = TableSettings(active_timeout=1.0, idle_timeout=2.0)
     docs = []
     for s in (MeterSettings(table=table), MeterSettings(table=table, fast_path=False)):
@@ -476,19 +508,19 @@ def test_a_mixed_stream_with_other_frames_equals_the_reference() -> None:
             meta += struct.pack("=IIII", 1_700_000_000 + i // 2000, (i % 2000) * 500, len(buf), len(f))
             buf += f
         for start in range(0, len(frames), 4096):
-            m.feed(bytes(buf), bytes(meta[16 * start:16 * (start + 4096)]), d.DLT_EN10MB)
+            m.feed(bytes(buf), bytes(meta[16 * start:16 * (start + 4096)]), linktype)
         m.finish()
-        docs.append((document(m, "x", d.DLT_EN10MB), m.classes))
+        docs.append((document(m, "x", linktype), m.classes))
     assert docs[0] == docs[1]
     assert docs[0][1][d.OTHER] > 5000
 
 
 _TAGGED_CHILD = """
-import json, struct, sys
+import json, random, struct, sys
 from agent import decode as d
 from agent.meter import Meter, MeterSettings
 from agent.report import document
-from tests.test_fastpath import _as_ipv6, _frame, _tag
+from tests.test_fastpath import _as_ipv6, _cooked, _frame, _tag
 
 def batch(frames):
     buf, meta = bytearray(), bytearray()
@@ -497,39 +529,49 @@ def batch(frames):
         buf += f
     return bytes(buf), bytes(meta)
 
-def run(frames, settings, count=False):
+def run(frames, settings, count=False, linktype=d.DLT_EN10MB):
     m = Meter(settings, keep_history=True)
     calls = []
     if count:
         slow = m._frame
         m._frame = lambda *a: calls.append(1) or slow(*a)
-    m.feed(*batch(frames), d.DLT_EN10MB, 3)
+    m.feed(*batch(frames), linktype, 3)
     m.finish()
-    return document(m, "x", d.DLT_EN10MB), len(calls)
+    return document(m, "x", linktype), len(calls)
 
 vids = [(), (10,), (20,), (30, 40), (30, 41)]
 frames = [_tag(ip(_frame(k % 8, 0x100 + k % 8, 1 + i // 40)), vids[k % 5])
           for i in range(8000) for k in (i % 40,) for ip in (bytes, _as_ipv6)]
 fast, calls = run(frames, MeterSettings(), count=True)
 ref, _ = run(frames, MeterSettings(fast_path=False))
+cooked = {}
+for lt in (d.DLT_LINUX_SLL, d.DLT_LINUX_SLL2):
+    rng = random.Random(lt)
+    c = [_cooked(f, lt, rng) for f in frames]
+    doc, n = run(c, MeterSettings(), count=True, linktype=lt)
+    cooked[lt] = (n, doc == run(c, MeterSettings(fast_path=False), linktype=lt)[0], len(doc["sas"]))
 many = [_tag(_frame(1, 0x101, 1 + j), (o // 100, o % 100)) for o in range(10_000) for j in range(2)]
 over, _ = run(many, MeterSettings())
 over_ref, _ = run(many, MeterSettings(fast_path=False))
 print(json.dumps({"calls": calls, "equal": fast == ref, "sas": len(fast["sas"]), "over_equal": over == over_ref,
-                  "over_sas": len(over["sas"])}))
+                  "over_sas": len(over["sas"]), "cooked": list(cooked.values())}))
 """
 
 
 def test_tagged_frames_stay_in_the_walk_and_past_its_bound_go_to_python() -> None:
-    """VLAN-tagged ESP (a trunk: 802.1Q and QinQ) and IPv6 are walked in C (the general decoder took 14 us a
-    frame): no frame of 16 000 on 80 SAs at five observation points reaches Meter._frame, and the document
-    equals the reference path's. Beyond the walk's 8192 cached observation points (10 000 QinQ pairs) Python takes the
+    """VLAN-tagged ESP (a trunk: 802.1Q and QinQ), IPv6 and Linux cooked captures (SLL, SLL2: tcpdump -i any;
+    SAs split by interface and direction) are walked in C (the general decoder took 14 us a frame): no frame
+    of 16 000 on 80 SAs at five observation points reaches Meter._frame, and the document equals the
+    reference path's. Beyond the walk's 8192 cached observation points (10 000 QinQ pairs) Python takes the
     frames, with the same document. In a child process: the walk's observation points last as long as it."""
     out = subprocess.run([sys.executable, "-c", _TAGGED_CHILD], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
+    (sll, sll_equal, sll_sas), (sll2, sll2_equal, sll2_sas) = got.pop("cooked")
     assert got == {"calls": 0, "equal": True, "sas": 80, "over_equal": True, "over_sas": 10_000}
+    assert (sll, sll_equal, sll_sas) == (0, True, 80)  # SLL: the direction is the SA's, not its key
+    assert (sll2, sll2_equal) == (0, True) and sll2_sas > 80  # SLL2: the interface is part of the key
 
 
 @pytest.mark.parametrize("seed", range(8))
