@@ -706,6 +706,9 @@ typedef struct {
     long long evictions, unconfirmed_sas, unconfirmed_datagrams;
 } Ctx;
 static Ctx *walk_ctx; /* the Ctx of the walk() under way (walk_call) */
+/* walk() calls begun (walk_call): a walk sees from it that Python code its create ran walked too, which
+ * left the SA cache (and its size) to that walk's table */
+static unsigned long long walks;
 static int ctx_enter(Ctx *c);
 static PyObject *create_sa(Ctx *c, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
                            PyObject *local); /* SATable.create */
@@ -805,6 +808,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     unsigned long long octets = 0;
     Py_ssize_t others = 0; /* frames of class "other" taken here (see is_other) */
     PyObject *stop_sa = Py_None; /* the SA of the frame where the walk stopped, when it is one */
+    unsigned long long mine = walks; /* this walk's number (walk_call) */
     uint32_t stop_seq = 0, stop_total = 0;
     int32_t code = obs_code(obs);
     Py_ssize_t size = PyDict_GET_SIZE(sas);
@@ -891,6 +895,11 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             PyObject *left = new_sa_datagram(table, sas, f, now, local_addrs, &epoch, &due);
             if (left == NULL)
                 goto error;
+            /* Python code of the create walked (another table): the cache holds that table's SAs, the frames
+             * ahead were parsed for its size. Every entry stale, and this walk stops after the frame. */
+            int nested = walks != mine;
+            if (nested)
+                new_cache_epoch(epoch);
             if (left != Py_None) { /* its first datagram is Python's */
                 stop_sa = left;
                 stop_seq = be32(f->seq);
@@ -898,6 +907,10 @@ static PyObject *walk(PyObject *self, PyObject *args) {
                 break;
             }
             octets += r[3];
+            if (nested) {
+                i++;
+                break;
+            }
             continue;
         }
         stop_sa = sa;
@@ -2236,11 +2249,13 @@ static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
 }
 
 /* walk() with the Ctx its new SAs share (walk_ctx), written back to the table when it returns. A walk
- * started by Python code a walk runs has its own (the outer one was written back first); one thread
- * walks, as the SA cache assumes. */
+ * started by Python code a walk runs has its own (the outer one was written back first), and the outer
+ * one stops after that frame (`walks`: the SA cache is the inner one's); one thread walks, as the SA
+ * cache assumes. */
 static PyObject *walk_call(PyObject *self, PyObject *args) {
     Ctx c = {0}, *outer = walk_ctx;
     walk_ctx = &c;
+    walks++;
     PyObject *r = walk(self, args);
     walk_ctx = outer;
     return ctx_end(&c, r);

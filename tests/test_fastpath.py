@@ -680,3 +680,55 @@ def test_what_python_sees_of_the_table_during_and_between_walks_is_the_reference
     assert results[0] == results[1]
     kinds = [s[0] for s in results[0][1]]
     assert kinds.count("dropped") > 300 and kinds.count("drop_dead") > 20
+
+
+@pytest.mark.parametrize("hook", ["claim", "dropped"])
+def test_a_walk_inside_a_walk_leaves_the_outer_walk_its_own_sas(hook: str) -> None:
+    """Python code a walk's create runs (a pairing authority's claim, the `dropped` hook) may meter another
+    capture: that walk fills the module's one SA cache with its own table's SAs, sized for that table. The
+    outer walk must not take its next frames to the other table's SAs (here the same flows: a cache that kept
+    them counted the outer SAs' datagrams on the inner ones, and once the inner meter is gone read freed SAs)
+    nor look its pre-parsed frames up in a cache of another size: both meters end as the reference path's."""
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+
+    def batch(frames: list[bytes], sec: int) -> tuple[bytes, bytes]:
+        buf, meta = bytearray(), bytearray()
+        for i, f in enumerate(frames):
+            meta += struct.pack("=IIII", sec, i, len(buf), len(f))
+            buf += f
+        return bytes(buf), bytes(meta)
+
+    def run(mode: dict) -> tuple:
+        # claim: a table with room (no epoch change to clear the cache); dropped: a full one, its cache eight
+        # times the inner's (the pre-parsed frames index past the inner's cache: ASan, not this test, sees it)
+        size = 40 if hook == "claim" else 1200
+        table = TableSettings(max_sas=1000 if hook == "claim" else size)
+        outer, inner = Meter(MeterSettings(table=table, **mode), keep_history=True), Meter(MeterSettings(**mode))
+        outer.feed(*batch([_flow_frame(a, b, spi, 1, False, "") for spi in range(1, size + 1)], 1_700_000_000),
+                   d.DLT_EN10MB, 7)
+        inner_frames = [_flow_frame(a, b, spi, q, False, "") for q in (1, 2) for spi in range(1, 41)]
+        calls = []
+
+        def walk_inner(*_: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                inner.feed(*batch(inner_frames, 1_700_000_001), d.DLT_EN10MB, 7)
+
+        class _Authority:
+            def claim(self, sa: SA) -> None:
+                walk_inner()
+
+        if hook == "claim":
+            outer.table.pairer.authority = _Authority()
+        else:
+            forget = outer.table.dropped
+            outer.table.dropped = lambda sa: (walk_inner(), forget(sa))
+        later = [_flow_frame(b, a, 999, 1, False, "")]
+        later += [_flow_frame(a, b, spi, 2 + k, False, "") for k in range(3) for spi in range(1, size + 1)]
+        outer.feed(*batch(later, 1_700_000_002), d.DLT_EN10MB, 7)
+        outer.finish()
+        inner.finish()
+        return document(outer, "h", 1), document(inner, "h", 1), len(calls)
+
+    fast, ref = run({}), run({"fast_path": False})
+    assert fast[2] > 0 and fast == ref
