@@ -120,7 +120,6 @@ typedef struct {
     PyObject *obs;              /* and as the table's key has it (borrowed: the walk's or tagged_obs's) */
     int out;                    /* Linux cooked captures: sent by this host (1) or not (0); else -1 */
     long long ifindex;          /* SLL2: the interface the header names; else -1 (the walk's obs) */
-    PyObject *direction;        /* "in", "out" or None, as agent.decode.Frame.direction (borrowed) */
 } Parsed;
 
 /* The link layers the walk reads (agent.decode DLT_*) */
@@ -399,13 +398,16 @@ static int32_t tagged_obs(int32_t base, uint32_t vlans, PyObject **out) {
 
 static PyObject *str_in, *str_out; /* agent.decode.Frame.direction of a cooked capture's frames */
 
-/* f's observation point and direction from the walk's (code, obs, direction), as Meter._frame has them: the
- * walk's direction unless None, then the cooked header's; SLL2's interface, not the walk's. A tagged or
- * SLL2 frame without a cacheable observation point is Python's. */
-static inline void observe(Parsed *f, int32_t code, PyObject *obs, PyObject *direction) {
+/* f's direction from the walk's, as Meter._frame has it: the walk's unless None, then the cooked header's */
+static inline PyObject *direction_of(const Parsed *f, PyObject *direction) {
+    return direction != Py_None || f->out < 0 ? direction : f->out ? str_out : str_in;
+}
+
+/* f's observation point from the walk's (code, obs), as agent.decode.Frame.obs: SLL2's interface, not the
+ * walk's. A tagged or SLL2 frame without a cacheable observation point is Python's. */
+static inline void observe(Parsed *f, int32_t code, PyObject *obs) {
     f->code = code;
     f->obs = obs;
-    f->direction = direction != Py_None || f->out < 0 ? direction : f->out ? str_out : str_in;
     if (!f->ok)
         return;
     if (f->ifindex >= 0)
@@ -479,7 +481,7 @@ static PyObject *lookup(PyObject *sas, const Parsed *f) {
 #define RING 16
 
 static inline PyObject *cached_sa(const Parsed *f) {
-    Entry *e = f->ok && f->code != -2 ? find(f) : NULL;
+    Entry *e = f->ok ? find(f) : NULL; /* no entry has code -2 (lookup stores none) */
     return e != NULL ? e->sa : NULL;
 }
 
@@ -733,7 +735,7 @@ static void new_cache_epoch(unsigned long long epoch) {
  * drops an SA to make room; the new SA is scheduled). Returns the SA (borrowed from the table) when
  * its first datagram is still to be taken by Python, Py_None when it was taken here, NULL on error. */
 static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f, double now,
-                                 PyObject *local_addrs, unsigned long long *epoch, double *due) {
+                                 PyObject *direction, PyObject *local_addrs, unsigned long long *epoch, double *due) {
     Ctx *c = walk_ctx;
     if (c == NULL) {
         PyErr_SetString(PyExc_SystemError, "new_sa_datagram outside walk_call");
@@ -754,7 +756,8 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
             goto done;
         local = in ? Py_True : Py_False;
     }
-    if ((sa = create_sa(c, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj, f->direction,
+    if ((sa = create_sa(c, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj,
+                        direction_of(f, direction),
                         local)) == NULL)
         goto done;
     int rc = first_datagram(sa, seq, f->total, now_obj);
@@ -841,7 +844,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         f->ok = f->other = 0;
         if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
             parse(f, b + r[2], r[3], linktype);
-            observe(f, code, obs, direction);
+            observe(f, code, obs);
         }
     }
     for (; i < n; i++) {
@@ -854,7 +857,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
                 __builtin_prefetch(b + r[2] + 64);
                 parse(f, b + r[2], r[3], linktype);
-                observe(f, code, obs, direction);
+                observe(f, code, obs);
                 if (f->ok)
                     __builtin_prefetch(&cache[f->idx]);
             }
@@ -892,7 +895,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             if (PyErr_Occurred())
                 goto error;
             /* a new SA, and its first datagram */
-            PyObject *left = new_sa_datagram(table, sas, f, now, local_addrs, &epoch, &due);
+            PyObject *left = new_sa_datagram(table, sas, f, now, direction, local_addrs, &epoch, &due);
             if (left == NULL)
                 goto error;
             /* Python code of the create walked (another table): the cache holds that table's SAs, the frames
