@@ -56,6 +56,27 @@ class CaptureError(Exception):
 
 
 STDIN = "-"  # as in `tcpdump -r -`: libpcap reads the capture from standard input
+STDIN_BUFFER = 1 << 16  # bytes libpcap's reads of standard input take at a time
+
+
+def buffer_c_stdin() -> None:
+    """Give the C library's `stdin`, which libpcap reads, a full buffer. With PYTHONUNBUFFERED set (as in
+    many container images) CPython makes it unbuffered, and libpcap's fread of each record header and
+    body became two read(2) calls a frame: 2 M frames piped into `read -` took 3.6 s of CPU, 2.3 s of it in
+    the kernel, against 1.4 s. The buffer is the C library's own allocation, for the life of the process
+    (glibc keeps an unbuffered stream's one-byte buffer when setvbuf is given none). Harmless otherwise:
+    nothing has read C `stdin` yet (CPython's sys.stdin is its own buffer over the descriptor); where
+    there is no glibc, nothing changes."""
+    import ctypes  # only here: `read -` alone needs it
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        buf = libc.malloc(STDIN_BUFFER)
+        if buf:
+            libc.setvbuf(ctypes.c_void_p.in_dll(libc, "stdin"), ctypes.c_void_p(buf), 0, STDIN_BUFFER)  # _IOFBF
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 class OfflineSource:
@@ -66,6 +87,8 @@ class OfflineSource:
             raise CaptureError(f"{path}: is a directory, not a capture file")
         if path != STDIN and not os.path.isfile(path):
             raise CaptureError(f"{path}: no such file")
+        if path == STDIN:
+            buffer_c_stdin()
         try:
             self.handle = pcapy.open_offline(path)
         except pcapy.PcapError as e:
