@@ -7,7 +7,9 @@ Python object per packet; this one walks the blocks of a chunk of the file and y
 `next_batch` yields: the chunk itself as the buffer (no copy per packet) and 16-byte native
 sec/usec/offset/caplen records, one batch per run of packets from one interface, so the meter's paths
 are used unchanged. Block layout: draft-ietf-opsawg-pcapng (SHB, IDB, EPB, SPB, obsolete PB; every
-other block is skipped by its length).
+other block is skipped by its length). After the first packet of a run, the Enhanced Packet Blocks of
+its interface that follow are indexed in C (`index_pcapng` in agent/_fastpath.c; `index_epbs`, its Python
+twin, where it is not built): reading a pcapng file then costs what reading its pcap does (bench/README.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import BinaryIO
 import pcapy
 
 from agent.capture import BATCH, Batch, CaptureError
+from agent.compiled import fastpath
 
 SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
 BOM = 0x1A2B3C4D
@@ -50,6 +53,35 @@ def is_pcapng(path: str) -> bool:
     except OSError:
         return False
     return len(head) == 4 and struct.unpack("<I", head)[0] == SHB
+
+
+def stamp(ts: int, units: int, offset: int) -> tuple[int, int]:
+    """pcapy's (sec, usec) of a time stamp of `units` per second (if_tsresol) plus `offset` seconds
+    (if_tsoffset): microseconds rounded down, seconds modulo 2^32 as the u32 meta record holds them."""
+    sec, frac = divmod(ts, units)
+    return (sec + offset) & 0xFFFFFFFF, frac * 1_000_000 // units
+
+
+def index_epbs(buf: bytes, pos: int, ifid: int, room: int, big_endian: bool, units: int,
+               offset: int) -> tuple[bytes, int]:
+    """The Python twin of `_fastpath.index_pcapng` (same arguments, same result): the meta records of at
+    most `room` EPBs of interface `ifid` from `pos`, whole in `buf`, and where the first block not taken
+    starts (another block type or interface, a bad length, a block not whole in `buf`, a caplen beyond
+    its block: the block reader says what)."""
+    head = struct.Struct((">" if big_endian else "<") + "IIIIII").unpack_from
+    pack = struct.Struct("=IIII").pack
+    out = []
+    end = len(buf)
+    while len(out) < room and end - pos >= 32 and pos + 28 <= 0xFFFFFFFF:  # offsets are u32
+        btype, blen, pid, hi, lo, caplen = head(buf, pos)
+        if btype != EPB or pid != ifid or blen < 32 or blen % 4 or blen > end - pos or caplen > blen - 32:
+            break
+        out.append(pack(*stamp((hi << 32) | lo, units, offset), pos + 28, caplen))
+        pos += blen
+    return b"".join(out), pos
+
+
+_index = fastpath.index_pcapng if fastpath is not None else index_epbs
 
 
 class PcapngSource:
@@ -194,50 +226,14 @@ class PcapngSource:
             self.pos = pos + blen
             if iface.bpf is not None and not iface.bpf.filter(data[start:start + caplen]):
                 continue
-            sec, frac = divmod((hi << 32) | lo, iface.units)
-            meta.extend((sec + iface.offset, frac if iface.units == 1_000_000 else frac * 1_000_000 // iface.units,
-                         start, caplen))
+            meta.extend((*stamp((hi << 32) | lo, iface.units, iface.offset), start, caplen))
             frames += 1
-            if btype == EPB and iface.bpf is None:
-                frames += self._more(meta, ifid, iface, limit - frames)
+            if btype == EPB and iface.bpf is None:  # the fast path: the EPBs that follow, while of this interface
+                more, self.pos = _index(data, self.pos, ifid, limit - frames, self.end == ">", iface.units,
+                                        iface.offset)
+                meta.frombytes(more)
+                frames += len(more) // 16
         return meta, current  # type: ignore[return-value]  # current is set whenever meta is not empty
-
-    def _more(self, meta: array, ifid: int, iface: Interface, room: int) -> int:
-        """The fast path of a run: the EPBs that follow, while whole in this chunk and of the same
-        interface, found by their headers alone; their fields are then gathered with numpy."""
-        data, pos, n = self.data, self.pos, len(self.data)
-        head = struct.Struct(self.end + "III").unpack_from
-        starts: list[int] = []
-        append = starts.append
-        while len(starts) < room and pos + 32 <= n:
-            btype, blen, pid = head(data, pos)
-            if btype != EPB or pid != ifid or blen < 32 or blen % 4 or pos + blen > n:
-                break
-            append(pos)
-            pos += blen
-        if not starts:
-            return 0
-        import numpy as np  # only here: its import costs 0.1 s of every start-up (bench/README.md)
-
-        words = np.frombuffer(data, dtype=np.dtype(np.uint32).newbyteorder(self.end), count=n // 4)
-        at = np.array(starts, dtype=np.int64)
-        idx = at >> 2  # blocks are 4-byte aligned from the start of the chunk
-        caplen = words[idx + 5].astype(np.uint32)
-        bad = np.nonzero(caplen > words[idx + 1] - 32)[0]
-        if len(bad):  # the slow path reports the damage at that block
-            k = int(bad[0])
-            at, idx, caplen, pos = at[:k], idx[:k], caplen[:k], starts[k]
-        stamps = (words[idx + 3].astype(np.uint64) << np.uint64(32)) | words[idx + 4].astype(np.uint64)
-        units = np.uint64(iface.units)
-        frac = stamps % units
-        m = np.empty((len(at), 4), dtype=np.uint32)
-        m[:, 0] = stamps // units + np.uint64(iface.offset)
-        m[:, 1] = frac if iface.units == 1_000_000 else frac * np.uint64(1_000_000) // units
-        m[:, 2] = at + 28
-        m[:, 3] = caplen
-        meta.frombytes(m.tobytes())
-        self.pos = pos
-        return len(at)
 
     def _interface(self, data: bytes, pos: int, blen: int) -> None:
         linktype, _, snaplen = struct.unpack_from(self.end + "HHI", data, pos + 8)
