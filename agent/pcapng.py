@@ -3,22 +3,26 @@
 libpcap (pcapy-ng) reads pcapng but never says which interface (IDB) a packet came from, so the same
 SA captured on two interfaces (`dumpcap -i wan -i lan` on a transit router) would be one SA with every
 second datagram a duplicate. Maintained readers exist (python-pcapng, dpkt.pcapng, scapy) but build a
-Python object per packet; this one walks the blocks of a chunk of the file and yields what pcapy's
-`next_batch` yields: the chunk itself as the buffer (no copy per packet) and 16-byte native
+Python object per packet; this one walks the blocks of a memory-mapped window of the file and yields
+what pcapy's `next_batch` yields: the window itself as the buffer (no copy) and 16-byte native
 sec/usec/offset/caplen records, one batch per run of packets from one interface, so the meter's paths
 are used unchanged. Block layout: draft-ietf-opsawg-pcapng (SHB, IDB, EPB, SPB, obsolete PB; every
 other block is skipped by its length). After the first packet of a run, the Enhanced Packet Blocks of
 its interface that follow are indexed in C (`index_pcapng` in agent/_fastpath.c; `index_epbs`, its Python
 twin, where it is not built): reading a pcapng file then costs what reading its pcap does (bench/README.md).
+As with agent.pcapfile, frames written to the file after it was opened are not read, and a file cut
+short by another process while it is read is damage where a window can no longer be mapped, or ends
+the process with SIGBUS inside a window already mapped (as with any memory-mapped reader).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import stat
 import struct
 from array import array
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import pcapy
 
@@ -27,7 +31,7 @@ from agent.compiled import fastpath
 
 SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
 BOM = 0x1A2B3C4D
-CHUNK = 8 << 20  # bytes read at a time; a batch never spans two chunks
+CHUNK = 4 << 20  # bytes mapped at a time (more when one block needs more); a batch never spans two
 LINKTYPE_LINUX_SLL2 = 276  # carries its own interface index: the link layer names the observation point
 _OPT_NAME, _OPT_TSRESOL, _OPT_TSOFFSET = 2, 9, 14
 
@@ -46,8 +50,11 @@ class Interface:
 
 
 def is_pcapng(path: str) -> bool:
-    """The file starts with a pcapng section header (False for anything that cannot be read)."""
+    """The regular file starts with a pcapng section header (False for anything that cannot be read, and
+    for pipes: libpcap reads those, and opening one here would take its first bytes)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError:
@@ -90,19 +97,22 @@ class PcapngSource:
 
     def __init__(self, path: str, bpf: str | None = None, batch: int = BATCH) -> None:
         self.path = path
-        self.f: BinaryIO = open(path, "rb")  # noqa: SIM115  # closed by close(), like a pcapy handle
-        self.size = os.path.getsize(path)
+        try:
+            self.fd = os.open(path, os.O_RDONLY)  # closed by close(), like a pcapy handle
+        except OSError as e:
+            raise CaptureError(f"{path}: {e.strerror}") from None
+        self.size = os.fstat(self.fd).st_size  # bytes; later growth is not read
         self.bpf = bpf
         self.batch = batch
-        self.data = b""
+        self.data: bytes | mmap.mmap = b""  # the window of the file mapped at `consumed`
         self.pos = 0
-        self.eof = False
+        self.eof = False  # `data` reaches the end of the file
         self.end = "<"
         self.interfaces: list[Interface] = []  # every IDB of the file, in order
         self.section: list[Interface] = []  # those of the current section (EPB interface ids index it)
         self.error: str | None = None
         self.done = False
-        self.consumed = 0  # file bytes before `data`
+        self.consumed = 0  # file offset of data[0]
         self.reported = 0  # file bytes accounted for by progress()
 
     @property
@@ -111,13 +121,16 @@ class PcapngSource:
         return {i.number: i.name for i in self.interfaces if i.linktype != LINKTYPE_LINUX_SLL2}
 
     def progress(self, batch: Batch) -> int:
-        """File bytes read since the last call (batches share their chunk: the buffer's size says nothing)."""
+        """File bytes read since the last call (batches share their window: the buffer's size says nothing)."""
         now = self.consumed + self.pos
         done, self.reported = now - self.reported, now
         return done
 
     def close(self) -> None:
-        self.f.close()
+        self.data = b""  # unmapped when the last batch of it goes
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     @property
     def linktype(self) -> int:
@@ -125,26 +138,27 @@ class PcapngSource:
         return self.interfaces[0].linktype if self.interfaces else 1
 
     def _fill(self, need: int) -> bool:
-        """Make `need` bytes from `pos` available in `data` (reading on); False at the end of the file."""
+        """Make `need` bytes from `pos` available in `data` (mapping the window of the file that holds them);
+        False at the end of the file."""
         if self.pos + need <= len(self.data):
             return True
         if self.eof:
             return False
-        rest = self.data[self.pos:]
-        self.consumed += self.pos
-        parts = [rest]
-        have = len(rest)
-        while have < max(need, CHUNK) and not self.eof:
-            more = self.f.read(max(need, CHUNK) - have)
-            if not more:
-                self.eof = True
-            parts.append(more)
-            have += len(more)
-        self.data, self.pos = b"".join(parts), 0
-        return need <= len(self.data)
+        at = self.consumed + self.pos
+        start = at - at % mmap.ALLOCATIONGRANULARITY
+        length = min(self.size - start, max(CHUNK, at - start + need))
+        try:
+            self.data = mmap.mmap(self.fd, length, access=mmap.ACCESS_READ, offset=start)
+        except ValueError:  # beyond the end of the file: it was cut short since it was opened
+            self._damaged("file cut short while read")
+            self.data, start = b"", at
+        self.consumed, self.pos = start, at - start
+        self.eof = start + len(self.data) >= self.size
+        return self.pos + need <= len(self.data)
 
     def _damaged(self, what: str) -> None:
-        self.error = f"{what} at byte {self.consumed + self.pos}"
+        if self.error is None:  # the first damage found is what is said
+            self.error = f"{what} at byte {self.consumed + self.pos}"
         self.done = True
 
     def read(self) -> Batch | None:
@@ -167,7 +181,7 @@ class PcapngSource:
                     self._damaged("truncated block header")
                 self.done = True
                 break
-            if self.pos + 8 > len(self.data):  # the rest is in the next chunk: end this batch first
+            if self.pos + 8 > len(self.data):  # the rest is in the next window: end this batch first
                 break
             data, pos = self.data, self.pos
             btype, blen = unpack(self.end + "II", data, pos)

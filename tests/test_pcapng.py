@@ -399,3 +399,31 @@ def test_read_of_pcapng_imports_no_numpy(tmp_path: Path) -> None:
         res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO,
                              timeout=120, env={**os.environ, "ESPMETER_PURE_PYTHON": pure})
         assert res.returncode == 0 and json.loads(res.stdout)["capture"]["frames"] > 1000, (pure, res.returncode)
+
+
+def test_file_cut_short_while_read_and_pipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is mapped a window at a time: a window beyond the end of a file cut short after it was
+    opened is damage there, not a traceback; a pipe is neither mapped nor are its first bytes taken:
+    libpcap's reader says it reads no pipe (exit 2)."""
+    path = tmp_path / "two.pcapng"
+    SCENARIOS["pcapng_two_interfaces"]().write(path)
+    size = path.stat().st_size
+    monkeypatch.setattr(pcapng, "CHUNK", 8192)
+    source = PcapngSource(str(path))
+    assert source.read() is not None
+    os.truncate(path, size // 2)
+    while source.read() is not None:
+        pass
+    source.close()
+    assert source.error is not None and source.error.startswith("file cut short while read at byte "), source.error
+    assert size // 2 - 2 * 8192 < int(source.error.split()[-1]) <= size // 2
+    SCENARIOS["pcapng_two_interfaces"]().write(path)
+    fifo = tmp_path / "pipe.pcapng"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat {path} > {fifo}"])
+    try:
+        res = run_read(fifo)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert res.returncode == 2 and res.stderr == f"espmeter: {fifo}: no such file\n", res
