@@ -1651,6 +1651,20 @@ static int attr_i64(PyObject *o, PyObject *name, long long *v) {
     return *v == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* The attribute `name` of `o`, an int, as a long long; past 63 bits the nearest (a bound compared with
+ * counts, which never get there). */
+static int attr_bound(PyObject *o, PyObject *name, long long *v) {
+    PyObject *x = PyObject_GetAttr(o, name);
+    if (x == NULL)
+        return -1;
+    int overflow;
+    *v = PyLong_AsLongLongAndOverflow(x, &overflow);
+    Py_DECREF(x);
+    if (overflow)
+        *v = overflow > 0 ? LLONG_MAX : LLONG_MIN;
+    return *v == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* table.<name> += delta (ints) */
 static int add_attr(PyObject *o, PyObject *name, PyObject *delta) {
     PyObject *v = PyObject_GetAttr(o, name), *sum = v != NULL ? PyNumber_Add(v, delta) : NULL;
@@ -1686,7 +1700,7 @@ static int ctx_enter(Ctx *c) {
         && (c->unpaired = PyObject_GetAttr(c->pairer, str_unpaired)) != NULL
         && (c->epochs = PyObject_GetAttr(t, str_epochs)) != NULL && (c->dropped = PyObject_GetAttr(t, str_dropped)) != NULL
         && (c->epoch = PyObject_GetAttr(t, str_epoch)) != NULL && attr_i64(t, str_stale_entries, &c->stale) == 0
-        && attr_i64(t, str_stale_min, &c->stale_min) == 0 && attr_i64(t, str_stale_share, &c->stale_share) == 0;
+        && attr_bound(t, str_stale_min, &c->stale_min) == 0 && attr_bound(t, str_stale_share, &c->stale_share) == 0;
     Py_XDECREF(max);
     c->loaded = 1; /* what was read is let go by ctx_leave, also after a failure */
     c->dirty = 0;
@@ -1868,7 +1882,10 @@ static int stale(Ctx *c, PyObject *key, PyObject *sa) {
     Py_ssize_t len = Py_IS_TYPE(c->schedule, &ScheduleType) ? ((Schedule *)c->schedule)->n : PyObject_Size(c->schedule);
     if (len < 0)
         return -1;
-    if (!(c->stale > c->stale_min && c->stale * c->stale_share > len))
+    long long product; /* past 63 bits: its sign says */
+    int over = __builtin_mul_overflow(c->stale, c->stale_share, &product) ? (c->stale < 0) == (c->stale_share < 0)
+        : product > len;
+    if (!(c->stale > c->stale_min && over))
         return 0;
     PyObject *table = c->table, *r = NULL;
     if (unpop(c->probation, key, sa) < 0 || ctx_leave(c) < 0 || (r = PyObject_CallMethodNoArgs(table, str_drop_dead)) == NULL
@@ -1903,6 +1920,9 @@ static int drop_unconfirmed(Ctx *c, PyObject *key, PyObject *sa, long long delta
     int rc = -1, active = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
     if (active < 0)
         return -1;
+    long long sum;
+    if (active && __builtin_add_overflow(c->unconfirmed_datagrams, delta, &sum) && (ctx_leave(c) < 0 || ctx_enter(c) < 0))
+        return -1; /* the count so far written back first: the table's is an int of any size */
     if (active) {
         c->unconfirmed_sas++;
         c->unconfirmed_datagrams += delta;
@@ -1966,10 +1986,11 @@ static int make_room(Ctx *c) {
         if (item == NULL)
             return -1;
         PyObject *key = PyTuple_GET_ITEM(item, 0), *sa = PyTuple_GET_ITEM(item, 1);
-        long long datagrams, exported;
+        long long datagrams, exported, delta;
         int ours = Py_TYPE(sa) == sa_type && SLOT(sa, S_KEY) == key && CSLOT(sa, C_PEER) == Py_None
-            && as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) && as_i64(CSLOT(sa, C_X_DATAGRAMS), &exported);
-        int rc = ours ? drop_unconfirmed(c, key, sa, datagrams - exported) : unpop(c->probation, key, sa);
+            && as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) && as_i64(CSLOT(sa, C_X_DATAGRAMS), &exported)
+            && !__builtin_sub_overflow(datagrams, exported, &delta);
+        int rc = ours ? drop_unconfirmed(c, key, sa, delta) : unpop(c->probation, key, sa);
         Py_DECREF(item);
         if (rc < 0)
             return -1;

@@ -442,3 +442,33 @@ def test_read_mode_forgets_what_it_keyed_by_a_dropped_sa(mode: str) -> None:
     assert set(m.loss_events) <= alive
     if m.observer is not None:
         assert set(m.observer.bins) | set(m.observer.lines) | set(m.observer.held) | set(m.observer.shown) <= alive
+
+
+@pytest.mark.parametrize("bounds", [(10**30, 4), (-10**30, 4), (1, 2**62), (1, 10**30), (1, -10**30)])
+def test_counts_and_bounds_past_63_bits_are_python_ints(bounds: tuple[int, int]) -> None:
+    """The compiled create counts a dropped probationer's datagrams and dead schedule entries in C (Ctx): bounds
+    past 63 bits (STALE_MIN, STALE_SHARE: an OverflowError, or a product that wrapped and kept dead entries)
+    and not-yet-exported datagrams whose sum passes 63 bits (it wrapped) end as Python's ints do."""
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    from dataclasses import replace
+
+    states = []
+    for compiled in (False, True):
+        exports: list = []
+        t = SATable(TableSettings(max_sas=8), lambda sa, reason, now, active, log=exports: log.append(_ref(sa)),
+                    compiled=compiled)
+        t.STALE_MIN, t.STALE_SHARE = bounds
+        now = 1_700_000_000.0
+        for round_ in range(4):
+            for i in range(7):
+                key = (None, esp_ident(_ADDRS[0], bytes([10, 1, round_, i]), 1 + i))
+                if key not in t.sas:
+                    t.create(key, False, now + i, None).datagrams = 2**62 + i
+            t.settings = replace(t.settings, max_sas=2 + round_)  # the next create drops several in one call
+            t.create((None, esp_ident(_ADDRS[1], bytes([10, 2, round_, 0]), 99)), False, now + 9, None)
+            t.settings = replace(t.settings, max_sas=8)
+            now += 10
+        states.append(_state(t, exports))
+    assert states[0] == states[1]
+    assert states[0][11] > 2**64  # unconfirmed_datagrams
