@@ -1687,12 +1687,12 @@ static int add_attr(PyObject *o, PyObject *name, PyObject *delta) {
 static int ctx_enter(Ctx *c) {
     if (c->loaded)
         return 0;
-    PyObject *t = c->table, *max = NULL;
+    PyObject *t = c->table;
+    long long max = 0; /* max_sas past 63 bits (a configuration's "no bound"): the nearest */
     int ok = (c->settings = PyObject_GetAttr(t, str_settings)) != NULL
         && attr_double(c->settings, str_idle_timeout, &c->idle) == 0
         && attr_double(c->settings, str_active_timeout, &c->active) == 0
-        && (max = PyObject_GetAttr(c->settings, str_max_sas)) != NULL
-        && !((c->max_sas = PyLong_AsSsize_t(max)) == -1 && PyErr_Occurred())
+        && attr_bound(c->settings, str_max_sas, &max) == 0
         && (c->sas = PyObject_GetAttr(t, str_sas)) != NULL && (c->probation = PyObject_GetAttr(t, str_probation)) != NULL
         && (c->dormant = PyObject_GetAttr(t, str_dormant)) != NULL && (c->schedule = PyObject_GetAttr(t, str_schedule)) != NULL
         && (c->pairer = PyObject_GetAttr(t, str_pairer)) != NULL
@@ -1701,7 +1701,7 @@ static int ctx_enter(Ctx *c) {
         && (c->epochs = PyObject_GetAttr(t, str_epochs)) != NULL && (c->dropped = PyObject_GetAttr(t, str_dropped)) != NULL
         && (c->epoch = PyObject_GetAttr(t, str_epoch)) != NULL && attr_i64(t, str_stale_entries, &c->stale) == 0
         && attr_bound(t, str_stale_min, &c->stale_min) == 0 && attr_bound(t, str_stale_share, &c->stale_share) == 0;
-    Py_XDECREF(max);
+    c->max_sas = max > PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : max < PY_SSIZE_T_MIN ? PY_SSIZE_T_MIN : (Py_ssize_t)max;
     c->loaded = 1; /* what was read is let go by ctx_leave, also after a failure */
     c->dirty = 0;
     c->evictions = c->unconfirmed_sas = c->unconfirmed_datagrams = 0;

@@ -447,7 +447,8 @@ def test_read_mode_forgets_what_it_keyed_by_a_dropped_sa(mode: str) -> None:
 @pytest.mark.parametrize("bounds", [(10**30, 4), (-10**30, 4), (1, 2**62), (1, 10**30), (1, -10**30)])
 def test_counts_and_bounds_past_63_bits_are_python_ints(bounds: tuple[int, int]) -> None:
     """The compiled create counts a dropped probationer's datagrams and dead schedule entries in C (Ctx): bounds
-    past 63 bits (STALE_MIN, STALE_SHARE: an OverflowError, or a product that wrapped and kept dead entries)
+    past 63 bits (STALE_MIN, STALE_SHARE: an OverflowError, or a product that wrapped and kept dead entries;
+    max_sas, a configuration's "no bound": OverflowError at the first new SA, a traceback from `espmeter read`)
     and not-yet-exported datagrams whose sum passes 63 bits (it wrapped) end as Python's ints do."""
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
@@ -469,6 +470,9 @@ def test_counts_and_bounds_past_63_bits_are_python_ints(bounds: tuple[int, int])
             t.create((None, esp_ident(_ADDRS[1], bytes([10, 2, round_, 0]), 99)), False, now + 9, None)
             t.settings = replace(t.settings, max_sas=8)
             now += 10
+        t.settings = replace(t.settings, max_sas=10**20)
+        for i in range(20):
+            t.create((None, esp_ident(_ADDRS[2], bytes([10, 3, 0, i]), 7)), False, now + i, None)
         states.append(_state(t, exports))
     assert states[0] == states[1]
-    assert states[0][11] > 2**64  # unconfirmed_datagrams
+    assert states[0][11] > 2**64 and len(states[0][0]) > 20  # unconfirmed_datagrams; SAs past the old bound
