@@ -280,6 +280,11 @@ def utc(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _block(sa: dict[str, Any], max_events: int) -> str:
+    """An SA's lines: the figures, then its loss events (the entry is read once: a view builds it)."""
+    return _line(sa) + _events(sa, max_events)
+
+
 def _events(sa: dict[str, Any], limit: int) -> str:
     """An SA's loss events: all in sequence order, or the `limit` longest when there are more."""
     events = sa.get("loss_events")
@@ -304,13 +309,13 @@ def write_table(doc: dict[str, Any], out: TextIO, max_events: int = 20) -> None:
         out.write(f"tunnel {t['id']}{name}: {t['a']} <=> {t['b']}  "
                   f"spi 0x{t['spis'][0]:08x} / 0x{t['spis'][1]:08x}\n")
         for i in t["sas"]:
-            out.write(_line(sas[i]) + _events(sas[i], max_events))
+            out.write(_block(sas[i], max_events))
             paired.add(i)
     unpaired = [i for i in range(len(sas)) if i not in paired]
     if unpaired:
         out.write("unpaired SAs:\n")
         for i in unpaired:
-            out.write(_line(sas[i]) + _events(sas[i], max_events))
+            out.write(_block(sas[i], max_events))
     for ike in doc["ike"]:
         out.write(f"IKE {ike['a']} <=> {ike['b']}: {ike['packets']} packets, {ike['octets']} bytes\n")
     cap = doc["capture"]

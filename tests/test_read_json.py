@@ -75,7 +75,14 @@ def test_streamed_document_is_the_dumped_one(name: str, compiled: bool, tmp_path
         assert json.loads(out.getvalue())["sas"]  # every scenario has SAs: the entries were written
         if not bins:  # the table from entries made as it reads them (bins need the document)
             tables = [io.StringIO(), io.StringIO()]
-            write_table(_read(cap, settings, events, bins).view(), tables[0])
+            view = _read(cap, settings, events, bins).view()
+            made: list[int] = []
+            get = report._Entries.__getitem__
+            with monkeypatch.context() as m:  # each SA's entry is made once (at 100 000 SAs: 6.4 -> 4.6 s)
+                m.setattr(report._Entries, "__getitem__",
+                          lambda e, i: (made.append(i) if e.section.key == "sas" else None) or get(e, i))
+                write_table(view, tables[0])
+            assert sorted(made) == list(range(len(view["sas"])))
             write_table(_read(cap, settings, events, bins).doc, tables[1])
             assert tables[0].getvalue() == tables[1].getvalue() != ""
     with_sink = meter_file(cap, MeterSettings(tunnel_names=NAMES), Sink(), progress=False, events=True)
