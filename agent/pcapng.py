@@ -77,13 +77,17 @@ def index_epbs(buf: bytes, pos: int, ifid: int, room: int, big_endian: bool, uni
     its block: the block reader says what)."""
     head = struct.Struct((">" if big_endian else "<") + "IIIIII").unpack_from
     pack = struct.Struct("=IIII").pack
-    out = []
+    out: list[bytes] = []
+    append = out.append
     end = len(buf)
-    while len(out) < room and end - pos >= 32 and pos + 28 <= 0xFFFFFFFF:  # offsets are u32
+    for _ in range(room):
+        if end - pos < 32 or pos + 28 > 0xFFFFFFFF:  # frame offsets are u32
+            break
         btype, blen, pid, hi, lo, caplen = head(buf, pos)
         if btype != EPB or pid != ifid or blen < 32 or blen % 4 or blen > end - pos or caplen > blen - 32:
             break
-        out.append(pack(*stamp((hi << 32) | lo, units, offset), pos + 28, caplen))
+        sec, frac = divmod((hi << 32) | lo, units)  # stamp(), inlined: the call was a fifth of this loop
+        append(pack((sec + offset) & 0xFFFFFFFF, frac * 1_000_000 // units, pos + 28, caplen))
         pos += blen
     return b"".join(out), pos
 
