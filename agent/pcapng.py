@@ -7,9 +7,9 @@ Python object per packet; this one walks the blocks of a memory-mapped window of
 what pcapy's `next_batch` yields: the window itself as the buffer (no copy) and 16-byte native
 sec/usec/offset/caplen records, one batch per run of packets from one interface, so the meter's paths
 are used unchanged. Block layout: draft-ietf-opsawg-pcapng (SHB, IDB, EPB, SPB, obsolete PB; every
-other block is skipped by its length). After the first packet of a run, the Enhanced Packet Blocks of
-its interface that follow are indexed in C (`index_pcapng` in agent/_fastpath.c; `index_epbs`, its Python
-twin, where it is not built): reading a pcapng file then costs what reading its pcap does (bench/README.md).
+other block is skipped by its length). Runs of Enhanced Packet Blocks of one interface are indexed in C
+(`index_pcapng` in agent/_fastpath.c; `index_epbs`, its Python twin, where it is not built): reading a
+pcapng file then costs what reading its pcap does (bench/README.md).
 As with agent.pcapfile, frames written to the file after it was opened are not read, and a file cut
 short by another process while it is read is damage where a window can no longer be mapped, or ends
 the process with SIGBUS inside a window already mapped (as with any memory-mapped reader).
@@ -21,7 +21,6 @@ import mmap
 import os
 import stat
 import struct
-from array import array
 from dataclasses import dataclass
 
 import pcapy
@@ -62,6 +61,9 @@ def is_pcapng(path: str) -> bool:
     return len(head) == 4 and struct.unpack("<I", head)[0] == SHB
 
 
+_record = struct.Struct("=IIII").pack  # a meta record: sec, usec, offset, caplen
+
+
 def stamp(ts: int, units: int, offset: int) -> tuple[int, int]:
     """pcapy's (sec, usec) of a time stamp of `units` per second (if_tsresol) plus `offset` seconds
     (if_tsoffset): microseconds rounded down, seconds modulo 2^32 as the u32 meta record holds them."""
@@ -76,7 +78,7 @@ def index_epbs(buf: bytes, pos: int, ifid: int, room: int, big_endian: bool, uni
     starts (another block type or interface, a bad length, a block not whole in `buf`, a caplen beyond
     its block: the block reader says what)."""
     head = struct.Struct((">" if big_endian else "<") + "IIIIII").unpack_from
-    pack = struct.Struct("=IIII").pack
+    pack = _record
     out: list[bytes] = []
     append = out.append
     end = len(buf)
@@ -167,15 +169,15 @@ class PcapngSource:
 
     def read(self) -> Batch | None:
         while not self.done:
-            meta, current = self._run()
-            if meta:
+            parts, current = self._run()
+            if parts:
                 ifindex = None if current.linktype == LINKTYPE_LINUX_SLL2 else current.number
-                return Batch(self.data, meta.tobytes(), current.linktype, ifindex)
+                return Batch(self.data, b"".join(parts), current.linktype, ifindex)  # one part: itself, no copy
         return None
 
-    def _run(self) -> tuple[array, Interface]:
-        """The records of the next run of packets of one interface (empty if --bpf took them all)."""
-        meta = array("I")
+    def _run(self) -> tuple[list[bytes], Interface]:
+        """The records of the next run of packets of one interface (none if --bpf took them all)."""
+        meta: list[bytes] = []
         current: Interface | None = None
         frames, limit = 0, self.batch
         unpack = struct.unpack_from
@@ -241,16 +243,18 @@ class PcapngSource:
                 if current is not None:
                     break  # the next batch is this interface's
                 current = iface
+            if btype == EPB and iface.bpf is None:  # the fast path: this block and the EPBs of its interface after it
+                more, stop = _index(data, pos, ifid, limit - frames, self.end == ">", iface.units, iface.offset)
+                if more:  # (nothing only for a block beyond the 4 GiB that frame offsets reach)
+                    meta.append(more)
+                    frames += len(more) // 16
+                    self.pos = stop
+                    continue
             self.pos = pos + blen
             if iface.bpf is not None and not iface.bpf.filter(data[start:start + caplen]):
                 continue
-            meta.extend((*stamp((hi << 32) | lo, iface.units, iface.offset), start, caplen))
+            meta.append(_record(*stamp((hi << 32) | lo, iface.units, iface.offset), start, caplen))
             frames += 1
-            if btype == EPB and iface.bpf is None:  # the fast path: the EPBs that follow, while of this interface
-                more, self.pos = _index(data, self.pos, ifid, limit - frames, self.end == ">", iface.units,
-                                        iface.offset)
-                meta.frombytes(more)
-                frames += len(more) // 16
         return meta, current  # type: ignore[return-value]  # current is set whenever meta is not empty
 
     def _interface(self, data: bytes, pos: int, blen: int) -> None:
