@@ -244,8 +244,15 @@ static inline void parse_ipv6(Parsed *f, const unsigned char *p, uint32_t caplen
     f->spi = f->seq - 4;
     uint64_t k = 0x9E3779B97F4A7C15ull;
     f->w0 = (load64(p + 22) * k ^ load64(p + 30)) * 0xC2B2AE3D27D4EB4Full ^ be32(f->spi);
-    f->w1 = (load64(p + 38) * k ^ load64(p + 46)) * 0xD6E8FEB86659FD93ull ^ (uint64_t)be32(p + 54) << 32
+    uint64_t h = (load64(p + 38) * k ^ load64(p + 46)) * 0xD6E8FEB86659FD93ull ^ (uint64_t)be32(p + 54) << 32
         ^ (uint64_t)f->ident_len;
+    /* An IPv4 frame's (w0, w1) is its ident, whose octets 8-11 are never all zero (ESP: the SPI, not 0;
+     * ESP-in-UDP: the ports, one of them 4500) and whose hit is not compared: a digest keeps those octets
+     * zero, so that no IPv6 SA is found for an IPv4 frame (the rest of h folded into the other four). */
+    uint32_t folded = (uint32_t)(h ^ h >> 32);
+    unsigned char w1[8] = {0};
+    memcpy(w1 + 4, &folded, 4);
+    memcpy(&f->w1, w1, 8);
     parsed(f, 40 + payload);
 }
 

@@ -732,3 +732,48 @@ def test_a_walk_inside_a_walk_leaves_the_outer_walk_its_own_sas(hook: str) -> No
 
     fast, ref = run({}), run({"fast_path": False})
     assert fast[2] > 0 and fast == ref
+
+
+def _ipv6_digest_twin(ident4: bytes, spi: int, udp: bool) -> tuple[bytes, bytes]:
+    """IPv6 source and destination addresses whose 36/40-octet ident (with `spi`, ports 4500 when `udp`) the
+    walk's SA cache digested, as of f621340, into the 16 octets of the IPv4 ident `ident4` (zero-padded):
+    agent/_fastpath.c parse_ipv6's (w0, w1), with the first half of each address zero, solved for the rest."""
+    mask, k0, k1 = (1 << 64) - 1, 0xC2B2AE3D27D4EB4F, 0xD6E8FEB86659FD93
+    raw = ident4.ljust(16, b"\0")
+    w0, w1 = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+    after_addrs = 0x11941194 if udp else spi  # be32 of the 4 octets after the addresses: the ports or the SPI
+    src = ((w0 ^ spi) * pow(k0, -1, 1 << 64)) & mask
+    dst = ((w1 ^ after_addrs << 32 ^ (40 if udp else 36)) * pow(k1, -1, 1 << 64)) & mask
+    return bytes(8) + src.to_bytes(8, "little"), bytes(8) + dst.to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(("udp4", "udp6"), [(False, False), (False, True), (True, False), (True, True)])
+def test_an_ipv6_sa_whose_cache_digest_is_an_ipv4_ident_is_not_the_ipv4_sa(udp4: bool, udp6: bool) -> None:
+    """The SA cache keys an IPv4 frame by its ident's own 16 octets and an IPv6 frame by a digest (a hit on an
+    IPv6 frame compares the ident; on an IPv4 frame it does not). So no digest may be an IPv4 ident: IPv6 SAs
+    whose addresses make the digest (as it was) the ident of an IPv4 SA at the same observation point, then
+    that IPv4 SA, in one batch; the walk took the IPv4 datagrams as the IPv6 SA's."""
+    natt = (4500, 4500, 0) if udp4 else None
+    ident4 = _frame(1, 0x1234, 1, natt)[26:34] + (b"\x11\x94\x11\x94" if udp4 else b"") + (0x1234).to_bytes(4, "big")
+    src, dst = _ipv6_digest_twin(ident4, 0x77, udp6)
+    frames = []
+    for seq in range(1, 5):
+        esp = struct.pack("!II", 0x77, seq) + bytes(16)
+        if udp6:
+            esp = struct.pack("!HHHH", 4500, 4500, 8 + len(esp), 0) + esp
+        ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(esp), 17 if udp6 else 50, 64, src, dst)
+        frames.append(b"\x02" * 12 + b"\x86\xdd" + ip6 + esp)
+    frames += [_frame(1, 0x1234, seq, natt) for seq in range(5, 9)]
+    buf, meta = bytearray(), bytearray()
+    for i, f in enumerate(frames):
+        meta += struct.pack("=IIII", 1_700_000_000, i, len(buf), len(f))
+        buf += f
+    results = []
+    for s in (MeterSettings(), MeterSettings(fast_path=False)):
+        m = Meter(s, keep_history=True)
+        m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, 7)
+        results.append([(sa.key, sa.datagrams, sa.first, sa.last) for sa in m.table.all_sas()])
+        m.finish()
+        results.append(document(m, "x", 1))
+    assert results[0] == results[2] and results[1] == results[3]
+    assert [(len(key[1]), n) for key, n, *_ in results[2]] == [(40 if udp6 else 36, 4), (16 if udp4 else 12, 4)]
