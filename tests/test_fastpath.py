@@ -777,3 +777,151 @@ def test_an_ipv6_sa_whose_cache_digest_is_an_ipv4_ident_is_not_the_ipv4_sa(udp4:
         results.append(document(m, "x", 1))
     assert results[0] == results[2] and results[1] == results[3]
     assert [(len(key[1]), n) for key, n, *_ in results[2]] == [(40 if udp6 else 36, 4), (16 if udp4 else 12, 4)]
+
+
+@pytest.mark.parametrize("link", sorted(LINKS))
+def test_frames_cut_at_every_octet_with_their_own_bytes_after_them_equal_the_reference(link: str) -> None:
+    """Each ESP / ESP-in-UDP template (IPv4, IPv6; untagged, 802.1Q, QinQ) and each "other" template, captured
+    to every length from 0 to its own, in a batch whose bytes after each cut frame are the rest of that frame
+    (a walk reading past caplen would find a whole datagram there), each cut datagram the next number of an
+    SA the frame before it set up: the compiled walk's document and classes are the reference path's."""
+    rng = random.Random(13)
+    linktype = LINKS[link]
+    templates = []
+    for spi, udp in ((0x31, None), (0x32, (4500, 4500, 0))):
+        for ip in (bytes, _as_ipv6):
+            for vids in ((), (5,), (5, 6)):
+                templates.append(lambda seq, spi=spi, udp=udp, ip=ip, vids=vids: _tag(ip(_frame(spi, spi, seq, udp)),
+                                                                                       vids))
+    templates += [lambda seq, f=f: f for f in _other_templates().values()]
+    frames: list[tuple[bytes, int]] = []  # (bytes in the buffer, caplen)
+    for make in templates:
+        for cut in range(len(make(1)) + 7):  # a cooked header is 2 (SLL) or 6 (SLL2) octets longer
+            for seq, caplen in ((2 * cut + 1, None), (2 * cut + 2, cut)):
+                f = make(seq)
+                f = f if linktype == d.DLT_EN10MB else _cooked(f, linktype, rng)
+                frames.append((f, len(f) if caplen is None else min(caplen, len(f))))
+    buf, meta = bytearray(), bytearray()
+    for i, (f, caplen) in enumerate(frames):
+        meta += struct.pack("=IIII", 1_700_000_000 + i // 1000, (i % 1000) * 1000, len(buf), caplen)
+        buf += f
+    docs = []
+    for s in (MeterSettings(), MeterSettings(fast_path=False)):
+        m = Meter(s, keep_history=True)
+        for start in range(0, len(frames), 3000):
+            m.feed(bytes(buf), bytes(meta[16 * start:16 * (start + 3000)]), linktype, 7)
+        m.finish()
+        docs.append((document(m, "x", linktype), dict(m.classes)))
+    assert docs[0] == docs[1]
+    assert docs[0][1][d.TRUNCATED] > 1000 and docs[0][1][d.ESP] > 1000
+
+
+
+def _nested_walks() -> str:
+    """The outer walk's document, classes and claims, and the reference path's: equal? (JSON, for a child)"""
+    def batch(frames: list[bytes]) -> tuple[bytes, bytes]:
+        buf, meta = bytearray(), bytearray()
+        for i, f in enumerate(frames):
+            meta += struct.pack("=IIII", 1_700_000_000, i, len(buf), len(f))
+            buf += f
+        return bytes(buf), bytes(meta)
+
+    big = Meter(MeterSettings())  # its walks size the cache to its 8000 SAs
+    big.feed(*batch([_frame(k & 0xFF, 0x10000 + k, 1) for k in range(8000)]), d.DLT_EN10MB)
+
+    class _Authority:
+        def __init__(self) -> None:
+            self.claims = 0
+
+        def claim(self, sa: SA) -> None:
+            self.claims += 1
+            other = Meter(MeterSettings())  # the outer SA 1's twin, cached by a second datagram
+            other.feed(*batch([_frame(1, 0x101, 1), _frame(1, 0x101, 2)]), d.DLT_EN10MB)
+            if self.claims % 5 == 0:
+                big.feed(*batch([_frame(1, 0x99, self.claims)]), d.DLT_EN10MB)
+
+    frames = [_frame(1, 0x101, 1)] + [_frame(k & 0xFF, 0x20000 + k, 1) for k in range(1000)]
+    frames += [f for k in range(1000) for f in (_frame(1, 0x101, k + 2), _frame(k & 0xFF, 0x20000 + k, 2),
+                                                _frame(k & 0xFF, 0x30000 + k, 1))]
+    results = []
+    for s in (MeterSettings(), MeterSettings(fast_path=False)):
+        m = Meter(s, keep_history=True)
+        m.table.pairer.authority = _Authority()
+        m.feed(*batch(frames), d.DLT_EN10MB)
+        m.finish()
+        results.append((document(m, "x", 1), dict(m.classes), m.table.pairer.authority.claims))
+    return json.dumps({"equal": results[0] == results[1], "claims": results[0][2]})
+
+
+def test_walks_inside_a_walk_that_shrink_and_grow_the_cache_leave_the_outer_walk_in_bounds() -> None:
+    """test_a_walk_inside_a_walk_leaves_the_outer_walk_its_own_sas, each claim of 2001 walking a one-SA
+    table (the outer SA's twin) and every fifth an 8000-SA one: the module's SA cache shrinks to 2^9 buckets
+    and grows to 2^15 under an outer walk whose frames were parsed for 2^12. In a child under -X dev, whose
+    allocator sees what a walk writes out of bounds without AddressSanitizer (before 0096462: SIGABRT, heap
+    corruption)."""
+    code = "from tests.test_fastpath import _nested_walks; print(_nested_walks())"
+    out = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"equal": True, "claims": 2001}
+
+
+def _mutated(frame: bytes, ip: int, rng: random.Random) -> tuple[bytes, int]:
+    """(bytes, caplen): `frame` (its network header at `ip`) with a length field one off a boundary, an SPI or
+    a port changed, a cooked header octet changed, or captured only to a header boundary (its own bytes after)."""
+    b = bytearray(frame)
+    v6 = b[ip] >> 4 == 6
+    udp = b[ip + (6 if v6 else 9)] == 17
+    at = ip + (40 if v6 else 20)  # UDP or ESP
+    kind = rng.randrange(6)
+    if kind == 0:  # IPv4 total length / IPv6 payload length
+        pos = ip + (4 if v6 else 2)
+        base = rng.choice((struct.unpack_from("!H", b, pos)[0], 8, 16, 28, 36))
+        struct.pack_into("!H", b, pos, max(0, base + rng.choice((-1, 0, 1))) & 0xFFFF)
+    elif kind == 1 and udp:  # UDP length
+        base = rng.choice((struct.unpack_from("!H", b, at + 4)[0], 8, 9, 12, 16))
+        struct.pack_into("!H", b, at + 4, max(0, base + rng.choice((-1, 0, 1))))
+    elif kind == 2:  # the SPI: 0 (malformed; in UDP the non-ESP marker) or another
+        struct.pack_into("!I", b, at + 8 if udp else at, rng.choice((0, 1, 0x101)))
+    elif kind == 3 and udp:  # a port: IKE's, NAT-T's or another
+        struct.pack_into("!H", b, at + rng.choice((0, 2)), rng.choice((500, 4500, 53)))
+    elif kind == 4:  # the link header: a cooked packet type, a protocol field, an address
+        b[rng.randrange(ip)] = rng.choice((0, 4, 0x81, 0x86, 0xFF))
+    elif kind == 5:
+        cuts = (ip - 1, ip, ip + 19, ip + 20, ip + 39, ip + 40, at + 7, at + 8, at + 15, at + 16)
+        return bytes(b), min(len(b), rng.choice(cuts))
+    return bytes(b), len(b)
+
+
+@pytest.mark.parametrize("link", sorted(LINKS))
+def test_mutated_streams_on_every_link_and_capture_direction_equal_the_reference(link: str) -> None:
+    """The differential fuzz, compact: streams of ESP and ESP-in-UDP SAs over IPv4 and IPv6, untagged, 802.1Q
+    or QinQ, on Ethernet, SLL or SLL2, a quarter of the frames mutated (_mutated), read with the capture
+    handle's direction None, "in" or "out" (it wins over the cooked header's) and an interface or none: the
+    compiled walk's documents and classes are the reference path's. A walk that skips an IPv4, IPv6 or UDP
+    length check by one, takes the cooked direction over the handle's or an SLL2 frame's interface for the
+    walk's fails it."""
+    rng = random.Random(17)
+    linktype = LINKS[link]
+    shift = {d.DLT_EN10MB: 0, d.DLT_LINUX_SLL: 2, d.DLT_LINUX_SLL2: 6}[linktype]
+    frames = []
+    for f in _stream(rng, 3000):
+        k = f[29]
+        vids = ((), (100 + k,), (7, 200 + k))[k % 3]
+        f = _tag(_as_ipv6(f) if k % 2 else f, vids)
+        f = f if linktype == d.DLT_EN10MB else _cooked(f, linktype, rng)
+        frames.append(_mutated(f, shift + 14 + 4 * len(vids), rng) if rng.random() < 0.25 else (f, len(f)))
+    buf, meta = bytearray(), bytearray()
+    for i, (f, caplen) in enumerate(frames):
+        meta += struct.pack("=IIII", 1_700_000_000 + i // 1000, (i % 1000) * 1000, len(buf), caplen)
+        buf += f
+    for direction, ifindex in ((None, 7), ("in", None), ("out", 7)):
+        docs = []
+        for s in (MeterSettings(), MeterSettings(fast_path=False)):
+            m = Meter(s, keep_history=True)
+            for start in range(0, len(frames), 1000):
+                m.feed(bytes(buf), bytes(meta[16 * start:16 * (start + 1000)]), linktype, ifindex, direction)
+            m.finish()
+            docs.append((document(m, "x", linktype), dict(m.classes)))
+        assert docs[0] == docs[1], direction
+        assert docs[0][1][d.ESP] > 2000 and docs[0][1][d.MALFORMED] > 50 and docs[0][1][d.TRUNCATED] > 50
