@@ -448,7 +448,9 @@ static inline int ident_matches(PyObject *sa, const Parsed *f) {
         && !memcmp(i + f->ident_len - 4, f->spi, 4);
 }
 
-static PyObject *lookup(PyObject *sas, const Parsed *f) {
+/* The SA of the parsed frame `f` (borrowed), or NULL: then `*miss` is its table key (owned) and `*hash`
+ * that key's hash, for the create that follows (one key and one hash per new SA), or an error is set. */
+static PyObject *lookup(PyObject *sas, const Parsed *f, PyObject **miss, Py_hash_t *hash) {
     int32_t code = f->code;
     PyObject *obs = f->obs;
     Entry *e = code == -2 ? NULL : find(f);
@@ -463,10 +465,18 @@ static PyObject *lookup(PyObject *sas, const Parsed *f) {
     Py_DECREF(ib);
     if (key == NULL)
         return NULL;
-    PyObject *sa = PyDict_GetItemWithError(sas, key); /* borrowed */
-    Py_DECREF(key);
-    if (sa == NULL || Py_TYPE(sa) != sa_type)
+    Py_hash_t h = PyObject_Hash(key);
+    PyObject *sa = h == -1 ? NULL : _PyDict_GetItem_KnownHash(sas, key, h); /* borrowed */
+    if (sa == NULL || Py_TYPE(sa) != sa_type) {
+        if (PyErr_Occurred())
+            Py_DECREF(key);
+        else {
+            *miss = key;
+            *hash = h;
+        }
         return NULL;
+    }
+    Py_DECREF(key);
     if (code != -2) {
         Bucket *b = &cache[f->idx];
         b->e[1] = b->e[0];
@@ -719,8 +729,8 @@ static Ctx *walk_ctx; /* the Ctx of the walk() under way (walk_call) */
  * left the SA cache (and its size) to that walk's table */
 static unsigned long long walks;
 static int ctx_enter(Ctx *c);
-static PyObject *create_sa(Ctx *c, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
-                           PyObject *local); /* SATable.create */
+static PyObject *create_sa(Ctx *c, PyObject *key, Py_hash_t hash, PyObject *udp, PyObject *now,
+                           PyObject *direction, PyObject *local); /* SATable.create */
 /* agent.schedule's compiled heap: "The export schedule" below */
 typedef struct { double due; PyObject *sa; } Timer;
 typedef struct { PyObject_HEAD Timer *t; Py_ssize_t n, cap; } Schedule;
@@ -741,8 +751,9 @@ static void new_cache_epoch(unsigned long long epoch) {
  * Meter._create and Meter._esp_datagram would; `*epoch` and `*due` follow the table (a full table
  * drops an SA to make room; the new SA is scheduled). Returns the SA (borrowed from the table) when
  * its first datagram is still to be taken by Python, Py_None when it was taken here, NULL on error. */
-static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f, double now,
-                                 PyObject *direction, PyObject *local_addrs, unsigned long long *epoch, double *due) {
+static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f, PyObject *key, Py_hash_t hash,
+                                 double now, PyObject *direction, PyObject *local_addrs, unsigned long long *epoch,
+                                 double *due) {
     Ctx *c = walk_ctx;
     if (c == NULL) {
         PyErr_SetString(PyExc_SystemError, "new_sa_datagram outside walk_call");
@@ -751,10 +762,8 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
     c->table = table; /* walk()'s, for the whole call */
     unsigned char raw[40];
     ident_of(f, raw);
-    PyObject *ident = PyBytes_FromStringAndSize((const char *)raw, f->ident_len), *key = NULL, *now_obj = NULL;
-    PyObject *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL;
-    if (ident == NULL || (key = PyTuple_Pack(2, f->obs, ident)) == NULL || (now_obj = PyFloat_FromDouble(now)) == NULL
-        || (seq = PyLong_FromUnsignedLong(be32(f->seq))) == NULL)
+    PyObject *now_obj = NULL, *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL;
+    if ((now_obj = PyFloat_FromDouble(now)) == NULL || (seq = PyLong_FromUnsignedLong(be32(f->seq))) == NULL)
         goto done;
     if (PyAnySet_Check(local_addrs) && PySet_GET_SIZE(local_addrs) > 0) { /* src in Meter.local_addrs */
         src = PyBytes_FromStringAndSize((const char *)raw, f->ident_len <= 16 ? 4 : 16);
@@ -763,7 +772,7 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
             goto done;
         local = in ? Py_True : Py_False;
     }
-    if ((sa = create_sa(c, key, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj,
+    if ((sa = create_sa(c, key, hash, f->ident_len == 16 || f->ident_len == 40 ? Py_True : Py_False, now_obj,
                         direction_of(f, direction),
                         local)) == NULL)
         goto done;
@@ -780,12 +789,10 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
         *due = ((Schedule *)c->schedule)->n > 0 ? ((Schedule *)c->schedule)->t[0].due : INFINITY;
     else
         *due = -INFINITY;
-    result = rc ? Py_None : PyDict_GetItemWithError(sas, key);
+    result = rc ? Py_None : _PyDict_GetItem_KnownHash(sas, key, hash);
     if (result == NULL && !PyErr_Occurred())
         result = Py_None; /* not in the table any more: nothing for Python to take */
 done:
-    Py_XDECREF(ident);
-    Py_XDECREF(key);
     Py_XDECREF(now_obj);
     Py_XDECREF(seq);
     Py_XDECREF(sa);
@@ -897,12 +904,15 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             octets += r[3];
             continue;
         }
-        PyObject *sa = lookup(sas, f);
+        PyObject *key = NULL;
+        Py_hash_t hash = -1;
+        PyObject *sa = lookup(sas, f, &key, &hash);
         if (sa == NULL) {
             if (PyErr_Occurred())
                 goto error;
             /* a new SA, and its first datagram */
-            PyObject *left = new_sa_datagram(table, sas, f, now, direction, local_addrs, &epoch, &due);
+            PyObject *left = new_sa_datagram(table, sas, f, key, hash, now, direction, local_addrs, &epoch, &due);
+            Py_DECREF(key);
             if (left == NULL)
                 goto error;
             /* Python code of the create walked (another table): the cache holds that table's SAs, the frames
@@ -2238,8 +2248,9 @@ static PyTypeObject ScheduleType = {
     .tp_as_sequence = &schedule_as_sequence,
 };
 
-static PyObject *create_sa(Ctx *c, PyObject *key, PyObject *udp, PyObject *now, PyObject *direction,
-                           PyObject *local) {
+/* SATable.create; `hash`: the key's, or -1 (not computed yet) */
+static PyObject *create_sa(Ctx *c, PyObject *key, Py_hash_t hash, PyObject *udp, PyObject *now,
+                           PyObject *direction, PyObject *local) {
     PyObject *ident = PyTuple_GET_ITEM(key, 1), *sa = NULL;
     int is_udp = PyObject_IsTrue(udp), is_local = PyObject_IsTrue(local);
     if (is_udp < 0 || is_local < 0 || ctx_enter(c) < 0)
@@ -2260,7 +2271,9 @@ static PyObject *create_sa(Ctx *c, PyObject *key, PyObject *udp, PyObject *now, 
     PyObject *flag = is_local ? Py_True : Py_False;
     Py_INCREF(flag);
     set_cslot(sa, C_LOCAL, flag);
-    if (PyObject_SetItem(c->sas, key, sa) < 0 || PyObject_SetItem(c->probation, key, sa) < 0
+    if ((hash == -1 && (hash = PyObject_Hash(key)) == -1) /* where the Python create's table entry hashes it */
+        || (PyDict_CheckExact(c->sas) ? _PyDict_SetItem_KnownHash(c->sas, key, sa, hash) : PyObject_SetItem(c->sas, key, sa)) < 0
+        || PyObject_SetItem(c->probation, key, sa) < 0
         || schedule_new(c, sa, PyFloat_AS_DOUBLE(now)) < 0 || ctx_enter(c) < 0 || pair_new(c, sa, ident, is_udp) < 0) {
         Py_DECREF(sa);
         return NULL;
@@ -2276,7 +2289,7 @@ static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
         return NULL;
     }
     Ctx c = {.table = argv[0]};
-    return ctx_end(&c, create_sa(&c, argv[1], argv[2], argv[3], argv[4], argv[5]));
+    return ctx_end(&c, create_sa(&c, argv[1], -1, argv[2], argv[3], argv[4], argv[5]));
 }
 
 /* walk() with the Ctx its new SAs share (walk_ctx), written back to the table when it returns. A walk

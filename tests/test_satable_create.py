@@ -476,3 +476,47 @@ def test_counts_and_bounds_past_63_bits_are_python_ints(bounds: tuple[int, int])
         states.append(_state(t, exports))
     assert states[0] == states[1]
     assert states[0][11] > 2**64 and len(states[0][0]) > 20  # unconfirmed_datagrams; SAs past the old bound
+
+
+class _Sas(dict):
+    """A table whose `sas` is not exactly a dict: the compiled create stores into it as Python does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stores = 0
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self.stores += 1
+        super().__setitem__(key, value)
+
+
+@pytest.mark.parametrize("case", ["unhashable key, full table", "dict subclass"])
+def test_a_key_hashed_where_python_hashes_it(case: str) -> None:
+    """The compiled create hashes its key once, at the table entry (SATable.create's `sas[key] = sa`):
+    an unhashable observation point fails there, after a full table made room, as in Python; a `sas` that
+    is not exactly a dict takes the entry through its own __setitem__. Both tables end in the same state."""
+    if fastpath is None:
+        pytest.fail("the compiled path is not built (CI builds it)")
+    tables, logs = [], []
+    for compiled in (False, True):
+        exports: list = []
+        t = SATable(TableSettings(max_sas=4),
+                    lambda sa, reason, now, active, log=exports: log.append((_ref(sa), reason)), compiled=compiled)
+        if case == "dict subclass":
+            t.sas = _Sas()
+        tables.append(t)
+        logs.append(exports)
+    now = 1_700_000_000.0
+    for i in range(6):
+        key = (None, esp_ident(bytes([10, 0, 0, 1]), bytes([10, 0, i, 2]), 1 + i))
+        for t in tables:
+            t.create(key, False, now + i, None)
+    if case == "unhashable key, full table":
+        for t in tables:
+            with pytest.raises(TypeError):
+                t.create(([7], esp_ident(bytes([10, 0, 0, 1]), bytes([10, 0, 9, 2]), 99)), False, now + 7, None)
+    else:
+        assert [t.sas.stores for t in tables] == [6, 6]
+    a, b = (_state(t, log) for t, log in zip(tables, logs, strict=True))
+    assert a == b
+    assert tables[1].evictions == (3 if case == "unhashable key, full table" else 2)
