@@ -77,7 +77,14 @@ static inline int set_slot(PyObject *sa, int i, PyObject *value) {
     return 0;
 }
 
+/* CPython's shared ints 0..256, each a reference held for the module's life: a young SA's counters are
+ * these, and PyLong_FromLongLong finding one was a fifth of the walk's instructions on such SAs */
+#define SMALL_INTS 257
+static PyObject *small_int[SMALL_INTS];
+
 static inline int set_int(PyObject *sa, int i, long long v) {
+    if (v >= 0 && v < SMALL_INTS)
+        return set_slot(sa, i, Py_NewRef(small_int[v]));
 #ifndef Py_GIL_DISABLED
     PyObject *old = SLOT(sa, i);
     if (v > 0 && v < (1LL << PyLong_SHIFT) && old != NULL && Py_REFCNT(old) == 1 && PyLong_CheckExact(old)
@@ -116,6 +123,8 @@ typedef struct {
     const unsigned char *spi;   /* IPv6: the SPI in the frame */
     uint32_t vlans;             /* 0: untagged; else the VLAN IDs + 1, the outer in bits 0-12, the inner above */
     uint32_t idx;               /* its slot in the SA cache */
+    uint32_t hit_gen;           /* cache_gen when `hit` was found (0: not looked up yet) */
+    PyObject *hit;              /* the cache's SA for it then, or NULL (borrowed: valid while hit_gen is) */
     int32_t code;               /* its observation point, as the cache keys it (obs_code, tagged_obs) */
     PyObject *obs;              /* and as the table's key has it (borrowed: the walk's or tagged_obs's) */
     int out;                    /* Linux cooked captures: sent by this host (1) or not (0); else -1 */
@@ -453,9 +462,13 @@ static inline int ident_matches(PyObject *sa, const Parsed *f) {
 static PyObject *lookup(PyObject *sas, const Parsed *f, PyObject **miss, Py_hash_t *hash) {
     int32_t code = f->code;
     PyObject *obs = f->obs;
-    Entry *e = code == -2 ? NULL : find(f);
-    if (e != NULL && ident_matches(e->sa, f))
-        return e->sa;
+    /* found ahead (cached_sa) and no entry gone stale since; not found then, it may be in the cache now */
+    PyObject *hit = f->hit_gen == cache_gen ? f->hit : NULL;
+    Entry *e = hit != NULL || code == -2 ? NULL : find(f);
+    if (e != NULL)
+        hit = e->sa;
+    if (hit != NULL && ident_matches(hit, f))
+        return hit;
     unsigned char ident[40];
     ident_of(f, ident);
     PyObject *ib = PyBytes_FromStringAndSize((const char *)ident, f->ident_len);
@@ -497,9 +510,14 @@ static PyObject *lookup(PyObject *sas, const Parsed *f, PyObject **miss, Py_hash
 #define AHEAD_SLOTS 3
 #define RING 16
 
-static inline PyObject *cached_sa(const Parsed *f) {
+/* The cache's SA for a frame ahead, kept in it for the later stages and for lookup(): one probe a frame.
+ * An SA found stays the dict's while cache_gen is unchanged (a hit's key was in the dict, an entry leaving
+ * it changes the epoch), and a frame not found is looked up by lookup() as before. */
+static inline PyObject *cached_sa(Parsed *f) {
     Entry *e = f->ok ? find(f) : NULL; /* no entry has code -2 (lookup stores none) */
-    return e != NULL ? e->sa : NULL;
+    f->hit = e != NULL ? e->sa : NULL;
+    f->hit_gen = cache_gen;
+    return f->hit;
 }
 
 /* The latest time at which a gap opened at t0 is not yet older than the reorder time: the largest t
@@ -856,6 +874,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         memcpy(r, m + 16 * j, 16);
         Parsed *f = &ring[j % RING];
         f->ok = f->other = 0;
+        f->hit_gen = 0;
         if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
             parse(f, b + r[2], r[3], linktype);
             observe(f, code, obs);
@@ -868,6 +887,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             memcpy(r, m + 16 * j, 16);
             Parsed *f = &ring[j % RING];
             f->ok = f->other = 0;
+            f->hit_gen = 0;
             if ((Py_ssize_t)r[2] + r[3] <= buf.len) {
                 __builtin_prefetch(b + r[2] + 64);
                 parse(f, b + r[2], r[3], linktype);
@@ -879,12 +899,15 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         if (i + AHEAD_SA < n) {
             PyObject *sa = cached_sa(&ring[(i + AHEAD_SA) % RING]);
             if (sa != NULL)
-                for (int k = 0; k < N_HOT; k++)
+#pragma GCC unroll 16
+                for (int k = 0; k < N_HOT; k++) /* unrolled: the loop cost more than the prefetches */
                     __builtin_prefetch(&SLOT(sa, k));
         }
         if (i + AHEAD_SLOTS < n) {
-            PyObject *sa = cached_sa(&ring[(i + AHEAD_SLOTS) % RING]);
+            const Parsed *f = &ring[(i + AHEAD_SLOTS) % RING];
+            PyObject *sa = f->hit_gen == cache_gen ? f->hit : NULL;
             if (sa != NULL)
+#pragma GCC unroll 16
                 for (int k = 0; k < N_HOT; k++) {
                     PyObject *v = SLOT(sa, k);
                     if (v != NULL)
@@ -945,8 +968,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         PyObject *fo = SLOT(sa, S_FSEQ);
         if (fo == NULL || !PyLong_CheckExact(fo))
             break;
-        int overflow;
-        fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
+        int overflow = 1; /* NO_LIMIT itself (fast_limits sets it): no conversion */
+        fseq = fo == no_limit ? 0 : PyLong_AsLongLongAndOverflow(fo, &overflow);
         if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
             goto error_or_stop;
         if (!overflow && fseq < 0) /* no fast path for this SA (see SA.fast_limits) */
@@ -2403,6 +2426,9 @@ static int bind_sa(void) {
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
+    for (int v = 0; v < SMALL_INTS; v++)
+        if (small_int[v] == NULL && (small_int[v] = PyLong_FromLong(v)) == NULL)
+            return NULL;
     if (bind_sa() < 0 || PyType_Ready(&ScheduleType) < 0 || (str_in = PyUnicode_InternFromString("in")) == NULL
         || (str_out = PyUnicode_InternFromString("out")) == NULL)
         return NULL;
