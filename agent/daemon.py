@@ -7,6 +7,7 @@ packet comes. Signal handlers only set flags (agent.signals); the loop acts on t
 
 from __future__ import annotations
 
+import gc
 import logging
 import select
 import sys
@@ -174,6 +175,11 @@ class Agent:
         self.notify.ready(self.status)
         log.info("espmeter running: %d interface(s), %d collector(s)",
                  len(self.rt.interfaces), len(self.rt.export.collectors))
+        # What start-up made (modules, settings, interfaces) lives as long as the process: frozen, the
+        # cyclic collector's full passes walk only what metering makes (live bench, 2000 SAs: the
+        # collector was 5 % of the agent's CPU, scanning the imports' objects again and again)
+        gc.collect()
+        gc.freeze()
         watchdog = watchdog_interval()
         next_watchdog = next_tick = next_retry = self.clock()
         meter = self.meter
