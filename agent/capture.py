@@ -80,13 +80,16 @@ def buffer_c_stdin() -> None:
 
 
 class OfflineSource:
-    """A pcap or pcapng file, or standard input (`-`); `read()` returns None at the end of the file."""
+    """A pcap or pcapng file, standard input (`-`) or another stream (a pipe: `read <(zcat x.pcap.gz)`);
+    `read()` returns None at the end of the file."""
 
     def __init__(self, path: str, bpf: str | None = None, batch: int = BATCH) -> None:
         if path != STDIN and os.path.isdir(path):
             raise CaptureError(f"{path}: is a directory, not a capture file")
-        if path != STDIN and not os.path.isfile(path):
+        if path != STDIN and not os.path.exists(path):
             raise CaptureError(f"{path}: no such file")
+        # read once, front to back: no second pass (_salvage), no size for the progress bar
+        self.streamed = path == STDIN or not os.path.isfile(path)
         if path == STDIN:
             buffer_c_stdin()
         try:
@@ -103,7 +106,7 @@ class OfflineSource:
         self.bpf = bpf
         self.linktype = self.handle.datalink()
         self.batch = batch
-        self.size = None if path == STDIN else os.path.getsize(path)  # bytes, for the progress bar
+        self.size = None if self.streamed else os.path.getsize(path)  # bytes, for the progress bar
         self.done = False
         self.consumed = 0  # frames returned so far
         self.error: str | None = None
@@ -126,8 +129,8 @@ class OfflineSource:
     def _salvage(self) -> Batch | None:
         """The batch hit damage and lost its good frames too: re-read them one by one up to the damage.
 
-        Standard input cannot be read twice: there the frames of the damaged batch are not counted."""
-        if self.path == STDIN:
+        A stream cannot be read twice: there the frames of the damaged batch are not counted."""
+        if self.streamed:
             return None
         handle = pcapy.open_offline(self.path)
         if self.bpf:

@@ -66,6 +66,18 @@ def test_read_from_stdin_equals_read_of_the_file() -> None:
     assert a == b and a["sas"]
 
 
+def test_read_of_a_pipe_equals_read_of_the_file() -> None:
+    """`read <(cat x.pcap)`: the shell passes /dev/fd/N, a pipe (refused as "no such file" before)."""
+    from_file = json.loads(espmeter("read", "--json", DEMO).stdout)
+    proc = subprocess.run(["bash", "-c", f'exec "$0" -m agent.cli read --json <(cat {DEMO})', sys.executable],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    from_pipe = json.loads(proc.stdout)
+    assert from_pipe["capture"].pop("file").startswith("/dev/fd/")
+    from_file["capture"].pop("file")
+    assert from_pipe == from_file and from_file["sas"]
+
+
 def test_version() -> None:
     proc = espmeter("--version")
     assert proc.returncode == 0 and re.fullmatch(r"espmeter \S+\n", proc.stdout)
