@@ -2,7 +2,7 @@
  * that need no tracker decision, for Ethernet (untagged, 802.1Q or QinQ) / IPv4 without options or
  * IPv6 without extension headers / unfragmented ESP or UDP 4500 (not the non-ESP marker): the next number (also the one that ends an SA's probation), a forward
  * jump that opens a gap inside the window, and either of them after gaps older than the reorder time
- * became final (SeqTracker.finalize_by_time).
+ * became final (SeqTracker.finalize_by_time) or final ranges behind the window were forgotten.
  * walk() consumes frames from `start` while each one is such a datagram and the next timer is not due,
  * updates the SA's slots exactly as agent.tracker does, and returns where it stopped: Python handles
  * that frame (tick, general decoder, the tracker) and calls again.
@@ -531,11 +531,36 @@ static double horizon(double t0, double reorder_time) {
     return t;
 }
 
-/* The fast limits (agent.sa.SA.fast_limits) of an established SA from its first gap, if any. */
+/* The highest number of the SA's lowest final range (SeqTracker.finals): 1, 0 when it has none, -1 when
+ * the slot is not the tracker's (a list of [lo, hi]). */
+static int lowest_final(PyObject *sa, long long *hi) {
+    PyObject *finals = SLOT(sa, S_FINALS);
+    if (finals != NULL && PyTuple_CheckExact(finals) && PyTuple_GET_SIZE(finals) == 0)
+        return 0;
+    if (finals == NULL || !PyList_CheckExact(finals))
+        return -1;
+    if (PyList_GET_SIZE(finals) == 0)
+        return 0;
+    PyObject *r = PyList_GET_ITEM(finals, 0);
+    return PyList_CheckExact(r) && PyList_GET_SIZE(r) == 2 && as_i64(PyList_GET_ITEM(r, 1), hi) ? 1 : -1;
+}
+
+/* The fast limits (agent.sa.SA.fast_limits) of an established SA from its first gap and its lowest final
+ * range, if any. */
 static int set_limits(PyObject *sa, PyObject *gaps, long long window, double reorder_time) {
+    long long hi;
+    int final = lowest_final(sa, &hi);
+    if (final < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "agent._fastpath: unexpected final range");
+        return -1;
+    }
     if (PyTuple_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0) { /* the shared empty tuple, or an emptied list */
-        Py_INCREF(no_limit);
         Py_INCREF(never);
+        if (final)
+            return set_slot(sa, S_FSEQ, PyLong_FromLongLong(hi + window)) < 0 || set_slot(sa, S_FTIME, never) < 0
+                ? -1 : 0;
+        Py_INCREF(no_limit);
         return set_slot(sa, S_FSEQ, no_limit) < 0 || set_slot(sa, S_FTIME, never) < 0 ? -1 : 0;
     }
     PyObject *g = PyList_GET_ITEM(gaps, 0);
@@ -547,8 +572,38 @@ static int set_limits(PyObject *sa, PyObject *gaps, long long window, double reo
         return -1;
     }
     double opened = PyFloat_AS_DOUBLE(PyList_GET_ITEM(g, 2));
-    return set_slot(sa, S_FSEQ, PyLong_FromLongLong(lo + window)) < 0
+    return set_slot(sa, S_FSEQ, PyLong_FromLongLong(final && hi < lo ? hi + window : lo + window)) < 0
         || set_slot(sa, S_FTIME, PyFloat_FromDouble(horizon(opened, reorder_time))) < 0 ? -1 : 0;
+}
+
+/* The second half of SeqTracker._behind_window on an established SA when the next number n puts a final
+ * range behind the window (floor = n - window) and no gap: the ranges at or below floor are forgotten, and
+ * the fast limits follow (they stop the fast paths at that number so that every path forgets them there).
+ * 1 done; 0 Python must take the datagram (nothing to forget here, or a gap falls behind too); -1 error. */
+static int trim_finals(PyObject *sa, long long floor, long long window, double reorder_time) {
+    PyObject *gaps = SLOT(sa, S_GAPS), *finals = SLOT(sa, S_FINALS);
+    long long lo, hi;
+    if (SLOT(sa, S_TRIAL) != Py_False || gaps == NULL || finals == NULL || !PyList_CheckExact(finals))
+        return 0;
+    if (PyList_CheckExact(gaps) && PyList_GET_SIZE(gaps) > 0) {
+        PyObject *g = PyList_GET_ITEM(gaps, 0);
+        if (!PyList_CheckExact(g) || PyList_GET_SIZE(g) != 6 || !as_i64(PyList_GET_ITEM(g, 0), &lo) || lo <= floor)
+            return PyErr_Occurred() ? -1 : 0;
+    } else if (!PyTuple_CheckExact(gaps) && !PyList_CheckExact(gaps))
+        return 0;
+    Py_ssize_t k = 0, n = PyList_GET_SIZE(finals);
+    for (; k < n; k++) {
+        PyObject *r = PyList_GET_ITEM(finals, k);
+        if (!PyList_CheckExact(r) || PyList_GET_SIZE(r) != 2 || !as_i64(PyList_GET_ITEM(r, 1), &hi) || hi > floor)
+            break;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    if (k == 0)
+        return 0;
+    if (PyList_SetSlice(finals, 0, k, NULL) < 0)
+        return -1;
+    return set_limits(sa, gaps, window, reorder_time) < 0 ? -1 : 1;
 }
 
 /* `list` slot i with `item` appended; a shared empty tuple in the slot becomes a new list. */
@@ -682,7 +737,9 @@ static int ends_trial(PyObject *sa, long long last, long long window) {
         || datagrams + 1 - duplicates - late != probation_run)
         return 0;
     PyObject *gaps = SLOT(sa, S_GAPS);
-    if (gaps == NULL)
+    long long hi;
+    int final = lowest_final(sa, &hi);
+    if (gaps == NULL || final < 0 || (final && !(last + 1 < hi + window))) /* a final range to forget: Python */
         return 0;
     if (PyTuple_CheckExact(gaps) || (PyList_CheckExact(gaps) && PyList_GET_SIZE(gaps) == 0))
         return 1;
@@ -996,6 +1053,18 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         uint32_t skip = be32(f->seq) - (uint32_t)(last + 1);
         if (skip != 0 && (skip >= 0x80000000u || (long long)skip + 1 > jump_limit))
             break;
+        if (!overflow && !(last + 1 + skip < fseq)) {
+            /* a final range falls behind the window at this number: forgotten first, as the tracker does */
+            int rc = trim_finals(sa, last + 1 + skip - window, window, reorder_time);
+            if (rc < 0)
+                goto error;
+            if (rc > 0) {
+                fo = SLOT(sa, S_FSEQ);
+                fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
+                if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
+                    goto error_or_stop;
+            }
+        }
         int trial_ends = 0; /* overflow > 0: fseq is NO_LIMIT, above any number */
         if (!overflow && !(last + 1 < fseq)) {
             if (skip != 0 || last + 1 != fseq || !(trial_ends = ends_trial(sa, last, window))) {

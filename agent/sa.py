@@ -69,9 +69,11 @@ class SA(SeqTracker):
         """Until where the next in-order datagram needs no tracker work (see Meter.feed).
 
         With an open gap, only until its lowest number would fall behind the window or its age would
-        pass the reorder time: then the slow path must finalise it. On probation, only until the
-        datagram that ends it (SATable.observe_slow takes that one). Held numbers and dormancy always
-        take the slow path. Only the table's current entry for its key has a limit (fseq >= 0).
+        pass the reorder time: then the slow path must finalise it; with final ranges, until the lowest
+        one falls behind the window, where the tracker forgets it (so every path holds its `finals`). On
+        probation, only until the datagram that ends it (SATable.observe_slow takes that one). Held
+        numbers and dormancy always take the slow path. Only the table's current entry for its key has a
+        limit (fseq >= 0).
         """
         if not self.active or self.held >= 0 or self.last < 0:
             self.fseq, self.ftime = -1, 0.0
@@ -81,6 +83,8 @@ class SA(SeqTracker):
             self.fseq, self.ftime = g[0] + window, horizon(g[2], reorder_time)
         else:
             self.fseq, self.ftime = NO_LIMIT, NEVER
+        if self.finals:  # and the number that puts its lowest final range behind the window (forgotten there)
+            self.fseq = min(self.fseq, self.finals[0][1] + window)
         if self.trial:
             self.fseq = min(self.fseq, self.last + PROBATION_RUN - self.accepted)
 

@@ -3,6 +3,7 @@ decoder's results."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -60,6 +61,16 @@ class _Sink:
 
     def export_loss_events(self, events: list) -> None:
         self.records.extend(events)  # in the stream too: the fast paths must give the same events
+
+
+_SA_SLOTS = [k for cls in SA.__mro__ for k in getattr(cls, "__slots__", ()) if k != "peer"]
+
+
+def sa_states(m: Meter) -> list[tuple]:
+    """Every slot of every SA generation of the meter (its partner by key), copied: the tracker's lists
+    change in place, and a snapshot that shares them shows a later state."""
+    return [(*(copy.deepcopy(getattr(sa, k)) for k in _SA_SLOTS), sa.peer and sa.peer.key)
+            for sa in (*(m.table.history or ()), *m.table.sas.values())]
 
 
 # in-order runs of any length (what the fast paths take), gaps, jumps past the window, reordering, duplicates
