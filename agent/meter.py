@@ -77,7 +77,7 @@ class Meter:
     def configure(self, settings: MeterSettings) -> None:
         """New settings on reload; SA state is kept."""
         self.settings = settings
-        self.table.settings = settings.table
+        self.table.configure(settings.table)
         self.frags.timeout, self.frags.max_entries = settings.fragment_timeout, settings.max_fragments
         self.producer.biflow, self.producer.names = settings.biflow, dict(settings.tunnel_names)
         self.producer.events = settings.loss_events

@@ -77,6 +77,17 @@ class SATable:
         for sa in (*self.sas.values(), *(self.history or ())):
             sa.peer = None
 
+    def configure(self, settings: TableSettings) -> None:
+        """New settings (a reload): the fast limits that depend on the window or the reorder time (an open
+        gap's, a final range's: SA.fast_limits) follow them, or the fast paths would go on taking datagrams
+        the tracker must see under the new ones (a gap behind a shrunk window became lost a record late)."""
+        old, self.settings = self.settings.tracker, settings
+        t = settings.tracker
+        if (t.window, t.reorder_time) != (old.window, old.reorder_time):
+            for sa in self.sas.values():
+                if sa.fseq >= 0 and (sa.gaps or sa.finals):
+                    sa.fast_limits(t.window, t.reorder_time)
+
     # -- packet path --------------------------------------------------------------------------
     def create(self, key: SAKey, udp: bool, now: float, direction: str | None, local: bool = False) -> SA:
         if self._create is not None:

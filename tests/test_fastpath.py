@@ -86,12 +86,14 @@ step = st.one_of(st.tuples(st.just("run"), st.integers(1, 600)), st.tuples(st.ju
     cuts=st.lists(st.integers(1, 700), min_size=1, max_size=10),  # batch sizes, cycled
     order_seed=st.integers(0, 2**16),
     biflow=st.booleans(),
+    reload=st.tuples(st.integers(0, 12), st.sampled_from([32, 64, 1024]), st.sampled_from([0.05, 0.5, 3.0])),
 )
 def test_fast_paths_equal_reference_on_any_arrivals(sas: list, gaps: list, cuts: list, order_seed: int,
-                                                    biflow: bool) -> None:
+                                                    biflow: bool, reload: tuple[int, int, float]) -> None:
     """Arbitrary in-order runs, gaps, reordering and duplicates on a few SAs, interleaved, in batches of
-    every size (so the compiled, Python inline and reference paths all run), with timers firing in between: the
-    record streams and the documents are identical."""
+    every size (so the compiled, Python inline and reference paths all run), with timers firing in between and
+    the tracker's window and reorder time reloaded before one batch (Meter.configure): the record streams and
+    the documents are identical, and so is every slot of every SA after each batch (tests/test_fastpath_state.py)."""
     rng = random.Random(order_seed)
     queues = []
     for t, (start, steps) in enumerate(sas):
@@ -108,11 +110,15 @@ def test_fast_paths_equal_reference_on_any_arrivals(sas: list, gaps: list, cuts:
     results = []
     table = TableSettings(active_timeout=1.0, idle_timeout=2.0,
                           tracker=TrackerSettings(window=64, reorder_time=0.5))
+    reloaded = TableSettings(active_timeout=1.0, idle_timeout=2.0,
+                             tracker=TrackerSettings(window=reload[1], reorder_time=reload[2]))
     for mode in ({}, {"compiled": False}, {"fast_path": False}):
         sink = _Sink()
         meter = Meter(MeterSettings(table=table, biflow=biflow, **mode), sink, keep_history=True)
-        t_us, i, c = 1_700_000_000 * 1_000_000, 0, 0
+        t_us, i, c, states = 1_700_000_000 * 1_000_000, 0, 0, []
         while i < len(frames):
+            if c == reload[0]:
+                meter.configure(MeterSettings(table=reloaded, biflow=biflow, **mode))
             chunk = frames[i:i + cuts[c % len(cuts)]]
             buf, meta = bytearray(), bytearray()
             for f in chunk:
@@ -121,9 +127,10 @@ def test_fast_paths_equal_reference_on_any_arrivals(sas: list, gaps: list, cuts:
                 buf += f
             meter.feed(bytes(buf), bytes(meta), 1)
             meter.tick(meter.now)
+            states.append(sa_states(meter))
             i, c = i + len(chunk), c + 1
         meter.finish()
-        results.append((sink.records, document(meter, "h", 1)))
+        results.append((sink.records, document(meter, "h", 1), states))
     assert all(r == results[-1] for r in results)
 
 

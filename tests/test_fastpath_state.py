@@ -8,6 +8,8 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 
+import pytest
+
 from agent.config import parse_config
 from agent.meter import Meter, MeterSettings
 from agent.report import document
@@ -64,6 +66,41 @@ def _final_at(emitted: list[Emitted], drops: set[int], plan: dict[int, MeterSett
             elif d < seq and d not in opened:
                 opened[d] = now
     return final
+
+
+RELOADS = {  # (window, reorder time) before and after the reload at 75 ms, between the gap and its loss
+    "window shrinks": ((1024, 5.0), (64, 5.0)),  # lost at the arrival of 51 + 64 (before: at the 1 s export)
+    "window grows": ((64, 5.0), (1024, 5.0)),
+    "reorder time shortens": ((1024, 5.0), (1024, 0.1)),
+    "reorder time grows": ((1024, 0.1), (1024, 5.0)),
+}
+
+
+@pytest.mark.parametrize("reload", sorted(RELOADS))
+def test_a_reload_mid_stream_moves_every_path_to_the_new_limits_at_once(reload: str) -> None:
+    """An open gap when the tracker's window or reorder time is reloaded: every path applies the new ones
+    from the next datagram. Before, the fast limits (SA.fast_limits: fseq, ftime) kept the old ones until
+    the SA's next slow datagram or export: after a shrunk window the gap went on being skipped by the fast
+    paths and became lost in the next record instead of this one (3 lost in the 1-2 s record, the
+    reference and the truth: 0-1 s); after the other reloads the paths' states differed."""
+    before, after = RELOADS[reload]
+    sc = Scenario("reload")
+    drops = {51, 52, 53}
+    sc.add_sa(SASpec("10.0.0.1", "10.0.0.2", 0x51, link=sc.link(), count=2500, spacing_us=1000, drops=drops))
+    emitted = [e for e in sc.build() if e.sa is not None]
+    plan = {0: _settings(*before), 3: _settings(*after)}  # batch 3 starts at 78 ms
+    final = _final_at(emitted, drops, plan)
+    assert final.keys() == drops
+    reference, states, doc = _run(emitted, plan, {"fast_path": False})
+    records = [r for r in reference if isinstance(r, SARecord)]
+    assert sum(r.lost for r in records) == len(drops) == doc["sas"][0]["lost"]
+    for r in records:  # each loss in the record whose interval holds the arrival that made it final
+        assert r.lost == sum(r.start_ms <= (BASE_US + t) // 1000 <= r.end_ms for t in final.values()), r
+    for mode in PATHS[:2]:
+        got, got_states, got_doc = _run(emitted, plan, mode)
+        assert got == reference, mode
+        assert got_states == states, mode
+        assert got_doc == doc, mode
 
 
 def test_final_ranges_are_forgotten_where_the_tracker_forgets_them() -> None:
