@@ -797,6 +797,45 @@ def test_an_ipv6_sa_whose_cache_digest_is_an_ipv4_ident_is_not_the_ipv4_sa(udp4:
     assert [(len(key[1]), n) for key, n, *_ in results[2]] == [(40 if udp6 else 36, 4), (16 if udp4 else 12, 4)]
 
 
+def _ipv6_digest_pair() -> tuple[bytes, bytes]:
+    """Two IPv6 addresses that agent/_fastpath.c parse_ipv6 digests alike as destinations (hi * k ^ lo, of
+    their little-endian halves, equal): with one source and SPI, two SAs whose cache key is the same."""
+    mask, k = (1 << 64) - 1, 0x9E3779B97F4A7C15
+    hi1, lo1, hi2 = 0x20010DB8 << 32, 1, 0x20010DB8 << 32 | 7
+    lo2 = (hi1 * k & mask) ^ lo1 ^ (hi2 * k & mask)
+    return tuple(hi.to_bytes(8, "little") + lo.to_bytes(8, "little") for hi, lo in ((hi1, lo1), (hi2, lo2)))
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_two_ipv6_sas_whose_cache_digests_agree_stay_two(udp: bool) -> None:
+    """The walk's SA cache keys an IPv6 frame by a digest of its ident, so two IPv6 SAs can share a key: a hit,
+    the one found AHEAD_SA frames before (cached_sa) included, is the frame's SA only when the SA's ident is
+    the frame's (ident_matches). Two such SAs' datagrams interleaved in one batch: each SA keeps its own
+    (without the check, the walk counted 127 and 1, or with it on fresh hits only, 67 and 61, for 64 and 64)."""
+    src = bytes(15) + b"\x01"
+    frames, seqs = [], [1, 1]
+    for which in [0, 1, 0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1] * 8:
+        esp = struct.pack("!II", 0x55, seqs[which]) + bytes(16)
+        seqs[which] += 1
+        if udp:
+            esp = struct.pack("!HHHH", 4500, 4500, 8 + len(esp), 0) + esp
+        ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(esp), 17 if udp else 50, 64, src, _ipv6_digest_pair()[which])
+        frames.append(b"\x02" * 12 + b"\x86\xdd" + ip6 + esp)
+    buf, meta = bytearray(), bytearray()
+    for i, f in enumerate(frames):
+        meta += struct.pack("=IIII", 1_700_000_000, i, len(buf), len(f))
+        buf += f
+    results = []
+    for s in (MeterSettings(), MeterSettings(fast_path=False)):
+        m = Meter(s, keep_history=True)
+        m.feed(bytes(buf), bytes(meta), d.DLT_EN10MB, 7)
+        results.append([(sa.key, sa.datagrams, sa.first, sa.last, sa.lost) for sa in m.table.all_sas()])
+        m.finish()
+        results.append(document(m, "x", 1))
+    assert results[0] == results[2] and results[1] == results[3]
+    assert [n for _, n, *_ in results[2]] == [64, 64]
+
+
 @pytest.mark.parametrize("link", sorted(LINKS))
 def test_frames_cut_at_every_octet_with_their_own_bytes_after_them_equal_the_reference(link: str) -> None:
     """Each ESP / ESP-in-UDP template (IPv4, IPv6; untagged, 802.1Q, QinQ) and each "other" template, captured
