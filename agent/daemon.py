@@ -190,10 +190,12 @@ class Agent:
                 fds.append(self.vici.fileno())
             if self.check is not None:
                 fds.append(self.check.fileno())
+            pending = self.capture.pending()  # frames read ahead of the meter: no wait, and metered first
             try:
-                readable, _, _ = select.select(fds, [], [], TICK_S)
+                readable, _, _ = select.select(fds, [], [], 0 if pending else TICK_S)
             except InterruptedError:
                 readable = []
+            readable = [*pending, *(fd for fd in readable if fd not in pending)]
             woke = self.clock()
             if self.vici is not None:
                 self.vici.apply()  # before the packets: SAs new in this batch find charon's latest word

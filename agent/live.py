@@ -18,6 +18,7 @@ import logging
 import select
 import socket
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -34,7 +35,8 @@ log = logging.getLogger("espmeter.capture")
 _DIRECTIONS = {"in": [("in", pcapy.PCAP_D_IN)], "out": [("out", pcapy.PCAP_D_OUT)],
                "both": [("in", pcapy.PCAP_D_IN), ("out", pcapy.PCAP_D_OUT)]}
 BLOCK_TIMEOUT_MS = 100  # libpcap's timeout: the kernel hands over a partly filled ring block after it
-MAX_BATCHES_PER_WAKEUP = 64  # keep timers and other interfaces served under a flood
+CHUNK = 2048  # frames metered between two reads of the ring while it is behind (~8 ms under an SPI flood)
+BACKLOG_BYTES = 64 << 20  # frames read ahead of the meter, at most; beyond, the ring holds (and drops)
 IFF_UP = 0x1
 
 CAPTURING, MISSING, DOWN, NO_PERMISSION, FAILED = "capturing", "missing", "down", "no-permission", "failed"
@@ -74,7 +76,8 @@ class LiveCapture:
         self.by_fd: dict[int, Handle] = {}
         self.ipr = IPRoute()
         self.drops = 0
-        self.backlog = False  # the last read() left frames in its ring
+        self.backlog = False  # the last read() left frames in its ring, or read ahead
+        self.queued: dict[int, deque[Batch]] = {}  # per handle (fd): read from its ring, not metered yet
         self.open_missing()
 
     # -- opening -------------------------------------------------------------------------------
@@ -176,6 +179,7 @@ class LiveCapture:
             return
         for h in ic.handles:
             self.by_fd.pop(h.fd, None)
+            self.queued.pop(h.fd, None)
             with contextlib.suppress(pcapy.PcapError):
                 h.pcap.close()
         ic.handles = []
@@ -184,43 +188,71 @@ class LiveCapture:
     def fds(self) -> list[int]:
         return list(self.by_fd)
 
-    def read(self, fd: int) -> Iterator[Batch]:
-        """Drain one readable handle (bounded), one batch per ring block, each yielded as it is read (one
-        block in memory at a time, not the whole wake-up); a handle error closes its interface.
+    def pending(self) -> list[int]:
+        """The handles (fds) with frames read from their ring and not metered yet: to be read at once."""
+        return [fd for fd, queue in self.queued.items() if queue]
 
-        `backlog` says, once the iteration ends, whether the bound left frames in the ring (they are
-        older than the wake-up)."""
+    def read(self, fd: int, ring: bool = True) -> Iterator[Batch]:
+        """The next frames of one handle, oldest first, in chunks of at most CHUNK frames, about BATCH per
+        call (a wake-up); a handle error closes its interface. `ring=False`: only what was read ahead,
+        all of it.
+
+        The ring is read ahead of the metering: before each chunk, what the ring holds is copied out (a
+        copy costs about 1 % of metering it), up to BACKLOG_BYTES waiting here. So while the meter is
+        slower than the link (a CPU shared with other work: bench/flood.py), the ring is emptied every
+        CHUNK frames and the backlog waits in memory, not in the ring, which drops what it cannot hold.
+
+        `backlog` says, once the iteration ends, whether frames older than the wake-up may be left: in
+        the ring (a bound stopped the reads) or read ahead."""
         h = self.by_fd.get(fd)
         if h is None:
             return
-        frames = 0
-        self.backlog = True
+        queue = self.queued.setdefault(fd, deque())
+        taken = 0  # frames yielded
+        failed = capped = False
         try:
-            for _ in range(MAX_BATCHES_PER_WAKEUP):
-                try:
-                    buf, meta = h.pcap.next_batch(BATCH)
-                except pcapy.PcapError as e:  # e.g. "The interface went down": reopening says why
-                    held = self._held(h)
-                    ic = self.interfaces[h.ifname]
-                    ic.errors += 1
-                    self.close_interface(h.ifname)
-                    self._open(ic)
-                    if ic.state == CAPTURING:
-                        log.warning("capture on %s failed: %s (reopened)", h.ifname, e)
-                    self.backlog = False
-                    for buf, meta in held:
-                        frames += len(meta) // 16
-                        yield Batch(buf, meta, h.linktype, h.ifindex, h.direction)
+            while taken < BATCH or failed or not ring:
+                held = sum(len(b.buf) for b in queue)
+                while ring and not failed and held < BACKLOG_BYTES:  # all the ring holds: a block a read
+                    got, failed = self._read_ring(h, queue)
+                    if not got:
+                        break
+                    held += len(queue[-1].buf)
+                capped = held >= BACKLOG_BYTES
+                if not queue:
                     break
-                if not meta:
-                    self.backlog = False
-                    break
-                frames += len(meta) // 16
-                yield Batch(buf, meta, h.linktype, h.ifindex, h.direction)
-                if frames >= BATCH:
-                    break
+                batch = queue[0]
+                if len(batch.meta) > 16 * CHUNK:
+                    queue[0] = Batch(batch.buf, batch.meta[16 * CHUNK:], h.linktype, h.ifindex, h.direction)
+                    batch = Batch(batch.buf, batch.meta[:16 * CHUNK], h.linktype, h.ifindex, h.direction)
+                else:
+                    queue.popleft()
+                taken += len(batch.meta) // 16
+                yield batch
         finally:
-            self.interfaces[h.ifname].frames += frames
+            self.backlog = capped or bool(queue)
+
+    def _read_ring(self, h: Handle, queue: deque[Batch]) -> tuple[bool, bool]:
+        """One read of the ring onto `queue`: (frames read, the handle failed: what it held is queued)."""
+        try:
+            buf, meta = h.pcap.next_batch(BATCH)
+        except pcapy.PcapError as e:  # e.g. "The interface went down": reopening says why
+            held = self._held(h)
+            ic = self.interfaces[h.ifname]
+            ic.errors += 1
+            self.close_interface(h.ifname)
+            self._open(ic)
+            if ic.state == CAPTURING:
+                log.warning("capture on %s failed: %s (reopened)", h.ifname, e)
+            for buf, meta in held:
+                ic.frames += len(meta) // 16
+                queue.append(Batch(buf, meta, h.linktype, h.ifindex, h.direction))
+            return False, True
+        if not meta:
+            return False, False
+        self.interfaces[h.ifname].frames += len(meta) // 16
+        queue.append(Batch(buf, meta, h.linktype, h.ifindex, h.direction))
+        return True, False
 
     @staticmethod
     def _held(h: Handle) -> list[tuple[bytes, bytes]]:
@@ -234,14 +266,15 @@ class LiveCapture:
         return held
 
     def remaining(self, name: str | None = None) -> Iterator[Batch]:
-        """What every ring (of interface NAME) holds now, its partly filled blocks included (read once the
-        kernel hands them over): before the handles close, so that the last packets before SIGTERM, a
-        reload or a link going down are metered."""
+        """What was read ahead and what every ring (of interface NAME) holds now, its partly filled blocks
+        included (read once the kernel hands them over): before the handles close, so that the last packets
+        before SIGTERM, a reload or a link going down are metered."""
         time.sleep(2 * BLOCK_TIMEOUT_MS / 1000)
         handles = self.interfaces[name].handles if name is not None else [h for ic in self.interfaces.values()
                                                                            for h in ic.handles]
         for h in list(handles):
             yield from self.read(h.fd)
+            yield from self.read(h.fd, ring=False)
 
     def poll_drops(self) -> int:
         """Kernel and interface drops over all handles since start (libpcap stats are cumulative)."""

@@ -14,6 +14,7 @@ import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ import pytest
 from agent.capture import CaptureSettings
 from exporter.collect import read_file
 from tests.gt.scenarios import registry
+from tests.gt.writer import Record, write_pcap
 from tests.ipfix_sums import is_sa_record, pairs, read_json, sums, truth
 from tests.netns import ROOT, AgentProcess, cpu_seconds, veth_pair
 
@@ -102,6 +104,33 @@ def test_each_packet_copied_into_one_ring(tmp_path: Path) -> None:
         want = _frames(cap)
         assert (rings[direction]["received"], rings[direction]["dropped"]) == (len(want), 0), direction
         assert rings[direction]["frames"] == want, direction
+
+
+def test_a_meter_slower_than_the_link_leaves_the_ring_to_it(tmp_path: Path) -> None:
+    """The ring is read ahead of the metering (LiveCapture.read): 80 000 frames at 40 000/s into a 4 MiB
+    ring (about 20 000 small frames), metered at 20 000/s, leave a backlog of about 40 000 by the end of
+    the replay: it waits in memory, none is dropped and every frame is delivered in order. Read as it was
+    metered, a batch at a time, the ring held the backlog and dropped about half of it."""
+    eth = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 68, 0, 0, 64, 50, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    frames = [eth + ip + struct.pack("!II", 0x100, n) + bytes(40) for n in range(1, 80_001)]
+    cap = tmp_path / "cap.pcap"
+    write_pcap(cap, 1, [Record(i, f) for i, f in enumerate(frames)])
+    with veth_pair() as pair:
+        probe = subprocess.Popen(
+            ["ip", "netns", "exec", pair.capture_ns, sys.executable, "-m", "tests.ringprobe", pair.capture_if,
+             "--slow-meter"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert probe.stdout.readline() == "ready\n"
+            probe.stdin.write("go\n")
+            probe.stdin.flush()
+            pair.replay(str(cap), pps=40_000)
+            rings = json.loads(probe.communicate("done\n", timeout=60)[0])
+        finally:
+            probe.kill()
+    assert (rings["in"]["received"], rings["in"]["dropped"]) == (len(frames), 0)
+    assert rings["in"]["frames"] == [f.hex() for f in frames]
 
 
 def test_sigterm_right_after_the_last_packet(tmp_path: Path) -> None:
