@@ -32,6 +32,7 @@ static const char *slot_names[N_SLOTS] = {
 static PyObject *loss_run, *no_limit, *never; /* agent.tracker.LossRun, agent.sa.NO_LIMIT, agent.sa.NEVER */
 static long long probation_run; /* agent.sa.PROBATION_RUN */
 static Py_ssize_t slot_off[N_SLOTS];
+static Py_ssize_t hot_lo, hot_hi; /* the lowest and the highest offset of the N_HOT slots */
 static PyTypeObject *sa_type;
 
 #define CACHE_MIN_BITS 9 /* buckets */
@@ -955,10 +956,10 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         }
         if (i + AHEAD_SA < n) {
             PyObject *sa = cached_sa(&ring[(i + AHEAD_SA) % RING]);
-            if (sa != NULL)
-#pragma GCC unroll 16
-                for (int k = 0; k < N_HOT; k++) /* unrolled: the loop cost more than the prefetches */
-                    __builtin_prefetch(&SLOT(sa, k));
+            if (sa != NULL) { /* the hot slots' two cache lines (agent.tracker.HotSlots) */
+                __builtin_prefetch((char *)sa + hot_lo);
+                __builtin_prefetch((char *)sa + hot_hi);
+            }
         }
         if (i + AHEAD_SLOTS < n) {
             const Parsed *f = &ring[(i + AHEAD_SLOTS) % RING];
@@ -2473,6 +2474,17 @@ static int bind_sa(void) {
         return -1;
     }
     sa_type = (PyTypeObject *)cls; /* kept for the module's lifetime, as the three below */
+    hot_lo = hot_hi = slot_off[0];
+    for (int k = 1; k < N_HOT; k++) {
+        hot_lo = slot_off[k] < hot_lo ? slot_off[k] : hot_lo;
+        hot_hi = slot_off[k] > hot_hi ? slot_off[k] : hot_hi;
+    }
+    if (hot_hi - hot_lo != (N_HOT - 1) * (Py_ssize_t)sizeof(PyObject *)) {
+        /* not the adjacent slots of agent.tracker.HotSlots: the two prefetched lines would miss some */
+        Py_DECREF(cls);
+        PyErr_SetString(PyExc_ImportError, "agent.sa.SA: the hot slots are not adjacent");
+        return -1;
+    }
     PyObject *sa_mod = PyImport_ImportModule("agent.sa"), *tracker = PyImport_ImportModule("agent.tracker");
     if (sa_mod != NULL && tracker != NULL) {
         no_limit = PyObject_GetAttrString(sa_mod, "NO_LIMIT");

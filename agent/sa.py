@@ -23,7 +23,6 @@ class SA(SeqTracker):
     """Counters are cumulative; `x_*` hold their values at the previous export (deltas = now - x)."""
 
     __slots__ = (
-        "packets", "octets", "iv_seen", "fseq", "ftime",  # first: the fast path's (see SeqTracker)
         "key", "ident", "obs", "udp", "generation", "direction",
         "incomplete", "first_seen",
         "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local",
