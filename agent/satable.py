@@ -80,13 +80,21 @@ class SATable:
     def configure(self, settings: TableSettings) -> None:
         """New settings (a reload): the fast limits that depend on the window or the reorder time (an open
         gap's, a final range's: SA.fast_limits) follow them, or the fast paths would go on taking datagrams
-        the tracker must see under the new ones (a gap behind a shrunk window became lost a record late)."""
-        old, self.settings = self.settings.tracker, settings
+        the tracker must see under the new ones (a gap behind a shrunk window became lost a record late);
+        and new timeouts reschedule every active SA, or its interval would end when the old ones said (an
+        active timeout reloaded from 60 to 1 s: a first record of 30 s)."""
+        old, self.settings = self.settings, settings
         t = settings.tracker
-        if (t.window, t.reorder_time) != (old.window, old.reorder_time):
+        if (t.window, t.reorder_time) != (old.tracker.window, old.tracker.reorder_time):
             for sa in self.sas.values():
                 if sa.fseq >= 0 and (sa.gaps or sa.finals):
                     sa.fast_limits(t.window, t.reorder_time)
+        if (settings.active_timeout, settings.idle_timeout) != (old.active_timeout, old.idle_timeout):
+            self.schedule.clear()
+            self.stale_entries = 0
+            for sa in self.sas.values():
+                if sa.active:  # due now or past: the next frame or tick ends its interval
+                    self.schedule.push(self._due(sa), sa)
 
     # -- packet path --------------------------------------------------------------------------
     def create(self, key: SAKey, udp: bool, now: float, direction: str | None, local: bool = False) -> SA:
@@ -195,10 +203,15 @@ class SATable:
         return ordered if ordered is not None else sorted(sas, key=attrgetter("first_seen", "generation"))
 
     # -- internals ------------------------------------------------------------------------------
-    def _schedule(self, sa: SA, now: float) -> None:
+    def _due(self, sa: SA) -> float:
+        """When the SA's idle or active timeout runs out, whichever comes first."""
         s = self.settings
-        due = min(sa.last_seen + s.idle_timeout, sa.interval_start + s.active_timeout)
+        return min(sa.last_seen + s.idle_timeout, sa.interval_start + s.active_timeout)
+
+    def _schedule(self, sa: SA, now: float) -> None:
+        due = self._due(sa)
         if due <= now:
+            s = self.settings
             due = now + min(s.idle_timeout, s.active_timeout)
         self.schedule.push(due, sa)
 

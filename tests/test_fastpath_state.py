@@ -14,7 +14,7 @@ from agent.config import parse_config
 from agent.meter import Meter, MeterSettings
 from agent.report import document
 from agent.settings import runtime
-from exporter.records import SARecord
+from exporter.records import END_ACTIVE, END_FORCED, SARecord
 from tests.gt.build import BASE_US, Scenario
 from tests.gt.scenario import Emitted, SASpec
 from tests.test_fastpath import _SA_SLOTS, _Sink, sa_states
@@ -128,4 +128,32 @@ def test_final_ranges_are_forgotten_where_the_tracker_forgets_them() -> None:
         got, got_states, got_doc = _run(emitted, plan, mode)
         assert got == reference, mode
         assert got_states == states, mode
+        assert got_doc == doc, mode
+
+
+def test_a_reload_of_the_timeouts_ends_intervals_under_the_new_ones() -> None:
+    """Active timeout reloaded from 60 to 1 s (idle 30 -> 2 s) half a second into a 5 s stream: every path's
+    records cover at most 1 s from then on, the first ending at the new timeout (1 s after the interval
+    started), and add up to the truth. Before, the SA kept its schedule entry of the old timeouts: one
+    record of the whole stream."""
+    def timeouts(active: int, idle: int) -> MeterSettings:
+        text = f"active_timeout_s: {active}\nidle_timeout_s: {idle}\n"
+        return runtime(parse_config(text, "espmeter.yaml")).meter
+
+    sc = Scenario("timeouts")
+    drops = {700, 2100}
+    sc.add_sa(SASpec("10.0.0.1", "10.0.0.2", 0x53, link=sc.link(), count=5000, spacing_us=1000, drops=drops))
+    emitted = [e for e in sc.build() if e.sa is not None]
+    plan = {0: timeouts(60, 30), 20: timeouts(1, 2)}  # batch 20 starts at 500 ms
+    reference, _, doc = _run(emitted, plan, {"fast_path": False})
+    records = [r for r in reference if isinstance(r, SARecord)]
+    arrivals = [(BASE_US + e.ts_us) // 1000 for e in emitted]  # ms; the truth: 1 s intervals from the first
+    intervals = [[t for t in arrivals if arrivals[0] + k * 1000 <= t < arrivals[0] + (k + 1) * 1000]
+                 for k in range(5)]
+    assert [(r.start_ms, r.end_ms, r.packets) for r in records] == [(iv[0], iv[-1], len(iv)) for iv in intervals]
+    assert [r.end_reason for r in records] == [END_ACTIVE] * 4 + [END_FORCED]
+    assert sum(r.lost for r in records) == len(drops) == doc["sas"][0]["lost"]
+    for mode in PATHS[:2]:
+        got, _, got_doc = _run(emitted, plan, mode)
+        assert got == reference, mode
         assert got_doc == doc, mode
