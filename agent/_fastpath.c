@@ -816,8 +816,10 @@ static PyObject *str_epoch, *str_schedule;
 
 /* The cache after the table's epoch changed (an entry left it): every entry is stale. */
 static void new_cache_epoch(unsigned long long epoch) {
-    if (++cache_gen == 0) { /* wrapped: no stale entry may look current */
-        memset(cache, 0, sizeof(Bucket) << cache_bits);
+    if (++cache_gen == 0) { /* wrapped: no stale entry may look current (none when a nested walk failed to
+                             * allocate the cache) */
+        if (cache != NULL)
+            memset(cache, 0, sizeof(Bucket) << cache_bits);
         cache_gen = 1;
     }
     cache_epoch = epoch;
