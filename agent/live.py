@@ -78,6 +78,7 @@ class LiveCapture:
         self.drops = 0
         self.backlog = False  # the last read() left frames in its ring, or read ahead
         self.queued: dict[int, deque[Batch]] = {}  # per handle (fd): read from its ring, not metered yet
+        self.head: dict[int, int] = {}  # per handle (fd): frames of its first queued batch metered already
         self.open_missing()
 
     # -- opening -------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ class LiveCapture:
         for h in ic.handles:
             self.by_fd.pop(h.fd, None)
             self.queued.pop(h.fd, None)
+            self.head.pop(h.fd, None)
             with contextlib.suppress(pcapy.PcapError):
                 h.pcap.close()
         ic.handles = []
@@ -208,6 +210,7 @@ class LiveCapture:
         if h is None:
             return
         queue = self.queued.setdefault(fd, deque())
+        head = self.head.pop(fd, 0)  # frames of queue[0] yielded already (a chunk is a copy of its records only)
         taken = 0  # frames yielded
         failed = capped = False
         try:
@@ -221,15 +224,19 @@ class LiveCapture:
                 capped = held >= BACKLOG_BYTES
                 if not queue:
                     break
-                batch = queue[0]
-                if len(batch.meta) > 16 * CHUNK:
-                    queue[0] = Batch(batch.buf, batch.meta[16 * CHUNK:], h.linktype, h.ifindex, h.direction)
-                    batch = Batch(batch.buf, batch.meta[:16 * CHUNK], h.linktype, h.ifindex, h.direction)
-                else:
+                batch, start = queue[0], head
+                head += CHUNK
+                if 16 * head >= len(batch.meta):
                     queue.popleft()
+                    head = 0
+                if start or head:
+                    batch = Batch(batch.buf, batch.meta[16 * start:16 * head or None], h.linktype, h.ifindex,
+                                  h.direction)
                 taken += len(batch.meta) // 16
                 yield batch
         finally:
+            if queue and self.queued.get(fd) is queue:  # (not a handle that failed and closed)
+                self.head[fd] = head
             self.backlog = capped or bool(queue)
 
     def _read_ring(self, h: Handle, queue: deque[Batch]) -> tuple[bool, bool]:

@@ -92,7 +92,8 @@ def main() -> int:
             time.sleep(1.0)
             cpu = cpu_seconds(agent.proc.pid) - cpu0
             after = rss_kb(agent.proc.pid)
-            assert agent.stop() == 0, agent.log.read_text()
+            # the shutdown exports every open SA, a full table's 250 000 records: over 15 s on a loaded machine
+            assert agent.stop(timeout=120) == 0, agent.log.read_text()
         finally:
             agent.kill()
     records = read_file(str(out))
