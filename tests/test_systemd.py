@@ -70,7 +70,7 @@ def test_required_directives() -> None:
         "PrivateTmp": "yes",
         "RestrictAddressFamilies": "AF_PACKET AF_INET AF_INET6 AF_NETLINK AF_UNIX",
         "SystemCallArchitectures": "native",
-        "MemoryMax": "256M",
+        "MemoryMax": "512M",
         "TimeoutStopSec": "10",
         "KillSignal": "SIGTERM",
         "MemoryDenyWriteExecute": "yes",
