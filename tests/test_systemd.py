@@ -71,7 +71,7 @@ def test_required_directives() -> None:
         "RestrictAddressFamilies": "AF_PACKET AF_INET AF_INET6 AF_NETLINK AF_UNIX",
         "SystemCallArchitectures": "native",
         "MemoryMax": "512M",
-        "TimeoutStopSec": "10",
+        "TimeoutStopSec": "60",
         "KillSignal": "SIGTERM",
         "MemoryDenyWriteExecute": "yes",
     }
