@@ -4,109 +4,58 @@
  * jump that opens a gap inside the window, and either of them after gaps older than the reorder time
  * became final (SeqTracker.finalize_by_time) or final ranges behind the window were forgotten.
  * walk() consumes frames from `start` while each one is such a datagram and the next timer is not due,
- * updates the SA's slots exactly as agent.tracker does, and returns where it stopped: Python handles
+ * updates the SA's fields exactly as agent.tracker does, and returns where it stopped: Python handles
  * that frame (tick, general decoder, the tracker) and calls again.
  *
- * The SA objects stay the source of truth: their slots are read and written through the offsets
- * of the class's member descriptors, fetched once at import.  Floats are computed as Python does
+ * The SA objects stay the source of truth: their fields (agent/sastate.h) are read and written in place,
+ * the numbers unboxed, the tracker's lists and tuples as Python objects.  Floats are computed as Python does
  * (sec + usec * 1e-6 in double precision, no contraction; the build passes -ffp-contract=off).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <arpa/inet.h>
 
-/* the slots every fast datagram touches (prefetched), then those only a new gap touches */
-enum { S_LAST, S_FSEQ, S_FTIME, S_DATAGRAMS, S_PACKETS, S_OCTETS, S_LAST_SEEN, S_IV_MIN, S_IV_SEEN, N_HOT,
-       S_GAPS = N_HOT, S_ANCHOR, S_TRIAL, S_LOST, S_EVENTS, S_FINALS, S_DUPLICATES, S_LATE, S_KEY,
-       S_ACTIVE, S_HELD, S_FIRST, S_STARTED, S_IV_MAX, N_SLOTS };
-static const char *slot_names[N_SLOTS] = {
-    "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min", "iv_seen",
-    "gaps", "anchor", "trial", "lost", "events", "finals", "duplicates", "late", "key",
-    "active", "held", "first", "started", "iv_max",
-};
-static PyObject *loss_run, *no_limit, *never; /* agent.tracker.LossRun, agent.sa.NO_LIMIT, agent.sa.NEVER */
+#include "sastate.h"
+
+static PyObject *loss_run; /* agent.tracker.LossRun */
 static long long probation_run; /* agent.sa.PROBATION_RUN */
-static Py_ssize_t slot_off[N_SLOTS];
-static Py_ssize_t hot_lo, hot_hi; /* the lowest and the highest offset of the N_HOT slots */
-static PyTypeObject *sa_type;
+static PyTypeObject *sa_type; /* agent.sa.SA: its instances are SAFields (sastate.h), with no field of its own */
 
 #define CACHE_MIN_BITS 9 /* buckets */
 #define CACHE_MAX_BITS 16
-#define SLOT(o, i) (*(PyObject **)((char *)(o) + slot_off[i]))
+/* agent.sa.NO_LIMIT: above the highest number an SA may reach (agent.tracker.SEQ_LIMIT), and no fast limit
+ * is above it, so a number beyond that limit is always the tracker's; far below 2^63, so that numbers,
+ * a window and a 32-bit skip added to them never overflow */
+static long long no_limit;
 
 static inline uint32_t be16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
 static inline uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Ints of one digit (below 2^30: every counter of a tunnel short of a gigabyte) are read and, when
- * the slot holds the only reference, rewritten in place, as the float below: the per-frame path
- * allocates nothing.  Everything else goes through the generic API. */
-#if PY_VERSION_HEX >= 0x030C0000
-#define ONE_DIGIT(o) \
-    (PyUnstable_Long_IsCompact((PyLongObject *)(o)) && PyUnstable_Long_CompactValue((PyLongObject *)(o)) > 0)
-#define DIGIT0(o) (((PyLongObject *)(o))->long_value.ob_digit[0])
-#else
-#define ONE_DIGIT(o) (Py_SIZE(o) == 1)
-#define DIGIT0(o) (((PyLongObject *)(o))->ob_digit[0])
-#endif
-
-/* An exact int that fits in 63 bits, else fail (the frame goes to Python). */
+/* An exact int that fits in 63 bits (an item of the tracker's lists), else fail (the frame goes to Python). */
 static inline int as_i64(PyObject *o, long long *v) {
     int overflow;
     if (o == NULL || !PyLong_CheckExact(o))
         return 0;
-    if (ONE_DIGIT(o)) {
-        *v = (long long)DIGIT0(o);
-        return 1;
-    }
     *v = PyLong_AsLongLongAndOverflow(o, &overflow);
     return !overflow && !(*v == -1 && PyErr_Occurred());
 }
 
-static inline int set_slot(PyObject *sa, int i, PyObject *value) {
+/* An object field of an SA set to `value` (a new reference; NULL: an error is set, the field is unchanged). */
+static inline int set_field(PyObject **field, PyObject *value) {
     if (value == NULL)
         return -1;
-    PyObject *old = SLOT(sa, i);
-    SLOT(sa, i) = value;
+    PyObject *old = *field;
+    *field = value;
     Py_XDECREF(old);
     return 0;
-}
-
-/* CPython's shared ints 0..256, each a reference held for the module's life: a young SA's counters are
- * these, and PyLong_FromLongLong finding one was a fifth of the walk's instructions on such SAs */
-#define SMALL_INTS 257
-static PyObject *small_int[SMALL_INTS];
-
-static inline int set_int(PyObject *sa, int i, long long v) {
-    if (v >= 0 && v < SMALL_INTS)
-        return set_slot(sa, i, Py_NewRef(small_int[v]));
-#ifndef Py_GIL_DISABLED
-    PyObject *old = SLOT(sa, i);
-    if (v > 0 && v < (1LL << PyLong_SHIFT) && old != NULL && Py_REFCNT(old) == 1 && PyLong_CheckExact(old)
-        && ONE_DIGIT(old)) {
-        DIGIT0(old) = (digit)v;
-        return 0;
-    }
-#endif
-    return set_slot(sa, i, PyLong_FromLongLong(v));
-}
-
-/* last_seen: overwrite the float in place when the slot holds the only reference to it. */
-static inline int set_time(PyObject *sa, double now) {
-    PyObject *old = SLOT(sa, S_LAST_SEEN);
-#ifndef Py_GIL_DISABLED
-    if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
-        ((PyFloatObject *)old)->ob_fval = now;
-        return 0;
-    }
-#endif
-    return set_slot(sa, S_LAST_SEEN, PyFloat_FromDouble(now));
 }
 
 /* What the fast path needs of one frame's headers, or ok = 0 when Python must take the frame. */
@@ -449,7 +398,7 @@ static inline Entry *find(const Parsed *f) {
 static inline int ident_matches(PyObject *sa, const Parsed *f) {
     if (f->ident_len <= 16)
         return 1;
-    PyObject *key = SLOT(sa, S_KEY), *ident;
+    PyObject *key = SA(sa)->key, *ident;
     if (key == NULL || !PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2
         || !PyBytes_CheckExact(ident = PyTuple_GET_ITEM(key, 1)))
         return 0; /* not a key the table makes: the dict decides */
@@ -504,11 +453,10 @@ static PyObject *lookup(PyObject *sas, const Parsed *f, PyObject **miss, Py_hash
     return sa;
 }
 
-/* Prefetch distances (frames ahead): headers and cache slot, then the SA, then its slot values;
+/* Prefetch distances (frames ahead): headers and cache slot, then the SA's fields;
  * walking 2000 SAs is bound by memory latency, not by instructions. */
 #define AHEAD_PARSE 12
 #define AHEAD_SA 6
-#define AHEAD_SLOTS 3
 #define RING 16
 
 /* The cache's SA for a frame ahead, kept in it for the later stages and for lookup(): one probe a frame.
@@ -533,9 +481,9 @@ static double horizon(double t0, double reorder_time) {
 }
 
 /* The highest number of the SA's lowest final range (SeqTracker.finals): 1, 0 when it has none, -1 when
- * the slot is not the tracker's (a list of [lo, hi]). */
+ * the field is not the tracker's (a list of [lo, hi]). */
 static int lowest_final(PyObject *sa, long long *hi) {
-    PyObject *finals = SLOT(sa, S_FINALS);
+    PyObject *finals = sa_finals(sa);
     if (finals != NULL && PyTuple_CheckExact(finals) && PyTuple_GET_SIZE(finals) == 0)
         return 0;
     if (finals == NULL || !PyList_CheckExact(finals))
@@ -557,12 +505,9 @@ static int set_limits(PyObject *sa, PyObject *gaps, long long window, double reo
         return -1;
     }
     if (PyTuple_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0) { /* the shared empty tuple, or an emptied list */
-        Py_INCREF(never);
-        if (final)
-            return set_slot(sa, S_FSEQ, PyLong_FromLongLong(hi + window)) < 0 || set_slot(sa, S_FTIME, never) < 0
-                ? -1 : 0;
-        Py_INCREF(no_limit);
-        return set_slot(sa, S_FSEQ, no_limit) < 0 || set_slot(sa, S_FTIME, never) < 0 ? -1 : 0;
+        SA(sa)->fseq = final && hi + window < no_limit ? hi + window : no_limit;
+        SA(sa)->ftime = INFINITY;
+        return 0;
     }
     PyObject *g = PyList_GET_ITEM(gaps, 0);
     long long lo;
@@ -572,9 +517,10 @@ static int set_limits(PyObject *sa, PyObject *gaps, long long window, double reo
             PyErr_SetString(PyExc_TypeError, "agent._fastpath: unexpected gap");
         return -1;
     }
-    double opened = PyFloat_AS_DOUBLE(PyList_GET_ITEM(g, 2));
-    return set_slot(sa, S_FSEQ, PyLong_FromLongLong(final && hi < lo ? hi + window : lo + window)) < 0
-        || set_slot(sa, S_FTIME, PyFloat_FromDouble(horizon(opened, reorder_time))) < 0 ? -1 : 0;
+    long long limit = (final && hi < lo ? hi : lo) + window;
+    SA(sa)->fseq = limit < no_limit ? limit : no_limit;
+    SA(sa)->ftime = horizon(PyFloat_AS_DOUBLE(PyList_GET_ITEM(g, 2)), reorder_time);
+    return 0;
 }
 
 /* The second half of SeqTracker._behind_window on an established SA when the next number n puts a final
@@ -582,9 +528,9 @@ static int set_limits(PyObject *sa, PyObject *gaps, long long window, double reo
  * the fast limits follow (they stop the fast paths at that number so that every path forgets them there).
  * 1 done; 0 Python must take the datagram (nothing to forget here, or a gap falls behind too); -1 error. */
 static int trim_finals(PyObject *sa, long long floor, long long window, double reorder_time) {
-    PyObject *gaps = SLOT(sa, S_GAPS), *finals = SLOT(sa, S_FINALS);
+    PyObject *gaps = sa_gaps(sa), *finals = sa_finals(sa);
     long long lo, hi;
-    if (SLOT(sa, S_TRIAL) != Py_False || gaps == NULL || finals == NULL || !PyList_CheckExact(finals))
+    if (SA(sa)->trial || gaps == NULL || finals == NULL || !PyList_CheckExact(finals))
         return 0;
     if (PyList_CheckExact(gaps) && PyList_GET_SIZE(gaps) > 0) {
         PyObject *g = PyList_GET_ITEM(gaps, 0);
@@ -607,9 +553,9 @@ static int trim_finals(PyObject *sa, long long floor, long long window, double r
     return set_limits(sa, gaps, window, reorder_time) < 0 ? -1 : 1;
 }
 
-/* `list` slot i with `item` appended; a shared empty tuple in the slot becomes a new list. */
-static int append_slot(PyObject *sa, int i, PyObject *item) {
-    PyObject *cur = SLOT(sa, i);
+/* List field `*field` with `item` appended; a shared empty tuple there becomes a new list. */
+static int append_to(PyObject **field, PyObject *item) {
+    PyObject *cur = *field;
     if (cur != NULL && PyList_CheckExact(cur))
         return PyList_Append(cur, item);
     PyObject *list = PyList_New(1);
@@ -617,21 +563,21 @@ static int append_slot(PyObject *sa, int i, PyObject *item) {
         return -1;
     Py_INCREF(item);
     PyList_SET_ITEM(list, 0, item);
-    return set_slot(sa, i, list);
+    return set_field(field, list);
 }
 
 /* SeqTracker.finalize_by_time on an established SA: the gaps older than the reorder time become
  * lost, each a loss event and a final range; then the fast limits follow the next gap. 1: done;
  * 0: Python must take the datagram; -1: error. */
 static int finalize_by_time(PyObject *sa, double now, long long window, double reorder_time) {
-    if (SLOT(sa, S_TRIAL) != Py_False)
+    if (SA(sa)->trial)
         return 0;
-    PyObject *gaps = SLOT(sa, S_GAPS), *events = SLOT(sa, S_EVENTS), *finals = SLOT(sa, S_FINALS);
-    long long lost;
-    if (gaps == NULL || !PyList_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0 || !as_i64(SLOT(sa, S_LOST), &lost)
+    PyObject *gaps = sa_gaps(sa), *events = sa_events(sa), *finals = sa_finals(sa);
+    long long lost = SA(sa)->lost;
+    if (gaps == NULL || !PyList_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0
         || events == NULL || finals == NULL || !(PyList_CheckExact(events) || PyTuple_CheckExact(events))
         || !(PyList_CheckExact(finals) || PyTuple_CheckExact(finals)))
-        return PyErr_Occurred() ? -1 : 0;
+        return 0;
     Py_ssize_t k = 0, n = PyList_GET_SIZE(gaps);
     for (; k < n; k++) {
         PyObject *g = PyList_GET_ITEM(gaps, k);
@@ -647,7 +593,8 @@ static int finalize_by_time(PyObject *sa, double now, long long window, double r
                                                        PyList_GET_ITEM(g, 3), PyList_GET_ITEM(g, 4), NULL);
         if (event == NULL)
             return -1;
-        int rc = append_slot(sa, S_EVENTS, event);
+        SACold *cold = sa_cold(sa); /* allocated already: the gaps are there */
+        int rc = cold == NULL ? -1 : append_to(&cold->events, event);
         Py_DECREF(event);
         PyObject *range = PyList_New(2);
         if (rc < 0 || range == NULL) {
@@ -658,7 +605,7 @@ static int finalize_by_time(PyObject *sa, double now, long long window, double r
         Py_INCREF(PyList_GET_ITEM(g, 1));
         PyList_SET_ITEM(range, 0, PyList_GET_ITEM(g, 0));
         PyList_SET_ITEM(range, 1, PyList_GET_ITEM(g, 1));
-        rc = append_slot(sa, S_FINALS, range);
+        rc = append_to(&cold->finals, range);
         Py_DECREF(range);
         if (rc < 0)
             return -1;
@@ -667,8 +614,9 @@ static int finalize_by_time(PyObject *sa, double now, long long window, double r
         return -1;
     if (k == 0)
         return 0;
-    if (PyList_SetSlice(gaps, 0, k, NULL) < 0 || set_slot(sa, S_LOST, PyLong_FromLongLong(lost)) < 0)
+    if (PyList_SetSlice(gaps, 0, k, NULL) < 0)
         return -1;
+    SA(sa)->lost = lost;
     return set_limits(sa, gaps, window, reorder_time) < 0 ? -1 : 1;
 }
 
@@ -677,12 +625,15 @@ static int finalize_by_time(PyObject *sa, double now, long long window, double r
  * [last + 1, n - 1] opens, with its arrival times (the time of `last`: the anchor's when it pins
  * `last`, else last_seen), and the fast limits follow the first gap. 1: done; 0: Python must take
  * the datagram (probation, an unexpected type, the window); -1: error. */
-static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj, long long window,
+static int open_gap(PyObject *sa, long long last, long long n, double now, long long window,
                     double reorder_time) {
-    if (SLOT(sa, S_TRIAL) != Py_False)
+    if (SA(sa)->trial)
         return 0;
-    PyObject *gaps = SLOT(sa, S_GAPS), *anchor = SLOT(sa, S_ANCHOR), *arrival;
+    PyObject *gaps = sa_gaps(sa), *anchor = sa_anchor(sa), *anchored = NULL;
     long long lo0, a0;
+    double arrival;
+    if (gaps == NULL)
+        return 0;
     int empty = (PyTuple_CheckExact(gaps) && PyTuple_GET_SIZE(gaps) == 0)
         || (PyList_CheckExact(gaps) && PyList_GET_SIZE(gaps) == 0);
     if (empty)
@@ -695,36 +646,29 @@ static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj
         return 0;
     if (anchor == NULL || !PyTuple_CheckExact(anchor))
         return 0;
-    if (PyTuple_GET_SIZE(anchor) == 2 && as_i64(PyTuple_GET_ITEM(anchor, 0), &a0) && a0 == last)
-        arrival = PyTuple_GET_ITEM(anchor, 1);
-    else if (PyErr_Occurred())
+    if (PyTuple_GET_SIZE(anchor) == 2 && as_i64(PyTuple_GET_ITEM(anchor, 0), &a0) && a0 == last) {
+        anchored = PyTuple_GET_ITEM(anchor, 1);
+        if (!PyFloat_CheckExact(anchored))
+            return 0;
+        arrival = PyFloat_AS_DOUBLE(anchored);
+    } else if (PyErr_Occurred())
         return -1;
     else if (PyTuple_GET_SIZE(anchor) == 2 || PyTuple_GET_SIZE(anchor) == 0)
-        arrival = SLOT(sa, S_LAST_SEEN);
+        arrival = SA(sa)->last_seen;
     else
         return 0;
-    if (arrival == NULL || !PyFloat_CheckExact(arrival))
-        return 0;
-    PyObject *gap = PyList_New(6);
+    /* one float for `now` and the anchor's own float, shared as the tracker shares them */
+    PyObject *now_obj = PyFloat_FromDouble(now), *at = anchored != NULL ? Py_NewRef(anchored) : PyFloat_FromDouble(arrival);
+    PyObject *gap = now_obj == NULL || at == NULL ? NULL
+        : Py_BuildValue("[LLOOOL]", last + 1, n - 1, now_obj, at, now_obj, last + 1);
+    Py_XDECREF(now_obj);
+    Py_XDECREF(at);
     if (gap == NULL)
         return -1;
-    PyObject *items[6] = {PyLong_FromLongLong(last + 1), PyLong_FromLongLong(n - 1), now_obj, arrival, now_obj,
-                          PyLong_FromLongLong(last + 1)};
-    for (int k = 0; k < 6; k++) {
-        if (items[k] == NULL) {
-            for (int j = k + 1; j < 6; j++)
-                if (j != 2 && j != 3 && j != 4)
-                    Py_XDECREF(items[j]);
-            Py_DECREF(gap);
-            return -1;
-        }
-        if (k >= 2 && k <= 4)
-            Py_INCREF(items[k]);
-        PyList_SET_ITEM(gap, k, items[k]);
-    }
-    int rc = append_slot(sa, S_GAPS, gap);
+    SACold *cold = sa_cold(sa);
+    int rc = cold == NULL ? -1 : append_to(&cold->gaps, gap);
     Py_DECREF(gap);
-    if (rc < 0 || (empty && set_limits(sa, SLOT(sa, S_GAPS), window, reorder_time) < 0))
+    if (rc < 0 || (empty && set_limits(sa, cold->gaps, window, reorder_time) < 0))
         return -1;
     return 1;
 }
@@ -732,12 +676,10 @@ static int open_gap(PyObject *sa, long long last, long long n, PyObject *now_obj
 /* Whether the next number ends the probation of a trial SA (SATable.observe_slow: PROBATION_RUN accepted
  * datagrams) with nothing else for the tracker to do: no gap falls behind the window. */
 static int ends_trial(PyObject *sa, long long last, long long window) {
-    long long datagrams, duplicates, late, lo0;
-    if (SLOT(sa, S_TRIAL) != Py_True || !as_i64(SLOT(sa, S_DATAGRAMS), &datagrams)
-        || !as_i64(SLOT(sa, S_DUPLICATES), &duplicates) || !as_i64(SLOT(sa, S_LATE), &late)
-        || datagrams + 1 - duplicates - late != probation_run)
+    long long lo0;
+    if (!SA(sa)->trial || SA(sa)->datagrams + 1 - sa_duplicates(sa) - sa_late(sa) != probation_run)
         return 0;
-    PyObject *gaps = SLOT(sa, S_GAPS);
+    PyObject *gaps = sa_gaps(sa);
     long long hi;
     int final = lowest_final(sa, &hi);
     if (gaps == NULL || final < 0 || (final && !(last + 1 < hi + window))) /* a final range to forget: Python */
@@ -754,38 +696,23 @@ static int ends_trial(PyObject *sa, long long last, long long window) {
 /* The first datagram of an SA the table has just created (no datagram yet, on probation): what
  * Meter._esp_datagram does with it, through SeqTracker.observe (_start: the number is first and last)
  * and SATable.observe_slow (still on trial: SA.fast_limits up to the datagram that ends probation).
- * 1 taken, 0 left to Python, -1 error. */
-static int first_datagram(PyObject *sa, PyObject *seq, uint32_t total, PyObject *now) {
-    long long datagrams, duplicates, late, held, packets, sa_octets, n;
-    PyObject *gaps = SLOT(sa, S_GAPS), *iv_seen = SLOT(sa, S_IV_SEEN);
-    if (Py_TYPE(sa) != sa_type || !PyFloat_CheckExact(now) || !as_i64(seq, &n) || n < 0 || n > UINT32_MAX
-        || SLOT(sa, S_ACTIVE) != Py_True || SLOT(sa, S_TRIAL) != Py_True || probation_run < 2
-        || !as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || datagrams != 0
-        || !as_i64(SLOT(sa, S_DUPLICATES), &duplicates) || duplicates != 0
-        || !as_i64(SLOT(sa, S_LATE), &late) || late != 0 || !as_i64(SLOT(sa, S_HELD), &held) || held != -1
-        || !as_i64(SLOT(sa, S_PACKETS), &packets) || !as_i64(SLOT(sa, S_OCTETS), &sa_octets)
-        || gaps == NULL || !PyTuple_CheckExact(gaps) || PyTuple_GET_SIZE(gaps) != 0
-        || iv_seen == NULL || !PyFloat_CheckExact(iv_seen))
-        return PyErr_Occurred() ? -1 : 0;
-    /* the caller's objects, shared as the tracker shares them (no allocation: memory per SA) */
-    int numbers[] = {S_FIRST, S_LAST, S_IV_MIN, S_IV_MAX}, times[] = {S_STARTED, S_LAST_SEEN};
-    for (int k = 0; k < 4; k++) {
-        Py_INCREF(seq);
-        set_slot(sa, numbers[k], seq);
-    }
-    if (PyFloat_AS_DOUBLE(iv_seen) < 0) {
-        Py_INCREF(now);
-        set_slot(sa, S_IV_SEEN, now);
-    }
-    for (int k = 0; k < 2; k++) {
-        Py_INCREF(now);
-        set_slot(sa, times[k], now);
-    }
-    Py_INCREF(never);
-    if (set_int(sa, S_DATAGRAMS, 1) < 0 || set_int(sa, S_PACKETS, packets + 1) < 0
-        || set_int(sa, S_OCTETS, sa_octets + total) < 0 || set_slot(sa, S_FTIME, never) < 0
-        || set_int(sa, S_FSEQ, n + probation_run - 1) < 0)
-        return -1;
+ * 1 taken, 0 left to Python. */
+static int first_datagram(PyObject *sa, uint32_t n, uint32_t total, double now) {
+    SAFields *s = SA(sa);
+    PyObject *gaps = sa_gaps(sa);
+    if (Py_TYPE(sa) != sa_type || !s->active || !s->trial || probation_run < 2 || s->datagrams != 0
+        || sa_duplicates(sa) != 0 || sa_late(sa) != 0 || sa_held(sa) != -1 || gaps == NULL || !PyTuple_CheckExact(gaps)
+        || PyTuple_GET_SIZE(gaps) != 0)
+        return 0;
+    s->first = s->last = s->iv_min = s->iv_max = n;
+    if (s->iv_seen < 0)
+        s->iv_seen = now;
+    s->started = s->last_seen = now;
+    s->datagrams = 1;
+    s->packets += 1;
+    s->octets += total;
+    s->ftime = INFINITY;
+    s->fseq = (long long)n + probation_run - 1;
     return 1;
 }
 
@@ -840,8 +767,8 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
     c->table = table; /* walk()'s, for the whole call */
     unsigned char raw[40];
     ident_of(f, raw);
-    PyObject *now_obj = NULL, *seq = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL;
-    if ((now_obj = PyFloat_FromDouble(now)) == NULL || (seq = PyLong_FromUnsignedLong(be32(f->seq))) == NULL)
+    PyObject *now_obj = NULL, *sa = NULL, *result = NULL, *local = Py_False, *src = NULL;
+    if ((now_obj = PyFloat_FromDouble(now)) == NULL)
         goto done;
     if (PyAnySet_Check(local_addrs) && PySet_GET_SIZE(local_addrs) > 0) { /* src in Meter.local_addrs */
         src = PyBytes_FromStringAndSize((const char *)raw, f->ident_len <= 16 ? 4 : 16);
@@ -854,8 +781,8 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
                         direction_of(f, direction),
                         local)) == NULL)
         goto done;
-    int rc = first_datagram(sa, seq, f->total, now_obj);
-    if (rc < 0 || ctx_enter(c) < 0)
+    int rc = first_datagram(sa, be32(f->seq), f->total, now);
+    if (ctx_enter(c) < 0)
         goto done;
     unsigned long long now_epoch = PyLong_AsUnsignedLongLong(c->epoch);
     if (now_epoch == (unsigned long long)-1 && PyErr_Occurred())
@@ -872,7 +799,6 @@ static PyObject *new_sa_datagram(PyObject *table, PyObject *sas, const Parsed *f
         result = Py_None; /* not in the table any more: nothing for Python to take */
 done:
     Py_XDECREF(now_obj);
-    Py_XDECREF(seq);
     Py_XDECREF(sa);
     Py_XDECREF(src);
     return result;
@@ -958,21 +884,10 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         }
         if (i + AHEAD_SA < n) {
             PyObject *sa = cached_sa(&ring[(i + AHEAD_SA) % RING]);
-            if (sa != NULL) { /* the hot slots' two cache lines (agent.tracker.HotSlots) */
-                __builtin_prefetch((char *)sa + hot_lo);
-                __builtin_prefetch((char *)sa + hot_hi);
+            if (sa != NULL) { /* the fields every datagram touches: two cache lines (agent/sastate.h) */
+                __builtin_prefetch(&SA(sa)->last);
+                __builtin_prefetch(&SA(sa)->iv_seen);
             }
-        }
-        if (i + AHEAD_SLOTS < n) {
-            const Parsed *f = &ring[(i + AHEAD_SLOTS) % RING];
-            PyObject *sa = f->hit_gen == cache_gen ? f->hit : NULL;
-            if (sa != NULL)
-#pragma GCC unroll 16
-                for (int k = 0; k < N_HOT; k++) {
-                    PyObject *v = SLOT(sa, k);
-                    if (v != NULL)
-                        __builtin_prefetch(v);
-                }
         }
         uint32_t r[4];
         memcpy(r, m + 16 * i, 16);
@@ -1019,36 +934,15 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         stop_sa = sa;
         stop_seq = be32(f->seq);
         stop_total = f->total;
-        long long last, fseq;
-        if (!as_i64(SLOT(sa, S_LAST), &last) || last < -1) {
-            if (PyErr_Occurred())
-                goto error;
+        SAFields *st = SA(sa);
+        long long last = st->last;
+        if (last < -1 || st->fseq < 0) /* no fast path for this SA (see SA.fast_limits) */
             break;
-        }
-        PyObject *fo = SLOT(sa, S_FSEQ);
-        if (fo == NULL || !PyLong_CheckExact(fo))
-            break;
-        int overflow = 1; /* NO_LIMIT itself (fast_limits sets it): no conversion */
-        fseq = fo == no_limit ? 0 : PyLong_AsLongLongAndOverflow(fo, &overflow);
-        if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
-            goto error_or_stop;
-        if (!overflow && fseq < 0) /* no fast path for this SA (see SA.fast_limits) */
-            break;
-        PyObject *ft = SLOT(sa, S_FTIME);
-        if (ft == NULL || !PyFloat_CheckExact(ft))
-            break;
-        if (!(now <= PyFloat_AS_DOUBLE(ft))) { /* a gap passed the reorder time: it becomes final first */
+        if (!(now <= st->ftime)) { /* a gap passed the reorder time: it becomes final first */
             int rc = finalize_by_time(sa, now, window, reorder_time);
             if (rc < 0)
                 goto error;
-            if (rc == 0)
-                break;
-            fo = SLOT(sa, S_FSEQ);
-            fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
-            if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
-                goto error_or_stop;
-            ft = SLOT(sa, S_FTIME);
-            if (!(now <= PyFloat_AS_DOUBLE(ft)))
+            if (rc == 0 || !(now <= st->ftime))
                 break;
         }
         /* n = last + 1 + skip: the nearest 64-bit number to `last` (agent.tracker.infer_esn) when the
@@ -1056,67 +950,44 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         uint32_t skip = be32(f->seq) - (uint32_t)(last + 1);
         if (skip != 0 && (skip >= 0x80000000u || (long long)skip + 1 > jump_limit))
             break;
-        if (!overflow && !(last + 1 + skip < fseq)) {
+        if (!(last + 1 + skip < st->fseq)) {
             /* a final range falls behind the window at this number: forgotten first, as the tracker does */
-            int rc = trim_finals(sa, last + 1 + skip - window, window, reorder_time);
-            if (rc < 0)
+            if (trim_finals(sa, last + 1 + skip - window, window, reorder_time) < 0)
                 goto error;
-            if (rc > 0) {
-                fo = SLOT(sa, S_FSEQ);
-                fseq = PyLong_AsLongLongAndOverflow(fo, &overflow);
-                if (overflow < 0 || (!overflow && fseq == -1 && PyErr_Occurred()))
-                    goto error_or_stop;
-            }
         }
-        int trial_ends = 0; /* overflow > 0: fseq is NO_LIMIT, above any number */
-        if (!overflow && !(last + 1 < fseq)) {
-            if (skip != 0 || last + 1 != fseq || !(trial_ends = ends_trial(sa, last, window))) {
+        int trial_ends = 0;
+        if (!(last + 1 < st->fseq)) {
+            if (skip != 0 || last + 1 != st->fseq || !(trial_ends = ends_trial(sa, last, window))) {
                 if (PyErr_Occurred())
                     goto error;
                 break;
             }
         }
-        long long datagrams, packets, sa_octets, iv_min;
-        if (!as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) || !as_i64(SLOT(sa, S_PACKETS), &packets)
-            || !as_i64(SLOT(sa, S_OCTETS), &sa_octets) || !as_i64(SLOT(sa, S_IV_MIN), &iv_min))
-            goto error_or_stop;
-        PyObject *iv_seen = SLOT(sa, S_IV_SEEN);
-        if (iv_min < 0 && (iv_seen == NULL || !PyFloat_CheckExact(iv_seen)))
-            break;
         if (skip != 0) {
-            PyObject *now_obj = PyFloat_FromDouble(now);
-            if (now_obj == NULL)
-                goto error;
-            int rc = open_gap(sa, last, last + 1 + skip, now_obj, window, reorder_time);
-            Py_DECREF(now_obj);
+            int rc = open_gap(sa, last, last + 1 + skip, now, window, reorder_time);
             if (rc < 0)
                 goto error;
             if (rc == 0)
                 break;
         }
-        if (set_int(sa, S_LAST, last + 1 + skip) < 0 || set_int(sa, S_DATAGRAMS, datagrams + 1) < 0
-            || set_int(sa, S_PACKETS, packets + 1) < 0 || set_int(sa, S_OCTETS, sa_octets + f->total) < 0
-            || set_time(sa, now) < 0)
-            goto error;
-        if (iv_min < 0) {
-            PyObject *l = SLOT(sa, S_LAST);
-            Py_INCREF(l);
-            if (set_slot(sa, S_IV_MIN, l) < 0)
-                goto error;
-            /* the interval's first accepted number: maybe its first arrival */
-            if (PyFloat_AS_DOUBLE(iv_seen) < 0 && set_slot(sa, S_IV_SEEN, PyFloat_FromDouble(now)) < 0)
-                goto error;
+        st->last = last + 1 + skip;
+        st->datagrams++;
+        st->packets++;
+        st->octets += f->total;
+        st->last_seen = now;
+        if (st->iv_min < 0) {
+            st->iv_min = st->last;
+            if (st->iv_seen < 0) /* the interval's first accepted number: maybe its first arrival */
+                st->iv_seen = now;
         }
         if (trial_ends) { /* established: off probation, and the limits of an established SA */
-            Py_INCREF(Py_False);
-            if (set_slot(sa, S_TRIAL, Py_False) < 0)
-                goto error;
-            if (PyObject_DelItem(probation, SLOT(sa, S_KEY)) < 0) {
+            st->trial = 0;
+            if (PyObject_DelItem(probation, st->key) < 0) {
                 if (!PyErr_ExceptionMatches(PyExc_KeyError))
                     goto error;
                 PyErr_Clear();
             }
-            if (set_limits(sa, SLOT(sa, S_GAPS), window, reorder_time) < 0)
+            if (set_limits(sa, sa_gaps(sa), window, reorder_time) < 0)
                 goto error;
         }
         octets += r[3];
@@ -1125,12 +996,6 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
     return Py_BuildValue("nKOIIn", i, octets, stop_sa, stop_seq, stop_total, others);
-error_or_stop:
-    if (!PyErr_Occurred()) {
-        PyBuffer_Release(&buf);
-        PyBuffer_Release(&meta);
-        return Py_BuildValue("nKOIIn", i, octets, stop_sa, stop_seq, stop_total, others);
-    }
 error:
     PyBuffer_Release(&buf);
     PyBuffer_Release(&meta);
@@ -1142,20 +1007,10 @@ error:
  * commas, exactly as agent.report's compiled f-strings write `sa_values(...)` and `tunnel_values(...)`
  * (the Python writers: the fallback, and the oracle of tests/test_read_json.py).  An entry with a value
  * this writer does not handle (an int beyond 63 bits, a configured tunnel name, an IPv4-embedded IPv6
- * address, a slot not set...) is written by the Python function `slow(item)` instead.
+ * address, a field not set...) is written by the Python function `slow(item)` instead.
  * Each put_* returns 1 (written), 0 (not handled here: `slow` writes the entry) or -1 (error).
  */
-enum { J_IDENT, J_UDP, J_OBS, J_DIRECTION, J_LOCAL, J_GENERATION, J_PACKETS, J_OCTETS, J_DATAGRAMS, J_FIRST,
-       J_LAST, J_LOST, J_REORDERED, J_MAX_EXTENT, J_DUPLICATES, J_LATE, J_IMPLAUSIBLE, J_INCOMPLETE, J_PEER,
-       J_TUNNEL_ID, J_NAME, J_FIRST_SEEN, J_LAST_SEEN, N_JSLOTS };
-static const char *json_slot_names[N_JSLOTS] = {
-    "ident", "udp", "obs", "direction", "local", "generation", "packets", "octets", "datagrams", "first",
-    "last", "lost", "reordered", "max_extent", "duplicates", "late", "implausible", "incomplete", "peer",
-    "tunnel_id", "name", "first_seen", "last_seen",
-};
-static Py_ssize_t json_off[N_JSLOTS];
 static PyObject *encode_str; /* json.encoder.encode_basestring_ascii */
-#define JSLOT(o, i) (*(PyObject **)((char *)(o) + json_off[i]))
 #define PUT(expr)          \
     do {                   \
         int r_ = (expr);   \
@@ -1245,10 +1100,9 @@ static int put_str_or_null(Text *t, PyObject *o) {
  * six that reads back as x (any other is 1e-6 away, more than an ulp), so it is repr(x), and x is
  * round(x, 6).  Else as round() and repr() compute it: the correctly rounded 6-decimal text, read
  * back, and its shortest repr (dtoa: most of the writer's time when every time went this way). */
-static int put_time(Text *t, PyObject *o) {
-    if (o == NULL || !PyFloat_CheckExact(o) || !isfinite(PyFloat_AS_DOUBLE(o)))
+static int put_time(Text *t, double x) {
+    if (!isfinite(x))
         return 0;
-    double x = PyFloat_AS_DOUBLE(o);
     if (x >= 1.0 && x < 8589934592.0) {
         long long m = llround(x * 1e6);
         if ((double)m / 1e6 == x) {
@@ -1320,7 +1174,8 @@ static int put_address(Text *t, const unsigned char *a, int n) {
 static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) {
     if (Py_TYPE(sa) != sa_type)
         return 0;
-    PyObject *obs = JSLOT(sa, J_OBS), *ifindex = Py_None, *vlan = Py_None, *inner = Py_None;
+    SAFields *st = SA(sa);
+    PyObject *obs = sa_obs(sa), *ifindex = Py_None, *vlan = Py_None, *inner = Py_None;
     if (obs != Py_None) {
         if (obs == NULL || !PyTuple_CheckExact(obs) || PyTuple_GET_SIZE(obs) != 3)
             return 0;
@@ -1331,7 +1186,7 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
     PyObject *iface = ifindex; /* interfaces.get(ifindex, ifindex) if interfaces else ifindex */
     if (interfaces != Py_None && PyDict_GET_SIZE(interfaces)) {
         /* only an exact int is looked up here: any other key could run Python code (__eq__) while
-         * the borrowed slot values below are held */
+         * the borrowed field values below are held */
         if (!PyLong_CheckExact(ifindex))
             return 0;
         iface = PyDict_GetItemWithError(interfaces, ifindex);
@@ -1341,32 +1196,29 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
             iface = ifindex;
         }
     }
-    PyObject *ident = JSLOT(sa, J_IDENT), *udp = JSLOT(sa, J_UDP), *first = JSLOT(sa, J_FIRST);
-    PyObject *last = JSLOT(sa, J_LAST), *peer = JSLOT(sa, J_PEER), *name = JSLOT(sa, J_NAME);
-    PyObject *local = JSLOT(sa, J_LOCAL);
-    if (ident == NULL || !PyBytes_CheckExact(ident) || (udp != Py_True && udp != Py_False)
-        || (local != Py_True && local != Py_False))
+    PyObject *ident = sa_ident(sa), *peer = st->peer, *name = sa_name(sa);
+    if (ident == NULL || !PyBytes_CheckExact(ident))
         return 0;
     Py_ssize_t len = PyBytes_GET_SIZE(ident);
     int n = addr_len(len);
-    if (len != (udp == Py_True ? 2 * n + 8 : 2 * n + 4))
+    if (len != (st->udp ? 2 * n + 8 : 2 * n + 4))
         return 0;
     const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
     if (name == NULL || (name == Py_None && PyDict_GET_SIZE(names))) /* a configured name: tunnel_name() */
         return 0;
-    long long f, l;
-    if (!as_i64(first, &f) || !as_i64(last, &l) || (l >= 0 && (f < 0 || l - f == LLONG_MAX)))
-        return PyErr_Occurred() ? -1 : 0;
-    if (peer == NULL || (peer != Py_None && (Py_TYPE(peer) != sa_type || JSLOT(peer, J_IDENT) == NULL
-                                              || !PyBytes_CheckExact(JSLOT(peer, J_IDENT))
-                                              || PyBytes_GET_SIZE(JSLOT(peer, J_IDENT)) < 4)))
+    long long f = st->first, l = st->last;
+    if (l >= 0 && (f < 0 || l - f == LLONG_MAX))
+        return 0;
+    if (peer == NULL || (peer != Py_None && (Py_TYPE(peer) != sa_type || sa_ident(peer) == NULL
+                                              || !PyBytes_CheckExact(sa_ident(peer))
+                                              || PyBytes_GET_SIZE(sa_ident(peer)) < 4)))
         return 0;
     PUT(PUTS(t, "{\"src\":"));
     PUT(put_address(t, id, n));
     PUT(PUTS(t, ",\"dst\":"));
     PUT(put_address(t, id + n, n));
     PUT(put_named(t, ",\"spi\":", be32(id + len - 4)));
-    if (udp == Py_True) {
+    if (st->udp) {
         PUT(put_named(t, ",\"encap\":\"udp\",\"sport\":", be16(id + 2 * n)));
         PUT(put_named(t, ",\"dport\":", be16(id + 2 * n + 2)));
     } else {
@@ -1379,13 +1231,12 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
     PUT(PUTS(t, ",\"interface\":"));
     PUT(PyUnicode_CheckExact(iface) ? put_str(t, iface) : put_int_or_null(t, iface));
     PUT(PUTS(t, ",\"direction\":"));
-    PUT(put_str_or_null(t, JSLOT(sa, J_DIRECTION)));
-    PUT(PUTS(t, local == Py_True ? ",\"local\":true" : ",\"local\":false"));
-    static const char *counters[] = {",\"generation\":", ",\"packets\":", ",\"octets\":", ",\"datagrams\":"};
-    for (int i = 0; i < 4; i++) {
-        PUT(PUTS(t, counters[i]));
-        PUT(put_int(t, JSLOT(sa, J_GENERATION + i)));
-    }
+    PUT(put_str_or_null(t, st->direction));
+    PUT(PUTS(t, st->local ? ",\"local\":true" : ",\"local\":false"));
+    PUT(put_named(t, ",\"generation\":", sa_generation(sa)));
+    PUT(put_named(t, ",\"packets\":", st->packets));
+    PUT(put_named(t, ",\"octets\":", st->octets));
+    PUT(put_named(t, ",\"datagrams\":", st->datagrams));
     if (l >= 0) {
         PUT(put_named(t, ",\"first_seq\":", f));
         PUT(put_named(t, ",\"last_seq\":", l));
@@ -1393,27 +1244,28 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
         PUT(PUTS(t, ",\"first_seq\":null,\"last_seq\":null"));
     }
     PUT(put_named(t, ",\"expected\":", l >= 0 ? l - f + 1 : 0));
-    static const char *tracker[] = {",\"lost\":", ",\"reordered\":", ",\"max_reorder_extent\":", ",\"duplicates\":",
-                                    ",\"late\":", ",\"implausible\":", ",\"incomplete\":"};
-    for (int i = 0; i < 7; i++) {
-        PUT(PUTS(t, tracker[i]));
-        PUT(put_int(t, JSLOT(sa, J_LOST + i)));
-    }
+    PUT(put_named(t, ",\"lost\":", st->lost));
+    PUT(put_named(t, ",\"reordered\":", sa_reordered(sa)));
+    PUT(put_named(t, ",\"max_reorder_extent\":", sa_max_extent(sa)));
+    PUT(put_named(t, ",\"duplicates\":", sa_duplicates(sa)));
+    PUT(put_named(t, ",\"late\":", sa_late(sa)));
+    PUT(put_named(t, ",\"implausible\":", sa_implausible(sa)));
+    PUT(put_named(t, ",\"incomplete\":", sa_incomplete(sa)));
     if (peer != Py_None) {
-        PyObject *pid = JSLOT(peer, J_IDENT);
+        PyObject *pid = sa_ident(peer);
         const unsigned char *spi = (const unsigned char *)PyBytes_AS_STRING(pid) + PyBytes_GET_SIZE(pid) - 4;
         PUT(put_named(t, ",\"peer_spi\":", be32(spi)));
     } else {
         PUT(PUTS(t, ",\"peer_spi\":null"));
     }
     PUT(PUTS(t, ",\"tunnel\":"));
-    PUT(put_int_or_null(t, JSLOT(sa, J_TUNNEL_ID)));
+    PUT(put_int_or_null(t, st->tunnel_id));
     PUT(PUTS(t, ",\"tunnel_name\":"));
     PUT(put_str_or_null(t, name));
     PUT(PUTS(t, ",\"first_seen\":"));
-    PUT(put_time(t, JSLOT(sa, J_FIRST_SEEN)));
+    PUT(put_time(t, st->first_seen));
     PUT(PUTS(t, ",\"last_seen\":"));
-    PUT(put_time(t, JSLOT(sa, J_LAST_SEEN)));
+    PUT(put_time(t, st->last_seen));
     return PUTS(t, "}");
 }
 
@@ -1425,7 +1277,7 @@ static int put_tunnel(Text *t, PyObject *item, PyObject *names, PyObject *unused
     PyObject *fwd = PyTuple_GET_ITEM(item, 1), *rev = PyTuple_GET_ITEM(item, 2);
     if (Py_TYPE(fwd) != sa_type || Py_TYPE(rev) != sa_type)
         return 0;
-    PyObject *ident = JSLOT(fwd, J_IDENT), *rident = JSLOT(rev, J_IDENT), *name = JSLOT(fwd, J_NAME);
+    PyObject *ident = sa_ident(fwd), *rident = sa_ident(rev), *name = sa_name(fwd);
     if (ident == NULL || rident == NULL || !PyBytes_CheckExact(ident) || !PyBytes_CheckExact(rident)
         || PyBytes_GET_SIZE(rident) < 4 || name == NULL || (name == Py_None && PyDict_GET_SIZE(names)))
         return 0;
@@ -1515,7 +1367,7 @@ static PyObject *tunnel_entries(PyObject *self, PyObject *args) {
 
 /* The document's order of SAs (SATable.all_sas): by (first_seen, generation), ties in list order, as
  * Python's stable sort on that key orders them; for 100 000 SAs a tenth of the time of the sort with
- * a key tuple per SA. None when a key is not a float (not NaN) and a 64-bit int: then Python sorts. */
+ * a key tuple per SA. None when a list item is not an agent.sa.SA or a first_seen is NaN: then Python sorts. */
 typedef struct { double first_seen; long long generation; Py_ssize_t i; } OrderKey;
 
 static int order_cmp(const void *pa, const void *pb) {
@@ -1538,15 +1390,12 @@ static PyObject *sa_order(PyObject *self, PyObject *sas) {
     if (k == NULL)
         return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *sa = PyList_GET_ITEM(sas, i), *fs, *gen;
-        int overflow = 0;
-        if (Py_TYPE(sa) != sa_type || (fs = JSLOT(sa, J_FIRST_SEEN)) == NULL || !PyFloat_CheckExact(fs)
-            || isnan(PyFloat_AS_DOUBLE(fs)) || (gen = JSLOT(sa, J_GENERATION)) == NULL || !PyLong_CheckExact(gen)
-            || (k[i] = (OrderKey){PyFloat_AS_DOUBLE(fs), PyLong_AsLongLongAndOverflow(gen, &overflow), i},
-                overflow)) {
+        PyObject *sa = PyList_GET_ITEM(sas, i);
+        if (Py_TYPE(sa) != sa_type || isnan(SA(sa)->first_seen)) {
             PyMem_Free(k); /* not a key this function orders as Python does: Python sorts */
             Py_RETURN_NONE;
         }
+        k[i] = (OrderKey){SA(sa)->first_seen, sa_generation(sa), i};
     }
     qsort(k, (size_t)n, sizeof(OrderKey), order_cmp);
     PyObject *out = PyList_New(n);
@@ -1558,7 +1407,7 @@ static PyObject *sa_order(PyObject *self, PyObject *sas) {
 
 /* agent.report's tunnels of a list of SAs: for each SA with a tunnel id not taken yet whose partner is
  * in the list too, (id, the first of the two in the list, the other, their two indices), by id. None
- * (Python does it) unless every SA is an agent.sa.SA with its slots set and an int or None tunnel id:
+ * (Python does it) unless every SA is an agent.sa.SA with its fields set and an int or None tunnel id:
  * then no Python code runs here (an int subclass's __hash__ could change the list under its borrowed
  * items, or hash the id differently once it is a key). */
 static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
@@ -1580,7 +1429,7 @@ static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *sa = PyList_GET_ITEM(sas, i), *tid;
-        if (Py_TYPE(sa) != sa_type || JSLOT(sa, J_PEER) == NULL || (tid = JSLOT(sa, J_TUNNEL_ID)) == NULL
+        if (Py_TYPE(sa) != sa_type || SA(sa)->peer == NULL || (tid = SA(sa)->tunnel_id) == NULL
             || (tid != Py_None && !PyLong_CheckExact(tid))) {
             PyMem_Free(at);
             Py_DECREF(pairs);
@@ -1593,7 +1442,7 @@ static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
         at[h & (size - 1)].i = i;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *sa = PyList_GET_ITEM(sas, i), *tid = JSLOT(sa, J_TUNNEL_ID), *peer = JSLOT(sa, J_PEER);
+        PyObject *sa = PyList_GET_ITEM(sas, i), *tid = SA(sa)->tunnel_id, *peer = SA(sa)->peer;
         if (tid == Py_None || peer == Py_None)
             continue;
         int taken = PyDict_Contains(pairs, tid);
@@ -1626,77 +1475,104 @@ done:
 }
 
 /* ---- New SAs (SATable.create) -------------------------------------------------------------------
- * A new SA is a copy of a template SA that agent.sa.SA.__init__ built at import from stand-in
- * arguments: each slot holds either one of the stand-ins (replaced by the real argument) or an
- * immutable constant (shared, as __init__ shares it).  So __init__ stays the one definition of a new
- * SA's state; an __init__ that stores a mutable object or computes with an argument fails the import.
+ * A new SA is a copy of a template SA that agent.sa.SA.__init__ built at import, twice, from two sets of
+ * stand-in arguments: a field that differs between the two takes the argument (an object field holds the
+ * stand-in itself, a time field `now`, a flag `udp`); every other field is the template's constant (an
+ * object shared as __init__ shares it: immutable).  So __init__ stays the one definition of a new SA's
+ * state; an __init__ that stores a mutable object or computes with an argument fails the import.
  * create() then does what SATable.create does: table entry, probation, schedule entry and, without a
  * pairing authority, the pairing of Pairer.add when there are no or one candidates (two or more:
  * Pairer._place, in Python). A full table drops its oldest probationer here while it has no partner
  * (make_room); the rest of _make_room is Python's. What a create reads of the table: Ctx, below. */
-enum { A_OBS, A_IDENT, A_KEY, A_UDP, A_NOW, A_DIRECTION, N_ARGS };
-enum { C_PEER, C_TUNNEL_ID, C_LOCAL, C_X_DATAGRAMS, C_IDENT, C_UDP, N_CSLOTS };
-static const char *create_slot_names[N_CSLOTS] = {"peer", "tunnel_id", "local", "x_datagrams", "ident", "udp"};
-static Py_ssize_t create_off[N_CSLOTS];
-#define CSLOT(o, i) (*(PyObject **)((char *)(o) + create_off[i]))
-static PyObject *stand_in[N_ARGS], *template_sa, *one, *empty_tuple;
+enum { A_OBS, A_IDENT, A_KEY, A_DIRECTION, N_OBJ_ARGS, A_UDP = N_OBJ_ARGS, A_NOW, N_ARGS };
+static PyObject *template_sa, *one;
 static PyTypeObject *odict_type; /* collections.OrderedDict: several candidates under one flow key (agent.pairing) */
-static Py_ssize_t n_sa_slots; /* object pointers between the object header and tp_basicsize */
-static signed char *slot_arg;  /* per slot: the argument it takes, or -1 (the template's constant) */
+#define N_OBJECT_FIELDS (0 SA_OBJECT_FIELDS(SA_COUNT))
+#define N_TIME_FIELDS (0 SA_TIME_FIELDS(SA_COUNT))
+#define N_FLAG_FIELDS (0 SA_FLAG_FIELDS(SA_COUNT))
+static signed char obj_arg[N_OBJECT_FIELDS], time_arg[N_TIME_FIELDS], flag_arg[N_FLAG_FIELDS]; /* the argument, or -1 */
+#define SA_OFFSET(name) offsetof(SAFields, name),
+static const size_t obj_off[] = {SA_OBJECT_FIELDS(SA_OFFSET)}, time_off[] = {SA_TIME_FIELDS(SA_OFFSET)},
+                    flag_off[] = {SA_FLAG_FIELDS(SA_OFFSET)}, number_off[] = {SA_NUMBER_FIELDS(SA_OFFSET)};
+#define FIELD(sa, type, off) (*(type *)((char *)(sa) + (off)))
 static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
     *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
     *str_next_tunnel, *str_place, *str_unconfirmed_sas, *str_unconfirmed_datagrams, *str_evictions,
-    *str_epochs, *str_dormant, *str_remove, *str_stale_entries, *str_stale_min, *str_stale_share, *str_drop_dead, *str_dropped, *str_popitem,
-    *str_move_to_end;
-
-static inline PyObject **sa_slots(PyObject *sa) { return (PyObject **)((char *)sa + sizeof(PyObject)); }
+    *str_epochs, *str_dormant, *str_remove, *str_stale_entries, *str_stale_min, *str_stale_share, *str_drop_dead, *str_dropped,
+    *str_popitem, *str_move_to_end;
 
 static int immutable(PyObject *v) {
     return v == NULL || v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v)
         || PyUnicode_CheckExact(v) || (PyTuple_CheckExact(v) && PyTuple_GET_SIZE(v) == 0);
 }
 
+/* SA(key, udp, now, direction) from stand-ins: args[A_UDP] and args[A_NOW] are the bool and the float */
+static PyObject *stand_in_sa(PyObject **args) {
+    PyObject *key = PyTuple_Pack(2, args[A_OBS], args[A_IDENT]);
+    if (key == NULL)
+        return NULL;
+    args[A_KEY] = key;
+    return PyObject_CallFunctionObjArgs((PyObject *)sa_type, key, args[A_UDP], args[A_NOW], args[A_DIRECTION], NULL);
+}
+
 static int bind_template(void) {
     if (sa_type->tp_dictoffset || sa_type->tp_weaklistoffset || sa_type->tp_itemsize
-        || (sa_type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) % (Py_ssize_t)sizeof(PyObject *)) {
-        PyErr_SetString(PyExc_TypeError, "agent.sa.SA must be slots only (no __dict__, no __weakref__)");
+        || sa_type->tp_basicsize != (Py_ssize_t)sizeof(SAFields)) {
+        PyErr_SetString(PyExc_TypeError, "agent.sa.SA must add no field to agent.tracker.SAFields");
         return -1;
     }
-    for (int k = 0; k < N_ARGS; k++)
-        if (k != A_KEY && (stand_in[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL)
-            return -1;
-    if ((stand_in[A_KEY] = PyTuple_Pack(2, stand_in[A_OBS], stand_in[A_IDENT])) == NULL)
-        return -1;
-    template_sa = PyObject_CallFunctionObjArgs((PyObject *)sa_type, stand_in[A_KEY], stand_in[A_UDP],
-                                               stand_in[A_NOW], stand_in[A_DIRECTION], NULL);
-    if (template_sa == NULL)
-        return -1;
-    n_sa_slots = (sa_type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
-    if ((slot_arg = PyMem_Malloc((size_t)n_sa_slots)) == NULL)
-        return -1;
-    PyObject **t = sa_slots(template_sa);
-    for (Py_ssize_t i = 0; i < n_sa_slots; i++) {
-        slot_arg[i] = -1;
-        for (int k = 0; k < N_ARGS; k++)
-            if (t[i] == stand_in[k])
-                slot_arg[i] = (signed char)k;
-        if (slot_arg[i] < 0 && !immutable(t[i])) {
-            PyErr_Format(PyExc_TypeError, "agent.sa.SA.__init__ stores a %s in a slot: a copied SA would share it",
-                         Py_TYPE(t[i])->tp_name);
-            return -1;
+    PyObject *a[N_ARGS] = {NULL}, *b[N_ARGS] = {NULL}, *other = NULL;
+    int rc = -1;
+    for (int k = 0; k < N_OBJ_ARGS; k++)
+        if (k != A_KEY && ((a[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL
+                           || (b[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL))
+            goto done;
+    a[A_UDP] = Py_NewRef(Py_False);
+    b[A_UDP] = Py_NewRef(Py_True);
+    if ((a[A_NOW] = PyFloat_FromDouble(1.25)) == NULL || (b[A_NOW] = PyFloat_FromDouble(2.5)) == NULL
+        || (template_sa = stand_in_sa(a)) == NULL || (other = stand_in_sa(b)) == NULL)
+        goto done;
+    if (SA(template_sa)->cold != NULL || SA(other)->cold != NULL) {
+        PyErr_SetString(PyExc_TypeError, "agent.sa.SA.__init__ writes a cold field (agent/sastate.h) other than its default");
+        goto done;
+    }
+    for (int i = 0; i < N_OBJECT_FIELDS; i++) {
+        PyObject *u = FIELD(template_sa, PyObject *, obj_off[i]), *v = FIELD(other, PyObject *, obj_off[i]);
+        obj_arg[i] = -1;
+        for (int k = 0; k < N_OBJ_ARGS; k++)
+            if (u == a[k] && v == b[k])
+                obj_arg[i] = (signed char)k;
+        if (obj_arg[i] < 0 && (u != v || !immutable(u))) {
+            PyErr_Format(PyExc_TypeError, "agent.sa.SA.__init__ stores a %s in a field: a copied SA would share it",
+                         u != NULL ? Py_TYPE(u)->tp_name : Py_TYPE(v)->tp_name);
+            goto done;
         }
     }
+    for (int i = 0; i < N_TIME_FIELDS; i++) {
+        double u = FIELD(template_sa, double, time_off[i]), v = FIELD(other, double, time_off[i]);
+        time_arg[i] = u == 1.25 && v == 2.5 ? A_NOW : -1;
+        if (time_arg[i] < 0 && u != v)
+            goto computed;
+    }
+    for (int i = 0; i < N_FLAG_FIELDS; i++) {
+        char u = FIELD(template_sa, char, flag_off[i]), v = FIELD(other, char, flag_off[i]);
+        flag_arg[i] = !u && v ? A_UDP : -1;
+        if (flag_arg[i] < 0 && u != v)
+            goto computed;
+    }
+    for (size_t i = 0; i < sizeof(number_off) / sizeof(number_off[0]); i++)
+        if (FIELD(template_sa, long long, number_off[i]) != FIELD(other, long long, number_off[i]))
+            goto computed;
     PyObject *collections = PyImport_ImportModule("collections");
     if (collections == NULL)
-        return -1;
+        goto done;
     odict_type = (PyTypeObject *)PyObject_GetAttrString(collections, "OrderedDict");
     Py_DECREF(collections);
     if (odict_type == NULL || !PyType_Check(odict_type)) {
         PyErr_SetString(PyExc_TypeError, "collections.OrderedDict is not a type");
-        return -1;
+        goto done;
     }
     one = PyLong_FromLong(1);
-    empty_tuple = PyTuple_New(0);
     PyObject **names[] = {&str_sas, &str_probation, &str_schedule, &str_epoch, &str_pairer, &str_settings, &str_max_sas,
                           &str_idle_timeout, &str_active_timeout, &str_make_room, &str_authority, &str_add,
                           &str_unpaired, &str_next_tunnel, &str_place, &str_unconfirmed_sas,
@@ -1711,36 +1587,46 @@ static int bind_template(void) {
     _Static_assert(sizeof(names) / sizeof(names[0]) == sizeof(text) / sizeof(text[0]), "one text per name");
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
         if ((*names[k] = PyUnicode_InternFromString(text[k])) == NULL)
-            return -1;
-    return one != NULL && empty_tuple != NULL ? 0 : -1;
+            goto done;
+    rc = one != NULL ? 0 : -1;
+    goto done;
+computed:
+    PyErr_SetString(PyExc_TypeError, "agent.sa.SA.__init__ computes a field from its arguments: no template");
+done:
+    for (int k = 0; k < N_ARGS; k++) {
+        Py_XDECREF(a[k]);
+        Py_XDECREF(b[k]);
+    }
+    Py_XDECREF(other);
+    return rc;
 }
 
 /* SA(key, udp, now, direction): the template with the arguments in place of the stand-ins. */
-static PyObject *new_sa(PyObject *key, PyObject *udp, PyObject *now, PyObject *direction) {
+static PyObject *new_sa(PyObject *key, int udp, PyObject *now, PyObject *direction) {
     PyObject *sa = sa_type->tp_alloc(sa_type, 0);
     if (sa == NULL)
         return NULL;
-    PyObject *args[N_ARGS] = {PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), key, udp, now, direction};
-    PyObject **t = sa_slots(template_sa), **s = sa_slots(sa);
-    for (Py_ssize_t i = 0; i < n_sa_slots; i++) {
-        PyObject *v = slot_arg[i] < 0 ? t[i] : args[slot_arg[i]];
-        Py_XINCREF(v);
-        s[i] = v;
+    /* everything after the object header; then the object fields get their references */
+    memcpy((char *)sa + sizeof(PyObject), (char *)template_sa + sizeof(PyObject), sizeof(SAFields) - sizeof(PyObject));
+    PyObject *args[N_OBJ_ARGS] = {PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), key, direction};
+    for (int i = 0; i < N_OBJECT_FIELDS; i++) {
+        PyObject **f = &FIELD(sa, PyObject *, obj_off[i]);
+        if (obj_arg[i] >= 0)
+            *f = args[obj_arg[i]];
+        Py_XINCREF(*f);
     }
+    double t = PyFloat_AS_DOUBLE(now);
+    for (int i = 0; i < N_TIME_FIELDS; i++)
+        if (time_arg[i] >= 0)
+            FIELD(sa, double, time_off[i]) = t;
+    for (int i = 0; i < N_FLAG_FIELDS; i++)
+        if (flag_arg[i] >= 0)
+            FIELD(sa, char, flag_off[i]) = (char)udp;
     /* Out of the cyclic collector's sight, which would only walk the table again and again (a quarter of
      * an SPI flood's CPU): a table's SAs form no cycle but a tunnel's pair, and SATable breaks those
      * when one of them leaves it (_forget) or when it goes itself (__del__). */
     PyObject_GC_UnTrack(sa);
     return sa;
-}
-
-static inline int set_cslot(PyObject *sa, int i, PyObject *value) {
-    if (value == NULL)
-        return -1;
-    PyObject *old = CSLOT(sa, i);
-    CSLOT(sa, i) = value;
-    Py_XDECREF(old);
-    return 0;
 }
 
 /* The attribute `name` of `o` as a double (settings may hold ints: Python adds them as doubles too). */
@@ -1923,10 +1809,10 @@ static int place(Ctx *c, PyObject *sa, PyObject *ident, int udp, PyObject *rever
             Py_INCREF(peer);
             Py_INCREF(tid);
             Py_INCREF(tid);
-            set_cslot(peer, C_PEER, sa);
-            set_cslot(sa, C_PEER, peer);
-            set_cslot(peer, C_TUNNEL_ID, tid);
-            set_cslot(sa, C_TUNNEL_ID, tid);
+            set_field(&SA(peer)->peer, sa);
+            set_field(&SA(sa)->peer, peer);
+            set_field(&SA(peer)->tunnel_id, tid);
+            set_field(&SA(sa)->tunnel_id, tid);
         }
         Py_DECREF(peer);
         Py_XDECREF(tid);
@@ -1946,7 +1832,7 @@ python:; /* several candidates (Pairer.add weighs the newest), or one other unde
     Py_INCREF(pairer);
     int several = waiting == NULL && PyDict_CheckExact(unpaired);
     PyObject *r = ctx_leave(c) < 0 ? NULL
-        : several ? PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, empty_tuple, NULL)
+        : several ? PyObject_CallMethodObjArgs(pairer, str_place, sa, reverse, sa_empty_tuple, NULL)
         : PyObject_CallMethodOneArg(pairer, str_add, sa);
     Py_DECREF(pairer);
     rc = r == NULL ? -1 : 0;
@@ -2029,18 +1915,15 @@ static int unwait_several(PyObject *unpaired, PyObject *fk, PyObject *waiting, P
  * make_room has taken off probation; `delta`: its datagrams not yet exported. */
 static int drop_unconfirmed(Ctx *c, PyObject *key, PyObject *sa, long long delta) {
     PyObject *fk = NULL;
-    int rc = -1, active = PyObject_IsTrue(SLOT(sa, S_ACTIVE));
-    if (active < 0)
-        return -1;
+    int rc = -1, active = SA(sa)->active;
     long long sum;
     if (active && __builtin_add_overflow(c->unconfirmed_datagrams, delta, &sum) && (ctx_leave(c) < 0 || ctx_enter(c) < 0))
         return -1; /* the count so far written back first: the table's is an int of any size */
     if (active) {
         c->unconfirmed_sas++;
         c->unconfirmed_datagrams += delta;
-        Py_INCREF(Py_False);
-        if (set_slot(sa, S_ACTIVE, Py_False) < 0 || set_slot(sa, S_FSEQ, PyLong_FromLong(-1)) < 0)
-            return -1;
+        SA(sa)->active = 0;
+        SA(sa)->fseq = -1;
     }
     c->evictions++;
     c->dirty = 1;
@@ -2052,9 +1935,8 @@ static int drop_unconfirmed(Ctx *c, PyObject *key, PyObject *sa, long long delta
     if (discard(c->dormant, key) < 0)
         goto done;
     /* Pairer.remove(sa): no partner, so no longer a candidate under its flow key */
-    PyObject *ident = CSLOT(sa, C_IDENT), *unpaired = c->unpaired, *waiting;
-    int udp = PyObject_IsTrue(CSLOT(sa, C_UDP));
-    if (udp < 0 || !PyBytes_CheckExact(ident) || (fk = flow_key(ident, udp, 0)) == NULL)
+    PyObject *ident = sa_ident(sa), *unpaired = c->unpaired, *waiting;
+    if (ident == NULL || !PyBytes_CheckExact(ident) || (fk = flow_key(ident, SA(sa)->udp, 0)) == NULL)
         goto done;
     waiting = PyDict_CheckExact(unpaired) ? PyDict_GetItemWithError(unpaired, fk) : NULL;
     if (waiting == sa)
@@ -2098,10 +1980,9 @@ static int make_room(Ctx *c) {
         if (item == NULL)
             return -1;
         PyObject *key = PyTuple_GET_ITEM(item, 0), *sa = PyTuple_GET_ITEM(item, 1);
-        long long datagrams, exported, delta;
-        int ours = Py_TYPE(sa) == sa_type && SLOT(sa, S_KEY) == key && CSLOT(sa, C_PEER) == Py_None
-            && as_i64(SLOT(sa, S_DATAGRAMS), &datagrams) && as_i64(CSLOT(sa, C_X_DATAGRAMS), &exported)
-            && !__builtin_sub_overflow(datagrams, exported, &delta);
+        long long delta;
+        int ours = Py_TYPE(sa) == sa_type && SA(sa)->key == key && SA(sa)->peer == Py_None
+            && !__builtin_sub_overflow(SA(sa)->datagrams, SA(sa)->x_datagrams, &delta);
         int rc = ours ? drop_unconfirmed(c, key, sa, delta) : unpop(c->probation, key, sa);
         Py_DECREF(item);
         if (rc < 0)
@@ -2272,20 +2153,19 @@ static PyObject *schedule_clear(Schedule *s, PyObject *unused) {
 }
 
 /* SATable._drop_dead: keep the entries whose SA is active (agent.schedule), in heap order, and heapify them
- * (HeapSchedule.drop_dead). Every entry is checked first: one that is not an SA with a bool `active`
+ * (HeapSchedule.drop_dead). Every entry is checked first: one that is not an agent.sa.SA
  * leaves the schedule as it was (TypeError); so no Python code runs while entries are dropped. */
 static PyObject *schedule_drop_dead(Schedule *s, PyObject *unused) {
     (void)unused;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        PyObject *sa = s->t[i].sa, *active = Py_TYPE(sa) == sa_type ? SLOT(sa, S_ACTIVE) : NULL;
-        if (active == NULL || !PyBool_Check(active)) {
-            PyErr_SetString(PyExc_TypeError, "a schedule entry is not an agent.sa.SA with a bool `active`");
+        if (Py_TYPE(s->t[i].sa) != sa_type) {
+            PyErr_SetString(PyExc_TypeError, "a schedule entry is not an agent.sa.SA");
             return NULL;
         }
     }
     Py_ssize_t kept = 0;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        if (SLOT(s->t[i].sa, S_ACTIVE) == Py_True)
+        if (SA(s->t[i].sa)->active)
             s->t[kept++] = s->t[i];
         else
             Py_DECREF(s->t[i].sa);
@@ -2361,11 +2241,9 @@ static PyObject *create_sa(Ctx *c, PyObject *key, Py_hash_t hash, PyObject *udp,
         }
         Py_DECREF(r);
     }
-    if ((sa = new_sa(key, udp, now, direction)) == NULL)
+    if ((sa = new_sa(key, is_udp, now, direction)) == NULL)
         return NULL;
-    PyObject *flag = is_local ? Py_True : Py_False;
-    Py_INCREF(flag);
-    set_cslot(sa, C_LOCAL, flag);
+    SA(sa)->local = (char)is_local;
     if ((hash == -1 && (hash = PyObject_Hash(key)) == -1) /* where the Python create's table entry hashes it */
         || (PyDict_CheckExact(c->sas) ? _PyDict_SetItem_KnownHash(c->sas, key, sa, hash) : PyObject_SetItem(c->sas, key, sa)) < 0
         || PyObject_SetItem(c->probation, key, sa) < 0
@@ -2437,82 +2315,47 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, methods};
 
-/* The offsets of slots `names` of class `cls`, from its member descriptors (inherited ones included). */
-static int bind_slots(PyObject *cls, const char **names, int n, Py_ssize_t *offsets) {
-    for (int i = 0; i < n; i++) {
-        PyObject *d = PyObject_GetAttrString(cls, names[i]);
-        if (d == NULL)
-            return -1;
-        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
-        if (ok)
-            offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-        Py_DECREF(d);
-        if (!ok) {
-            PyErr_Format(PyExc_ImportError, "agent.sa.SA.%s is not a slot", names[i]);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* The slot offsets of agent.sa.SA, and what the module keeps of agent.sa, agent.tracker and json. */
+/* agent.sa.SA, built on agent._sastate.SAFields (the struct this file reads), and what the module keeps
+ * of agent.sa, agent.tracker and json. */
 static int bind_sa(void) {
-    PyObject *mod = PyImport_ImportModule("agent.sa");
-    if (mod == NULL)
-        return -1;
-    PyObject *cls = PyObject_GetAttrString(mod, "SA");
-    Py_DECREF(mod);
-    if (cls == NULL)
-        return -1;
-    if (!PyType_Check(cls)) {
-        Py_DECREF(cls);
-        PyErr_SetString(PyExc_ImportError, "agent.sa.SA is not a class");
-        return -1;
+    PyObject *state = PyImport_ImportModule("agent._sastate"), *mod = PyImport_ImportModule("agent.sa");
+    PyObject *fields = state != NULL ? PyObject_GetAttrString(state, "SAFields") : NULL;
+    PyObject *cls = mod != NULL ? PyObject_GetAttrString(mod, "SA") : NULL;
+    PyObject *limit = mod != NULL ? PyObject_GetAttrString(mod, "NO_LIMIT") : NULL;
+    PyObject *run = mod != NULL ? PyObject_GetAttrString(mod, "PROBATION_RUN") : NULL;
+    PyObject *tracker = PyImport_ImportModule("agent.tracker"), *json = PyImport_ImportModule("json.encoder");
+    int rc = -1;
+    if (fields == NULL || cls == NULL || limit == NULL || run == NULL || tracker == NULL || json == NULL)
+        goto done;
+    no_limit = PyLong_AsLongLong(limit);
+    if (!PyType_Check(cls) || !PyType_Check(fields) || !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)fields)
+        || no_limit <= 0 || no_limit > (1LL << 62) + 1) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ImportError, "agent.sa.SA is not built on agent._sastate.SAFields, or its NO_LIMIT is "
+                                           "not in 1..2^62 + 1");
+        goto done;
     }
-    if (bind_slots(cls, slot_names, N_SLOTS, slot_off) < 0
-        || bind_slots(cls, json_slot_names, N_JSLOTS, json_off) < 0
-        || bind_slots(cls, create_slot_names, N_CSLOTS, create_off) < 0) {
-        Py_DECREF(cls);
-        return -1;
-    }
-    sa_type = (PyTypeObject *)cls; /* kept for the module's lifetime, as the three below */
-    hot_lo = hot_hi = slot_off[0];
-    for (int k = 1; k < N_HOT; k++) {
-        hot_lo = slot_off[k] < hot_lo ? slot_off[k] : hot_lo;
-        hot_hi = slot_off[k] > hot_hi ? slot_off[k] : hot_hi;
-    }
-    if (hot_hi - hot_lo != (N_HOT - 1) * (Py_ssize_t)sizeof(PyObject *)) {
-        /* not the adjacent slots of agent.tracker.HotSlots: the two prefetched lines would miss some */
-        Py_DECREF(cls);
-        PyErr_SetString(PyExc_ImportError, "agent.sa.SA: the hot slots are not adjacent");
-        return -1;
-    }
-    PyObject *sa_mod = PyImport_ImportModule("agent.sa"), *tracker = PyImport_ImportModule("agent.tracker");
-    if (sa_mod != NULL && tracker != NULL) {
-        no_limit = PyObject_GetAttrString(sa_mod, "NO_LIMIT");
-        never = PyObject_GetAttrString(sa_mod, "NEVER");
-        loss_run = PyObject_GetAttrString(tracker, "LossRun");
-        PyObject *run = PyObject_GetAttrString(sa_mod, "PROBATION_RUN");
-        probation_run = run != NULL ? PyLong_AsLongLong(run) : -1;
-        Py_XDECREF(run);
-    }
-    Py_XDECREF(sa_mod);
+    sa_type = (PyTypeObject *)Py_NewRef(cls); /* kept for the module's lifetime, as the three below */
+    probation_run = PyLong_AsLongLong(run);
+    loss_run = PyObject_GetAttrString(tracker, "LossRun");
+    encode_str = PyObject_GetAttrString(json, "encode_basestring_ascii");
+    if (encode_str == NULL || loss_run == NULL || probation_run <= 0)
+        goto done;
+    rc = bind_template();
+done:
+    Py_XDECREF(state);
+    Py_XDECREF(mod);
+    Py_XDECREF(fields);
+    Py_XDECREF(cls);
+    Py_XDECREF(limit);
+    Py_XDECREF(run);
     Py_XDECREF(tracker);
-    PyObject *json = PyImport_ImportModule("json.encoder");
-    if (json != NULL) {
-        encode_str = PyObject_GetAttrString(json, "encode_basestring_ascii");
-        Py_DECREF(json);
-    }
-    if (encode_str == NULL || no_limit == NULL || never == NULL || loss_run == NULL || probation_run <= 0)
-        return -1;
-    return bind_template();
+    Py_XDECREF(json);
+    return rc;
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    for (int v = 0; v < SMALL_INTS; v++)
-        if (small_int[v] == NULL && (small_int[v] = PyLong_FromLong(v)) == NULL)
-            return NULL;
-    if (bind_sa() < 0 || PyType_Ready(&ScheduleType) < 0 || (str_in = PyUnicode_InternFromString("in")) == NULL
+    if ((sa_empty_tuple = PyTuple_New(0)) == NULL || bind_sa() < 0 || PyType_Ready(&ScheduleType) < 0 || (str_in = PyUnicode_InternFromString("in")) == NULL
         || (str_out = PyUnicode_InternFromString("out")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);

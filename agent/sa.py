@@ -7,12 +7,12 @@ import struct
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6, inet_ntop
 
-from agent.tracker import SeqTracker
+from agent.tracker import SEQ_LIMIT, SeqTracker
 from exporter.records import IPAddress
 
-NO_LIMIT = 1 << 80  # above any 64-bit sequence number
+NO_LIMIT = SEQ_LIMIT + 1  # above any number an SA reaches: no fast limit is higher, so beyond is the tracker's
 PROBATION_RUN = 4  # accepted datagrams (each plausible after the previous) that make an SA established
-NEVER = float("inf")  # one shared object: a float per SA would cost 24 bytes each
+NEVER = float("inf")  # the fast path's time limit where no gap can pass the reorder time
 SAKey = tuple  # (obs, ident): obs = (ifindex, vlan, inner_vlan) or None; ident = addresses [+ ports] + SPI
 # SA.identity(): src, dst (packed), spi, sport, dport, ifindex, vlan, inner_vlan
 Identity = tuple[bytes, bytes, int, int | None, int | None, int | None, int | None, int | None]
@@ -22,19 +22,11 @@ _NO_OBS = (None, None, None)
 class SA(SeqTracker):
     """Counters are cumulative; `x_*` hold their values at the previous export (deltas = now - x)."""
 
-    __slots__ = (
-        "key", "ident", "obs", "udp", "generation", "direction",
-        "incomplete", "first_seen",
-        "peer", "tunnel_id", "active", "trial", "interval_start", "held_octets", "held_seen", "local",
-        "name",
-        "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late",
-        "x_incomplete", "x_last",
-    )
+    __slots__ = ()  # every field is agent.tracker.SAFields's
 
     def __init__(self, key: SAKey, udp: bool, now: float, direction: str | None, generation: int = 0) -> None:
         super().__init__()
-        self.key = key
-        self.obs, self.ident = key
+        self.key = key  # (obs, ident): SA.obs and SA.ident read it
         self.udp = udp
         self.generation = generation
         self.direction = direction
@@ -79,7 +71,7 @@ class SA(SeqTracker):
             return
         if self.gaps:
             g = self.gaps[0]
-            self.fseq, self.ftime = g[0] + window, horizon(g[2], reorder_time)
+            self.fseq, self.ftime = min(g[0] + window, NO_LIMIT), horizon(g[2], reorder_time)
         else:
             self.fseq, self.ftime = NO_LIMIT, NEVER
         if self.finals:  # and the number that puts its lowest final range behind the window (forgotten there)

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
+from agent.compiled import sastate as _sastate
+
 _NONE: tuple = ()
+# The highest number an SA may reach: 2^62 datagrams is beyond any SA's life, while a forged jump past
+# the jump limit, confirmed by the next datagram, moves `last` by up to 2^31; numbers and the limits
+# derived from them (+ a window) stay inside the signed 64 bits the compiled fields hold (agent/sastate.h)
+SEQ_LIMIT = 1 << 62
 _WRAP = 1 << 32
 _HALF = 1 << 31
 _LOW_MASK = _WRAP - 1
@@ -73,23 +79,40 @@ class LossRun(NamedTuple):
         return self.last - self.first + 1
 
 
-class HotSlots:
-    """The slots the compiled walk reads and writes for every datagram (agent/_fastpath.c: N_HOT), the
-    tracker's and the SA's (agent.sa), in a base class of their own: CPython lays a class's slots out
-    sorted by name, which spread them over six of a 430-byte SA's cache lines; here they are nine
-    adjacent pointers, two lines (the live bench meters 2000 SAs bound by memory, not instructions)."""
+FIELDS = (
+    "last", "fseq", "ftime", "datagrams", "packets", "octets", "last_seen", "iv_min", "iv_seen",
+    "first", "held", "lost", "reordered", "duplicates", "late", "implausible", "max_extent", "iv_max",
+    "iv_extent", "started", "held_time", "gaps", "finals", "anchor", "first_at", "events",
+    "key", "ident", "obs", "direction", "peer", "tunnel_id", "name", "generation", "incomplete", "held_octets",
+    "x_packets", "x_octets", "x_datagrams", "x_lost", "x_reordered", "x_duplicates", "x_late", "x_incomplete",
+    "x_last", "first_seen", "interval_start", "held_seen", "udp", "active", "trial", "local",
+)
+"""Every field of an SA generation, the tracker's (SeqTracker) and the SA's (agent.sa.SA): one base class
+holds them all, compiled where it is built (agent/sastate.h: numbers unboxed, the walk's fields adjacent, the
+rare ones in a block allocated on first use); `obs` and `ident` are the items of `key`."""
 
-    __slots__ = ("datagrams", "fseq", "ftime", "iv_min", "iv_seen", "last", "last_seen", "octets", "packets")
+
+class _SAFields:
+    """The Python twin of agent._sastate.SAFields: the fallback where nothing compiles, and the oracle."""
+
+    __slots__ = tuple(k for k in FIELDS if k not in ("obs", "ident"))
+
+    @property
+    def obs(self) -> tuple | None:
+        return self.key[0]
+
+    @property
+    def ident(self) -> bytes:
+        return self.key[1]
 
 
-class SeqTracker(HotSlots):
+SAFields: type = _sastate.SAFields if _sastate is not None else _SAFields
+
+
+class SeqTracker(SAFields):
     """Sequence-space state of one SA generation. Times are epoch seconds from the caller's clock."""
 
-    __slots__ = (
-        "first", "started", "gaps", "finals", "held", "held_time",
-        "lost", "reordered", "duplicates", "late", "implausible", "max_extent",
-        "iv_max", "iv_extent", "anchor", "first_at", "events",
-    )
+    __slots__ = ()
 
     def __init__(self) -> None:
         self.first = -1
@@ -144,6 +167,11 @@ class SeqTracker(HotSlots):
             self.finalize_by_time(now, s.reorder_time)
         last = self.last
         if n > last:
+            if n > SEQ_LIMIT:  # never a new `last` (nor held): only a hostile run of jumps gets here
+                self.pin()
+                self.implausible += 1
+                self.late += 1
+                return Verdict.LATE
             if n - last > s.jump_limit:
                 self.pin()
                 return self._hold(n, low, now, s)

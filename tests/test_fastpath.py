@@ -23,7 +23,7 @@ from agent.offline import meter_file
 from agent.report import document
 from agent.sa import PROBATION_RUN, SA
 from agent.satable import SATable, TableSettings
-from agent.tracker import TrackerSettings
+from agent.tracker import FIELDS, SEQ_LIMIT, TrackerSettings
 from tests.gt.scenarios import registry
 from tests.test_satable_create import one_entry_each
 
@@ -63,7 +63,7 @@ class _Sink:
         self.records.extend(events)  # in the stream too: the fast paths must give the same events
 
 
-_SA_SLOTS = [k for cls in SA.__mro__ for k in getattr(cls, "__slots__", ()) if k != "peer"]
+_SA_SLOTS = [k for k in FIELDS if k != "peer"]
 
 
 def sa_states(m: Meter) -> list[tuple]:
@@ -305,7 +305,7 @@ def test_new_sa_in_one_batch_ends_in_the_reference_state(count: int) -> None:
     assert states[0][0]["trial"] == (count < PROBATION_RUN)
 
 
-_SLOTS = [k for cls in SA.__mro__ for k in getattr(cls, "__slots__", ())]
+_SLOTS = list(FIELDS)
 
 
 @pytest.mark.parametrize("ifindex", [None, 7])
@@ -982,3 +982,28 @@ def test_mutated_streams_on_every_link_and_capture_direction_equal_the_reference
             docs.append((document(m, "x", linktype), dict(m.classes)))
         assert docs[0] == docs[1], direction
         assert docs[0][1][d.ESP] > 2000 and docs[0][1][d.MALFORMED] > 50 and docs[0][1][d.TRUNCATED] > 50
+
+
+def test_numbers_stop_at_the_sequence_limit_on_every_path() -> None:
+    """A number beyond agent.tracker.SEQ_LIMIT (only a forged run of confirmed jumps gets near it) is never a
+    new `last`: implausible and late on every path, no overflow of the compiled 64-bit fields; the numbers
+    up to it are taken as usual (by the walk where it is built)."""
+    def batch(seqs: list[int], second: int) -> tuple[bytes, bytes]:
+        buf, meta = bytearray(), bytearray()
+        for i, seq in enumerate(seqs):
+            f = _frame(1, 0x100, seq)
+            meta += struct.pack("=IIII", 1_700_000_000 + second, i, len(buf), len(f))
+            buf += f
+        return bytes(buf), bytes(meta)
+
+    states = []
+    for s in (MeterSettings(), MeterSettings(compiled=False), MeterSettings(fast_path=False)):
+        m = Meter(s)
+        m.feed(*batch(list(range(1, 9)), 0), d.DLT_EN10MB)
+        (sa,) = m.table.sas.values()
+        sa.first, sa.last, sa.iv_min = SEQ_LIMIT - 10, SEQ_LIMIT - 3, -1  # as if it had got there
+        m.feed(*batch([0xFFFFFFFE, 0xFFFFFFFF, 0, 1, 2, 0], 1), d.DLT_EN10MB)
+        states.append(({k: getattr(sa, k) for k in _SLOTS if k != "peer"}, m.classes[d.ESP]))
+    assert states[0] == states[1] == states[2]
+    got = states[0][0]
+    assert got["last"] == SEQ_LIMIT and got["implausible"] == 2 and got["late"] == 2 and got["duplicates"] == 1

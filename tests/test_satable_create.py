@@ -22,12 +22,13 @@ from agent.compiled import fastpath
 from agent.sa import SA, esp_ident, udp_ident
 from agent.satable import SATable, TableSettings
 from agent.schedule import HeapSchedule
+from agent.tracker import FIELDS
 
 if fastpath is None:
     pytestmark = pytest.mark.skipif(not (os.environ.get("CI") and not os.environ.get("ESPMETER_PURE_PYTHON")),
                                     reason="the compiled path is not built here")
 
-_SLOTS = [k for cls in SA.__mro__ for k in getattr(cls, "__slots__", ())]
+_SLOTS = list(FIELDS)
 _ADDRS = [bytes([10, 0, 0, i]) for i in range(1, 4)] + [bytes(15) + bytes([i]) for i in range(1, 3)]
 
 
@@ -123,16 +124,18 @@ def test_compiled_create_leaves_the_python_state(specs: list, max_sas: int, auth
 
 def test_a_new_sa_shares_the_constants_python_shares() -> None:
     """The compiled copy of SA.__init__'s template holds the very objects __init__ stores (no per-SA copies
-    of constants: memory per SA), and the arguments where __init__ stores them."""
+    of constants: memory per SA), the same numbers, and the arguments where __init__ stores them."""
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
-    key, now = ((3, None, None), esp_ident(_ADDRS[0], _ADDRS[1], 9)), 1_700_000_000.25
-    c = SATable(TableSettings(), lambda *a: None, compiled=True).create(key, False, now, "out")
-    py = SA(key, False, now, "out")
-    for k in _SLOTS:
-        if k not in ("due", "peer", "tunnel_id"):
-            assert getattr(c, k) is getattr(py, k) or (k in ("local",) and getattr(c, k) == getattr(py, k)), k
-    assert c.first_seen is now and c.obs is key[0] and c.ident is key[1]
+    for udp in (False, True):
+        key, now = ((3, None, None), esp_ident(_ADDRS[0], _ADDRS[1], 9)), 1_700_000_000.25
+        c = SATable(TableSettings(), lambda *a: None, compiled=True).create(key, udp, now, "out")
+        py = SA(key, udp, now, "out")
+        for k in _SLOTS:
+            v, w = getattr(c, k), getattr(py, k)
+            if k not in ("peer", "tunnel_id"):
+                assert (type(v), v) == (type(w), w) if isinstance(v, int | float) else v is w, k
+        assert c.first_seen == now and c.obs is key[0] and c.ident is key[1] and c.udp is udp
 
 
 def _esp(src: bytes, dst: bytes, spi: int, seq: int) -> bytes:
@@ -273,27 +276,25 @@ def test_the_compiled_schedule_is_the_heapq_one(entries: list, pops: int) -> Non
 
 
 def test_a_compiled_schedule_with_a_foreign_entry_drops_nothing() -> None:
-    """drop_dead checks every entry before it drops one: an entry that is not an SA, or whose `active` is not
-    a bool (or not set), is a TypeError and the schedule stays as it was."""
+    """drop_dead checks every entry before it drops one: an entry that is not an SA is a TypeError and the
+    schedule stays as it was. An SA's `active` is a bool by its type (agent/sastate.h): nothing else is stored."""
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
     sas = [SA((None, esp_ident(_ADDRS[0], _ADDRS[1], n)), False, 1.0, None) for n in range(1, 5)]
     sas[0].active = False
-    for foreign in ("not an SA", 1, None):
-        s = fastpath.Schedule()
-        for n, sa in enumerate(sas):
-            s.push(float(n), sa)
-        if foreign == "not an SA":
-            s.push(9.0, object())
-        elif foreign == 1:
-            sas[2].active = 1
-        else:
-            del sas[2].active
-        before = [(due, id(sa)) for due, sa in s]
+    s = fastpath.Schedule()
+    for n, sa in enumerate(sas):
+        s.push(float(n), sa)
+    s.push(9.0, object())
+    before = [(due, id(sa)) for due, sa in s]
+    with pytest.raises(TypeError):
+        s.drop_dead()
+    assert [(due, id(sa)) for due, sa in s] == before
+    for wrong in (1, None):
         with pytest.raises(TypeError):
-            s.drop_dead()
-        assert [(due, id(sa)) for due, sa in s] == before
-        sas[2].active = True
+            sas[2].active = wrong
+    with pytest.raises(TypeError):
+        del sas[2].active
 
 
 def test_the_compiled_schedule_frees_its_entries() -> None:

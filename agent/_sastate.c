@@ -1,0 +1,172 @@
+/* agent._sastate.SAFields: the base type of agent.tracker.SeqTracker and agent.sa.SA where it is built
+ * (agent/sastate.h says why), in a module of its own so that agent.tracker can import it before
+ * agent/_fastpath.c, which binds agent.sa.SA at import, exists.  agent.tracker._SAFields is the Python
+ * twin (slots, the same names): the fallback where nothing compiles, and the oracle.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
+
+#include "sastate.h"
+
+#define I64(name) {#name, T_LONGLONG, offsetof(SAFields, name), 0, NULL},
+#define F64(name) {#name, T_DOUBLE, offsetof(SAFields, name), 0, NULL},
+#define BOOL(name) {#name, T_BOOL, offsetof(SAFields, name), 0, NULL},
+#define OBJ(name) {#name, T_OBJECT_EX, offsetof(SAFields, name), 0, NULL},
+
+static PyMemberDef members[] = {
+    SA_NUMBER_FIELDS(I64) SA_TIME_FIELDS(F64) SA_FLAG_FIELDS(BOOL) SA_OBJECT_FIELDS(OBJ)
+    {NULL}};
+
+static int no_delete(const char *name) {
+    PyErr_Format(PyExc_TypeError, "can't delete SA field %s", name);
+    return -1;
+}
+
+/* The cold block's fields: a default written where there is no block allocates none. */
+#define COLD_OBJECT(name, dflt)                                                             \
+    static PyObject *get_##name(PyObject *sa, void *unused) {                               \
+        (void)unused;                                                                       \
+        return Py_NewRef(sa_##name(sa));                                                    \
+    }                                                                                       \
+    static int set_##name(PyObject *sa, PyObject *v, void *unused) {                        \
+        (void)unused;                                                                       \
+        if (v == NULL)                                                                      \
+            return no_delete(#name);                                                        \
+        if (SA(sa)->cold == NULL && v == SA_BORROWED_##dflt)                                \
+            return 0;                                                                       \
+        SACold *c = sa_cold(sa);                                                            \
+        if (c == NULL)                                                                      \
+            return -1;                                                                      \
+        Py_SETREF(c->name, Py_NewRef(v));                                                   \
+        return 0;                                                                           \
+    }
+#define COLD_NUMBER(name, dflt)                                                             \
+    static PyObject *get_##name(PyObject *sa, void *unused) {                               \
+        (void)unused;                                                                       \
+        return PyLong_FromLongLong(sa_##name(sa));                                          \
+    }                                                                                       \
+    static int set_##name(PyObject *sa, PyObject *v, void *unused) {                        \
+        (void)unused;                                                                       \
+        if (v == NULL)                                                                      \
+            return no_delete(#name);                                                        \
+        if (!PyLong_Check(v)) {                                                             \
+            PyErr_Format(PyExc_TypeError, "SA field %s takes an int", #name);               \
+            return -1;                                                                      \
+        }                                                                                   \
+        long long x = PyLong_AsLongLong(v);                                                 \
+        if (x == -1 && PyErr_Occurred())                                                    \
+            return -1;                                                                      \
+        if (SA(sa)->cold == NULL && x == (dflt))                                            \
+            return 0;                                                                       \
+        SACold *c = sa_cold(sa);                                                            \
+        if (c == NULL)                                                                      \
+            return -1;                                                                      \
+        c->name = x;                                                                        \
+        return 0;                                                                           \
+    }
+#define COLD_TIME(name, dflt)                                                               \
+    static PyObject *get_##name(PyObject *sa, void *unused) {                               \
+        (void)unused;                                                                       \
+        return PyFloat_FromDouble(sa_##name(sa));                                           \
+    }                                                                                       \
+    static int set_##name(PyObject *sa, PyObject *v, void *unused) {                        \
+        (void)unused;                                                                       \
+        if (v == NULL)                                                                      \
+            return no_delete(#name);                                                        \
+        double x = PyFloat_AsDouble(v);                                                     \
+        if (x == -1.0 && PyErr_Occurred())                                                  \
+            return -1;                                                                      \
+        if (SA(sa)->cold == NULL && x == (dflt) && !signbit(x))                             \
+            return 0;                                                                       \
+        SACold *c = sa_cold(sa);                                                            \
+        if (c == NULL)                                                                      \
+            return -1;                                                                      \
+        c->name = x;                                                                        \
+        return 0;                                                                           \
+    }
+SA_COLD_OBJECT_FIELDS(COLD_OBJECT)
+SA_COLD_NUMBER_FIELDS(COLD_NUMBER)
+SA_COLD_TIME_FIELDS(COLD_TIME)
+
+/* obs and ident: the key's two items (agent.sa.SAKey) */
+static PyObject *key_item(PyObject *sa, Py_ssize_t i) {
+    PyObject *item = sa_key_item(sa, i);
+    if (item == NULL)
+        PyErr_SetString(PyExc_AttributeError, "the SA has no (obs, ident) key");
+    return Py_XNewRef(item);
+}
+static PyObject *get_obs(PyObject *sa, void *unused) {
+    (void)unused;
+    return key_item(sa, 0);
+}
+static PyObject *get_ident(PyObject *sa, void *unused) {
+    (void)unused;
+    return key_item(sa, 1);
+}
+
+#define GETSET(name, ...) {#name, (getter)get_##name, (setter)set_##name, NULL, NULL},
+static PyGetSetDef getset[] = {
+    SA_COLD_OBJECT_FIELDS(GETSET) SA_COLD_NUMBER_FIELDS(GETSET) SA_COLD_TIME_FIELDS(GETSET)
+    {"obs", (getter)get_obs, NULL, "the key's observation point", NULL},
+    {"ident", (getter)get_ident, NULL, "the key's addresses [+ ports] + SPI", NULL},
+    {NULL}};
+
+static int traverse(SAFields *self, visitproc visit, void *arg) {
+#define VISIT(name, ...) Py_VISIT(self->name);
+    SA_OBJECT_FIELDS(VISIT)
+#undef VISIT
+    if (self->cold != NULL) {
+#define VISIT(name, ...) Py_VISIT(self->cold->name);
+        SA_COLD_OBJECT_FIELDS(VISIT)
+#undef VISIT
+    }
+    return 0;
+}
+
+static int clear(SAFields *self) {
+#define CLEAR(name, ...) Py_CLEAR(self->name);
+    SA_OBJECT_FIELDS(CLEAR)
+#undef CLEAR
+    SACold *c = self->cold;
+    if (c != NULL) {
+        self->cold = NULL;
+#define CLEAR(name, ...) Py_CLEAR(c->name);
+        SA_COLD_OBJECT_FIELDS(CLEAR)
+#undef CLEAR
+        PyMem_Free(c);
+    }
+    return 0;
+}
+
+static void dealloc(SAFields *self) {
+    PyObject_GC_UnTrack(self);
+    clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject SAFieldsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "agent._sastate.SAFields",
+    .tp_doc = "The fields of one SA generation, unboxed (agent/sastate.h).",
+    .tp_basicsize = sizeof(SAFields),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)dealloc,
+    .tp_traverse = (traverseproc)traverse,
+    .tp_clear = (inquiry)clear,
+    .tp_members = members,
+    .tp_getset = getset,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sastate", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__sastate(void) {
+    if ((sa_empty_tuple = PyTuple_New(0)) == NULL || PyType_Ready(&SAFieldsType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "SAFields", (PyObject *)&SAFieldsType) < 0)
+        Py_CLEAR(m);
+    return m;
+}

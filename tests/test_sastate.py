@@ -1,0 +1,68 @@
+"""The compiled SA fields (agent/_sastate.c on agent/sastate.h: numbers unboxed) against their Python twin
+(agent.tracker._SAFields, the fallback where nothing compiles): the same names, and from every ground-truth
+scenario the same record stream and the same `read --json` document, with ESPMETER_PURE_PYTHON set (every
+compiled part off, the SA a plain slots object) and without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import tracker
+from agent.cli import main
+from agent.compiled import fastpath, sastate
+from tests.conftest import REPO
+from tests.gt.scenarios import registry
+from tests.test_record_stream import stream
+
+
+def test_the_compiled_fields_are_the_python_twins() -> None:
+    if sastate is None or fastpath is None:
+        pytest.fail("the compiled parts are not built (CI builds them)")
+    fields = [k for k, v in vars(sastate.SAFields).items()
+              if type(v).__name__ in ("member_descriptor", "getset_descriptor")]
+    twin = [k for k, v in vars(tracker._SAFields).items() if type(v).__name__ == "member_descriptor"
+            or isinstance(v, property)]
+    assert sorted(fields) == sorted(twin) == sorted(tracker.FIELDS) and len(set(tracker.FIELDS)) == len(tracker.FIELDS)
+    assert tracker.SAFields is sastate.SAFields
+
+
+def _outputs(directory: str) -> str:
+    """Every scenario's record stream (SA and biflow records, 1 s / 2 s timeouts) and `read --json`
+    document, written into `directory`, as one JSON text."""
+    out = {}
+    for name, make in sorted(registry().items()):
+        sc = make()
+        cap = str(Path(directory) / f"{name}.{'pcapng' if sc.fmt == 'pcapng' else 'pcap'}")
+        sc.write(cap)
+        doc = Path(directory) / f"{name}.json"
+        with open(doc, "w") as f:
+            saved, sys.stdout = sys.stdout, f
+            try:
+                main(["read", "--json", cap])
+            finally:
+                sys.stdout = saved
+        out[name] = [repr(stream(cap, biflow)) for biflow in (False, True)] + [doc.read_text().replace(directory, "")]
+    return json.dumps(out)
+
+
+def test_pure_python_equals_compiled(tmp_path: Path) -> None:
+    if sastate is None or fastpath is None:
+        pytest.fail("the compiled parts are not built (CI builds them)")
+    code = "import sys\nfrom tests.test_sastate import _outputs\nprint(_outputs(sys.argv[1]))"
+    runs = {}
+    for pure in ("1", ""):
+        (tmp_path / pure).mkdir(exist_ok=True)
+        res = subprocess.run([sys.executable, "-c", code, str(tmp_path / pure)], capture_output=True, text=True,
+                             cwd=REPO, timeout=600, env={**os.environ, "ESPMETER_PURE_PYTHON": pure})
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs[pure] = json.loads(res.stdout)
+    assert runs["1"].keys() == runs[""].keys() and len(runs[""]) > 20
+    for name in runs[""]:
+        for i, what in enumerate(("SA records", "biflow records", "read --json")):
+            assert runs["1"][name][i] == runs[""][name][i], (name, what)
