@@ -398,13 +398,11 @@ static inline Entry *find(const Parsed *f) {
 static inline int ident_matches(PyObject *sa, const Parsed *f) {
     if (f->ident_len <= 16)
         return 1;
-    PyObject *key = SA(sa)->key, *ident;
-    if (key == NULL || !PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2
-        || !PyBytes_CheckExact(ident = PyTuple_GET_ITEM(key, 1)))
+    Py_ssize_t n;
+    const unsigned char *i = sa_ident(sa, &n);
+    if (i == NULL)
         return 0; /* not a key the table makes: the dict decides */
-    const unsigned char *i = (const unsigned char *)PyBytes_AS_STRING(ident);
-    return PyBytes_GET_SIZE(ident) == f->ident_len && !memcmp(i, f->addrs, f->ident_len - 4)
-        && !memcmp(i + f->ident_len - 4, f->spi, 4);
+    return n == f->ident_len && !memcmp(i, f->addrs, f->ident_len - 4) && !memcmp(i + f->ident_len - 4, f->spi, 4);
 }
 
 /* The SA of the parsed frame `f` (borrowed), or NULL: then `*miss` is its table key (owned) and `*hash`
@@ -419,13 +417,10 @@ static PyObject *lookup(PyObject *sas, const Parsed *f, PyObject **miss, Py_hash
         hit = e->sa;
     if (hit != NULL && ident_matches(hit, f))
         return hit;
-    unsigned char ident[40];
-    ident_of(f, ident);
-    PyObject *ib = PyBytes_FromStringAndSize((const char *)ident, f->ident_len);
-    if (ib == NULL)
-        return NULL;
-    PyObject *key = PyTuple_Pack(2, obs, ib);
-    Py_DECREF(ib);
+    unsigned char raw[40 + SA_OBS_LEN]; /* the key, as agent.sakey makes it */
+    ident_of(f, raw);
+    int obs_len = sa_pack_obs(obs, raw + f->ident_len);
+    PyObject *key = obs_len < 0 ? NULL : PyBytes_FromStringAndSize((const char *)raw, f->ident_len + obs_len);
     if (key == NULL)
         return NULL;
     Py_hash_t h = PyObject_Hash(key);
@@ -573,7 +568,7 @@ static int finalize_by_time(PyObject *sa, double now, long long window, double r
     if (SA(sa)->trial)
         return 0;
     PyObject *gaps = sa_gaps(sa), *events = sa_events(sa), *finals = sa_finals(sa);
-    long long lost = SA(sa)->lost;
+    long long lost = sa_lost(sa);
     if (gaps == NULL || !PyList_CheckExact(gaps) || PyList_GET_SIZE(gaps) == 0
         || events == NULL || finals == NULL || !(PyList_CheckExact(events) || PyTuple_CheckExact(events))
         || !(PyList_CheckExact(finals) || PyTuple_CheckExact(finals)))
@@ -616,7 +611,7 @@ static int finalize_by_time(PyObject *sa, double now, long long window, double r
         return 0;
     if (PyList_SetSlice(gaps, 0, k, NULL) < 0)
         return -1;
-    SA(sa)->lost = lost;
+    SA(sa)->cold->lost = lost; /* the block is there: the gaps are */
     return set_limits(sa, gaps, window, reorder_time) < 0 ? -1 : 1;
 }
 
@@ -704,14 +699,14 @@ static int first_datagram(PyObject *sa, uint32_t n, uint32_t total, double now) 
         || sa_duplicates(sa) != 0 || sa_late(sa) != 0 || sa_held(sa) != -1 || gaps == NULL || !PyTuple_CheckExact(gaps)
         || PyTuple_GET_SIZE(gaps) != 0)
         return 0;
-    s->first = s->last = s->iv_min = s->iv_max = n;
+    s->first = s->last = s->iv_min = n;
+    s->ftime = INFINITY;
     if (s->iv_seen < 0)
         s->iv_seen = now;
     s->started = s->last_seen = now;
     s->datagrams = 1;
     s->packets += 1;
     s->octets += total;
-    s->ftime = INFINITY;
     s->fseq = (long long)n + probation_run - 1;
     return 1;
 }
@@ -1175,43 +1170,34 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
     if (Py_TYPE(sa) != sa_type)
         return 0;
     SAFields *st = SA(sa);
-    PyObject *obs = sa_obs(sa), *ifindex = Py_None, *vlan = Py_None, *inner = Py_None;
-    if (obs != Py_None) {
-        if (obs == NULL || !PyTuple_CheckExact(obs) || PyTuple_GET_SIZE(obs) != 3)
-            return 0;
-        ifindex = PyTuple_GET_ITEM(obs, 0);
-        vlan = PyTuple_GET_ITEM(obs, 1);
-        inner = PyTuple_GET_ITEM(obs, 2);
-    }
-    PyObject *iface = ifindex; /* interfaces.get(ifindex, ifindex) if interfaces else ifindex */
-    if (interfaces != Py_None && PyDict_GET_SIZE(interfaces)) {
-        /* only an exact int is looked up here: any other key could run Python code (__eq__) while
-         * the borrowed field values below are held */
-        if (!PyLong_CheckExact(ifindex))
-            return 0;
-        iface = PyDict_GetItemWithError(interfaces, ifindex);
-        if (iface == NULL) {
-            if (PyErr_Occurred())
-                return -1;
-            iface = ifindex;
-        }
-    }
-    PyObject *ident = sa_ident(sa), *peer = st->peer, *name = sa_name(sa);
-    if (ident == NULL || !PyBytes_CheckExact(ident))
+    long long ifindex = -1;
+    int vlan = -1, inner = -1;
+    if (sa_obs(sa, &ifindex, &vlan, &inner) < 0)
         return 0;
-    Py_ssize_t len = PyBytes_GET_SIZE(ident);
+    PyObject *iface = NULL; /* interfaces.get(ifindex, ifindex) if interfaces else ifindex: NULL for the number */
+    if (interfaces != Py_None && PyDict_GET_SIZE(interfaces)) {
+        if (ifindex < 0) /* None, looked up by Python */
+            return 0;
+        PyObject *number = PyLong_FromLongLong(ifindex); /* an exact int: no Python code runs in the look-up */
+        iface = number == NULL ? NULL : PyDict_GetItemWithError(interfaces, number);
+        Py_XDECREF(number);
+        if (iface == NULL && PyErr_Occurred())
+            return -1;
+    }
+    PyObject *peer = st->peer, *name = sa_name(sa);
+    Py_ssize_t len, peer_len = 0;
+    const unsigned char *id = sa_ident(sa, &len), *pid = NULL;
+    if (id == NULL)
+        return 0;
     int n = addr_len(len);
     if (len != (st->udp ? 2 * n + 8 : 2 * n + 4))
         return 0;
-    const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
     if (name == NULL || (name == Py_None && PyDict_GET_SIZE(names))) /* a configured name: tunnel_name() */
         return 0;
     long long f = st->first, l = st->last;
     if (l >= 0 && (f < 0 || l - f == LLONG_MAX))
         return 0;
-    if (peer == NULL || (peer != Py_None && (Py_TYPE(peer) != sa_type || sa_ident(peer) == NULL
-                                              || !PyBytes_CheckExact(sa_ident(peer))
-                                              || PyBytes_GET_SIZE(sa_ident(peer)) < 4)))
+    if (peer == NULL || (peer != Py_None && (Py_TYPE(peer) != sa_type || (pid = sa_ident(peer, &peer_len)) == NULL)))
         return 0;
     PUT(PUTS(t, "{\"src\":"));
     PUT(put_address(t, id, n));
@@ -1225,13 +1211,14 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
         PUT(PUTS(t, ",\"encap\":\"esp\",\"sport\":null,\"dport\":null"));
     }
     PUT(PUTS(t, ",\"vlan\":"));
-    PUT(put_int_or_null(t, vlan));
+    PUT(vlan < 0 ? PUTS(t, "null") : put_i64(t, vlan));
     PUT(PUTS(t, ",\"inner_vlan\":"));
-    PUT(put_int_or_null(t, inner));
+    PUT(inner < 0 ? PUTS(t, "null") : put_i64(t, inner));
     PUT(PUTS(t, ",\"interface\":"));
-    PUT(PyUnicode_CheckExact(iface) ? put_str(t, iface) : put_int_or_null(t, iface));
+    PUT(iface == NULL ? (ifindex < 0 ? PUTS(t, "null") : put_i64(t, ifindex))
+        : PyUnicode_CheckExact(iface) ? put_str(t, iface) : put_int_or_null(t, iface));
     PUT(PUTS(t, ",\"direction\":"));
-    PUT(put_str_or_null(t, st->direction));
+    PUT(PUTS(t, st->direction == SA_IN ? "\"in\"" : st->direction == SA_OUT ? "\"out\"" : "null"));
     PUT(PUTS(t, st->local ? ",\"local\":true" : ",\"local\":false"));
     PUT(put_named(t, ",\"generation\":", sa_generation(sa)));
     PUT(put_named(t, ",\"packets\":", st->packets));
@@ -1244,7 +1231,7 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
         PUT(PUTS(t, ",\"first_seq\":null,\"last_seq\":null"));
     }
     PUT(put_named(t, ",\"expected\":", l >= 0 ? l - f + 1 : 0));
-    PUT(put_named(t, ",\"lost\":", st->lost));
+    PUT(put_named(t, ",\"lost\":", sa_lost(sa)));
     PUT(put_named(t, ",\"reordered\":", sa_reordered(sa)));
     PUT(put_named(t, ",\"max_reorder_extent\":", sa_max_extent(sa)));
     PUT(put_named(t, ",\"duplicates\":", sa_duplicates(sa)));
@@ -1252,14 +1239,12 @@ static int put_sa(Text *t, PyObject *sa, PyObject *names, PyObject *interfaces) 
     PUT(put_named(t, ",\"implausible\":", sa_implausible(sa)));
     PUT(put_named(t, ",\"incomplete\":", sa_incomplete(sa)));
     if (peer != Py_None) {
-        PyObject *pid = sa_ident(peer);
-        const unsigned char *spi = (const unsigned char *)PyBytes_AS_STRING(pid) + PyBytes_GET_SIZE(pid) - 4;
-        PUT(put_named(t, ",\"peer_spi\":", be32(spi)));
+        PUT(put_named(t, ",\"peer_spi\":", be32(pid + peer_len - 4)));
     } else {
         PUT(PUTS(t, ",\"peer_spi\":null"));
     }
     PUT(PUTS(t, ",\"tunnel\":"));
-    PUT(put_int_or_null(t, st->tunnel_id));
+    PUT(st->tunnel_id < 0 ? PUTS(t, "null") : put_i64(t, st->tunnel_id));
     PUT(PUTS(t, ",\"tunnel_name\":"));
     PUT(put_str_or_null(t, name));
     PUT(PUTS(t, ",\"first_seen\":"));
@@ -1277,16 +1262,13 @@ static int put_tunnel(Text *t, PyObject *item, PyObject *names, PyObject *unused
     PyObject *fwd = PyTuple_GET_ITEM(item, 1), *rev = PyTuple_GET_ITEM(item, 2);
     if (Py_TYPE(fwd) != sa_type || Py_TYPE(rev) != sa_type)
         return 0;
-    PyObject *ident = sa_ident(fwd), *rident = sa_ident(rev), *name = sa_name(fwd);
-    if (ident == NULL || rident == NULL || !PyBytes_CheckExact(ident) || !PyBytes_CheckExact(rident)
-        || PyBytes_GET_SIZE(rident) < 4 || name == NULL || (name == Py_None && PyDict_GET_SIZE(names)))
+    PyObject *name = sa_name(fwd);
+    Py_ssize_t len, rlen;
+    const unsigned char *id = sa_ident(fwd, &len), *rid = sa_ident(rev, &rlen);
+    if (id == NULL || rid == NULL || name == NULL || (name == Py_None && PyDict_GET_SIZE(names)))
         return 0;
-    Py_ssize_t len = PyBytes_GET_SIZE(ident);
     int n = addr_len(len);
-    if (len < 2 * n + 4)
-        return 0;
-    const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(ident);
-    const unsigned char *rid = (const unsigned char *)PyBytes_AS_STRING(rident) + PyBytes_GET_SIZE(rident) - 4;
+    rid += rlen - 4;
     PUT(PUTS(t, "{\"id\":"));
     PUT(put_int(t, PyTuple_GET_ITEM(item, 0)));
     PUT(PUTS(t, ",\"name\":"));
@@ -1428,9 +1410,8 @@ static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *sa = PyList_GET_ITEM(sas, i), *tid;
-        if (Py_TYPE(sa) != sa_type || SA(sa)->peer == NULL || (tid = SA(sa)->tunnel_id) == NULL
-            || (tid != Py_None && !PyLong_CheckExact(tid))) {
+        PyObject *sa = PyList_GET_ITEM(sas, i);
+        if (Py_TYPE(sa) != sa_type || SA(sa)->peer == NULL) {
             PyMem_Free(at);
             Py_DECREF(pairs);
             Py_RETURN_NONE;
@@ -1442,26 +1423,33 @@ static PyObject *tunnel_pairs(PyObject *self, PyObject *sas) {
         at[h & (size - 1)].i = i;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *sa = PyList_GET_ITEM(sas, i), *tid = SA(sa)->tunnel_id, *peer = SA(sa)->peer;
-        if (tid == Py_None || peer == Py_None)
+        PyObject *sa = PyList_GET_ITEM(sas, i), *peer = SA(sa)->peer;
+        if (SA(sa)->tunnel_id < 0 || peer == Py_None)
             continue;
-        int taken = PyDict_Contains(pairs, tid);
-        if (taken < 0)
+        PyObject *tid = PyLong_FromLongLong(SA(sa)->tunnel_id);
+        int taken = tid == NULL ? -1 : PyDict_Contains(pairs, tid);
+        if (taken < 0) {
+            Py_XDECREF(tid);
             goto done;
-        if (taken)
+        }
+        if (taken) {
+            Py_DECREF(tid);
             continue;
+        }
         size_t h = ((uintptr_t)peer >> 4) * 0x9E3779B97F4A7C15ull;
         for (h >>= 20; at[h & (size - 1)].sa != NULL && at[h & (size - 1)].sa != peer; h++)
             ;
-        if (at[h & (size - 1)].sa == NULL)
+        if (at[h & (size - 1)].sa == NULL) {
+            Py_DECREF(tid);
             continue; /* the partner is not in the list */
+        }
         Py_ssize_t j = at[h & (size - 1)].i;
         PyObject *t = i <= j ? Py_BuildValue("(OOOnn)", tid, sa, peer, i, j) : Py_BuildValue("(OOOnn)", tid, peer, sa, j, i);
-        if (t == NULL || PyDict_SetItem(pairs, tid, t) < 0) {
-            Py_XDECREF(t);
+        int rc = t == NULL ? -1 : PyDict_SetItem(pairs, tid, t);
+        Py_DECREF(tid);
+        Py_XDECREF(t);
+        if (rc < 0)
             goto done;
-        }
-        Py_DECREF(t);
     }
     if ((ids = PyDict_Keys(pairs)) == NULL || PyList_Sort(ids) < 0 || (out = PyList_New(PyList_GET_SIZE(ids))) == NULL)
         goto done;
@@ -1484,7 +1472,7 @@ done:
  * pairing authority, the pairing of Pairer.add when there are no or one candidates (two or more:
  * Pairer._place, in Python). A full table drops its oldest probationer here while it has no partner
  * (make_room); the rest of _make_room is Python's. What a create reads of the table: Ctx, below. */
-enum { A_OBS, A_IDENT, A_KEY, A_DIRECTION, N_OBJ_ARGS, A_UDP = N_OBJ_ARGS, A_NOW, N_ARGS };
+enum { A_KEY, N_OBJ_ARGS, A_DIRECTION = N_OBJ_ARGS, A_UDP, A_NOW, N_ARGS };
 static PyObject *template_sa, *one;
 static PyTypeObject *odict_type; /* collections.OrderedDict: several candidates under one flow key (agent.pairing) */
 #define N_OBJECT_FIELDS (0 SA_OBJECT_FIELDS(SA_COUNT))
@@ -1493,7 +1481,8 @@ static PyTypeObject *odict_type; /* collections.OrderedDict: several candidates 
 static signed char obj_arg[N_OBJECT_FIELDS], time_arg[N_TIME_FIELDS], flag_arg[N_FLAG_FIELDS]; /* the argument, or -1 */
 #define SA_OFFSET(name) offsetof(SAFields, name),
 static const size_t obj_off[] = {SA_OBJECT_FIELDS(SA_OFFSET)}, time_off[] = {SA_TIME_FIELDS(SA_OFFSET)},
-                    flag_off[] = {SA_FLAG_FIELDS(SA_OFFSET)}, number_off[] = {SA_NUMBER_FIELDS(SA_OFFSET)};
+                    flag_off[] = {SA_FLAG_FIELDS(SA_OFFSET)},
+                    number_off[] = {SA_NUMBER_FIELDS(SA_OFFSET) SA_OPTIONAL_FIELDS(SA_OFFSET)};
 #define FIELD(sa, type, off) (*(type *)((char *)(sa) + (off)))
 static PyObject *str_sas, *str_probation, *str_pairer, *str_settings, *str_max_sas,
     *str_idle_timeout, *str_active_timeout, *str_make_room, *str_authority, *str_add, *str_unpaired,
@@ -1508,11 +1497,8 @@ static int immutable(PyObject *v) {
 
 /* SA(key, udp, now, direction) from stand-ins: args[A_UDP] and args[A_NOW] are the bool and the float */
 static PyObject *stand_in_sa(PyObject **args) {
-    PyObject *key = PyTuple_Pack(2, args[A_OBS], args[A_IDENT]);
-    if (key == NULL)
-        return NULL;
-    args[A_KEY] = key;
-    return PyObject_CallFunctionObjArgs((PyObject *)sa_type, key, args[A_UDP], args[A_NOW], args[A_DIRECTION], NULL);
+    return PyObject_CallFunctionObjArgs((PyObject *)sa_type, args[A_KEY], args[A_UDP], args[A_NOW], args[A_DIRECTION],
+                                        NULL);
 }
 
 static int bind_template(void) {
@@ -1524,9 +1510,13 @@ static int bind_template(void) {
     PyObject *a[N_ARGS] = {NULL}, *b[N_ARGS] = {NULL}, *other = NULL;
     int rc = -1;
     for (int k = 0; k < N_OBJ_ARGS; k++)
-        if (k != A_KEY && ((a[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL
-                           || (b[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL))
+        if ((a[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL
+            || (b[k] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL)
             goto done;
+    a[A_DIRECTION] = PyUnicode_FromString("in");
+    b[A_DIRECTION] = PyUnicode_FromString("out");
+    if (a[A_DIRECTION] == NULL || b[A_DIRECTION] == NULL)
+        goto done;
     a[A_UDP] = Py_NewRef(Py_False);
     b[A_UDP] = Py_NewRef(Py_True);
     if ((a[A_NOW] = PyFloat_FromDouble(1.25)) == NULL || (b[A_NOW] = PyFloat_FromDouble(2.5)) == NULL
@@ -1560,6 +1550,8 @@ static int bind_template(void) {
         if (flag_arg[i] < 0 && u != v)
             goto computed;
     }
+    if (SA(template_sa)->direction != SA_IN || SA(other)->direction != SA_OUT)
+        goto computed;
     for (size_t i = 0; i < sizeof(number_off) / sizeof(number_off[0]); i++)
         if (FIELD(template_sa, long long, number_off[i]) != FIELD(other, long long, number_off[i]))
             goto computed;
@@ -1602,13 +1594,13 @@ done:
 }
 
 /* SA(key, udp, now, direction): the template with the arguments in place of the stand-ins. */
-static PyObject *new_sa(PyObject *key, int udp, PyObject *now, PyObject *direction) {
+static PyObject *new_sa(PyObject *key, int udp, PyObject *now, int direction) {
     PyObject *sa = sa_type->tp_alloc(sa_type, 0);
     if (sa == NULL)
         return NULL;
     /* everything after the object header; then the object fields get their references */
     memcpy((char *)sa + sizeof(PyObject), (char *)template_sa + sizeof(PyObject), sizeof(SAFields) - sizeof(PyObject));
-    PyObject *args[N_OBJ_ARGS] = {PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), key, direction};
+    PyObject *args[N_OBJ_ARGS] = {key};
     for (int i = 0; i < N_OBJECT_FIELDS; i++) {
         PyObject **f = &FIELD(sa, PyObject *, obj_off[i]);
         if (obj_arg[i] >= 0)
@@ -1622,6 +1614,7 @@ static PyObject *new_sa(PyObject *key, int udp, PyObject *now, PyObject *directi
     for (int i = 0; i < N_FLAG_FIELDS; i++)
         if (flag_arg[i] >= 0)
             FIELD(sa, char, flag_off[i]) = (char)udp;
+    SA(sa)->direction = (char)direction;
     /* Out of the cyclic collector's sight, which would only walk the table again and again (a quarter of
      * an SPI flood's CPU): a table's SAs form no cycle but a tunnel's pair, and SATable breaks those
      * when one of them leaves it (_forget) or when it goes itself (__del__). */
@@ -1769,10 +1762,9 @@ static int schedule_new(Ctx *c, PyObject *sa, double now) {
 }
 
 /* The flow key (ident without its SPI) or, reverse, its mirror: addresses swapped, and ports for UDP. */
-static PyObject *flow_key(PyObject *ident, int udp, int reverse) {
-    Py_ssize_t len = PyBytes_GET_SIZE(ident) - 4;
-    int n = addr_len(PyBytes_GET_SIZE(ident));
-    const unsigned char *i = (const unsigned char *)PyBytes_AS_STRING(ident);
+static PyObject *flow_key(const unsigned char *i, Py_ssize_t ident_len, int udp, int reverse) {
+    Py_ssize_t len = ident_len - 4;
+    int n = addr_len(ident_len);
     if (!reverse || len < 2 * n + (udp ? 4 : 0))
         return PyBytes_FromStringAndSize((const char *)i, len < 0 ? 0 : len);
     PyObject *out = PyBytes_FromStringAndSize(NULL, 2 * n + (udp ? 4 : 0));
@@ -1791,7 +1783,7 @@ static PyObject *flow_key(PyObject *ident, int udp, int reverse) {
 /* Pairer._place(sa, reverse, the candidates) without an authority, in C when one SA waits under `reverse`,
  * or none and not exactly one under the SA's own flow key (`unpaired` holds a lone candidate itself,
  * several in an OrderedDict of them). */
-static int place(Ctx *c, PyObject *sa, PyObject *ident, int udp, PyObject *reverse) {
+static int place(Ctx *c, PyObject *sa, const unsigned char *ident, Py_ssize_t ident_len, int udp, PyObject *reverse) {
     PyObject *pairer = c->pairer, *unpaired = c->unpaired, *key = NULL, *waiting = NULL, *own = NULL;
     int rc = -1;
     if (!PyDict_CheckExact(unpaired))
@@ -1801,26 +1793,26 @@ static int place(Ctx *c, PyObject *sa, PyObject *ident, int udp, PyObject *rever
         goto done;
     if (waiting != NULL && Py_TYPE(waiting) == sa_type) { /* the one candidate: Pairer._pair(it, sa) */
         PyObject *peer = waiting, *tid = NULL, *next = NULL;
+        long long id = -1;
         Py_INCREF(peer);
         rc = PyDict_DelItem(unpaired, reverse) < 0 || (tid = PyObject_GetAttr(pairer, str_next_tunnel)) == NULL
-            || (next = PyNumber_Add(tid, one)) == NULL || PyObject_SetAttr(pairer, str_next_tunnel, next) < 0 ? -1 : 0;
+            || (id = PyLong_AsLongLong(tid)) < 0 || (next = PyNumber_Add(tid, one)) == NULL
+            || PyObject_SetAttr(pairer, str_next_tunnel, next) < 0 ? -1 : 0;
         if (rc == 0) {
             Py_INCREF(sa);
             Py_INCREF(peer);
-            Py_INCREF(tid);
-            Py_INCREF(tid);
             set_field(&SA(peer)->peer, sa);
             set_field(&SA(sa)->peer, peer);
-            set_field(&SA(peer)->tunnel_id, tid);
-            set_field(&SA(sa)->tunnel_id, tid);
-        }
+            SA(peer)->tunnel_id = SA(sa)->tunnel_id = id;
+        } else if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "agent.pairing.Pairer.next_tunnel is negative");
         Py_DECREF(peer);
         Py_XDECREF(tid);
         Py_XDECREF(next);
         goto done;
     }
     if (waiting == NULL) { /* a candidate itself: the first under its flow key (set in the same look-up) */
-        if ((key = flow_key(ident, udp, 0)) == NULL || (own = PyDict_SetDefault(unpaired, key, sa)) == NULL)
+        if ((key = flow_key(ident, ident_len, udp, 0)) == NULL || (own = PyDict_SetDefault(unpaired, key, sa)) == NULL)
             goto done;
         if (own == sa || Py_TYPE(own) == odict_type) { /* the first under its flow key, or one more of several */
             rc = own == sa ? 0 : PyObject_SetItem(own, sa, Py_None);
@@ -1843,7 +1835,7 @@ done:
 }
 
 /* Pairer.add(sa) */
-static int pair_new(Ctx *c, PyObject *sa, PyObject *ident, int udp) {
+static int pair_new(Ctx *c, PyObject *sa, const unsigned char *ident, Py_ssize_t ident_len, int udp) {
     if (c->authority != Py_None) {
         PyObject *pairer = Py_NewRef(c->pairer);
         PyObject *r = ctx_leave(c) < 0 ? NULL : PyObject_CallMethodOneArg(pairer, str_add, sa);
@@ -1851,8 +1843,8 @@ static int pair_new(Ctx *c, PyObject *sa, PyObject *ident, int udp) {
         Py_XDECREF(r);
         return r == NULL ? -1 : 0;
     }
-    PyObject *reverse = flow_key(ident, udp, 1);
-    int rc = reverse == NULL ? -1 : place(c, sa, ident, udp, reverse);
+    PyObject *reverse = flow_key(ident, ident_len, udp, 1);
+    int rc = reverse == NULL ? -1 : place(c, sa, ident, ident_len, udp, reverse);
     Py_XDECREF(reverse);
     return rc;
 }
@@ -1935,8 +1927,10 @@ static int drop_unconfirmed(Ctx *c, PyObject *key, PyObject *sa, long long delta
     if (discard(c->dormant, key) < 0)
         goto done;
     /* Pairer.remove(sa): no partner, so no longer a candidate under its flow key */
-    PyObject *ident = sa_ident(sa), *unpaired = c->unpaired, *waiting;
-    if (ident == NULL || !PyBytes_CheckExact(ident) || (fk = flow_key(ident, SA(sa)->udp, 0)) == NULL)
+    PyObject *unpaired = c->unpaired, *waiting;
+    Py_ssize_t ident_len;
+    const unsigned char *ident = sa_ident(sa, &ident_len);
+    if (ident == NULL || (fk = flow_key(ident, ident_len, SA(sa)->udp, 0)) == NULL)
         goto done;
     waiting = PyDict_CheckExact(unpaired) ? PyDict_GetItemWithError(unpaired, fk) : NULL;
     if (waiting == sa)
@@ -2226,8 +2220,14 @@ static PyTypeObject ScheduleType = {
 /* SATable.create; `hash`: the key's, or -1 (not computed yet) */
 static PyObject *create_sa(Ctx *c, PyObject *key, Py_hash_t hash, PyObject *udp, PyObject *now,
                            PyObject *direction, PyObject *local) {
-    PyObject *ident = PyTuple_GET_ITEM(key, 1), *sa = NULL;
-    int is_udp = PyObject_IsTrue(udp), is_local = PyObject_IsTrue(local);
+    PyObject *sa = NULL;
+    Py_ssize_t ident_len;
+    const unsigned char *ident = sa_key_ident(key, &ident_len); /* a key the caller made as agent.sakey does */
+    int is_udp = PyObject_IsTrue(udp), is_local = PyObject_IsTrue(local), dir = sa_direction_code(direction);
+    if (dir < 0) {
+        PyErr_SetString(PyExc_TypeError, "create: direction is None, 'in' or 'out'");
+        return NULL;
+    }
     if (is_udp < 0 || is_local < 0 || ctx_enter(c) < 0)
         return NULL;
     int room = !PyDict_CheckExact(c->sas) ? 0 : PyDict_GET_SIZE(c->sas) < c->max_sas ? 1 : make_room(c);
@@ -2241,13 +2241,13 @@ static PyObject *create_sa(Ctx *c, PyObject *key, Py_hash_t hash, PyObject *udp,
         }
         Py_DECREF(r);
     }
-    if ((sa = new_sa(key, is_udp, now, direction)) == NULL)
+    if ((sa = new_sa(key, is_udp, now, dir)) == NULL)
         return NULL;
     SA(sa)->local = (char)is_local;
     if ((hash == -1 && (hash = PyObject_Hash(key)) == -1) /* where the Python create's table entry hashes it */
         || (PyDict_CheckExact(c->sas) ? _PyDict_SetItem_KnownHash(c->sas, key, sa, hash) : PyObject_SetItem(c->sas, key, sa)) < 0
         || PyObject_SetItem(c->probation, key, sa) < 0
-        || schedule_new(c, sa, PyFloat_AS_DOUBLE(now)) < 0 || ctx_enter(c) < 0 || pair_new(c, sa, ident, is_udp) < 0) {
+        || schedule_new(c, sa, PyFloat_AS_DOUBLE(now)) < 0 || ctx_enter(c) < 0 || pair_new(c, sa, ident, ident_len, is_udp) < 0) {
         Py_DECREF(sa);
         return NULL;
     }
@@ -2256,9 +2256,9 @@ static PyObject *create_sa(Ctx *c, PyObject *key, Py_hash_t hash, PyObject *udp,
 
 static PyObject *create(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     (void)self;
-    if (argc != 6 || !PyTuple_CheckExact(argv[1]) || PyTuple_GET_SIZE(argv[1]) != 2
-        || !PyBytes_CheckExact(PyTuple_GET_ITEM(argv[1], 1)) || !PyFloat_CheckExact(argv[3])) {
-        PyErr_SetString(PyExc_TypeError, "create(table, (obs, ident bytes), udp, now float, direction, local)");
+    Py_ssize_t ident_len;
+    if (argc != 6 || sa_key_ident(argv[1], &ident_len) == NULL || !PyFloat_CheckExact(argv[3])) {
+        PyErr_SetString(PyExc_TypeError, "create(table, key bytes (agent.sakey), udp, now float, direction, local)");
         return NULL;
     }
     Ctx c = {.table = argv[0]};

@@ -90,25 +90,87 @@ SA_COLD_OBJECT_FIELDS(COLD_OBJECT)
 SA_COLD_NUMBER_FIELDS(COLD_NUMBER)
 SA_COLD_TIME_FIELDS(COLD_TIME)
 
-/* obs and ident: the key's two items (agent.sa.SAKey) */
-static PyObject *key_item(PyObject *sa, Py_ssize_t i) {
-    PyObject *item = sa_key_item(sa, i);
-    if (item == NULL)
-        PyErr_SetString(PyExc_AttributeError, "the SA has no (obs, ident) key");
-    return Py_XNewRef(item);
+/* an int or None: -1 in the struct for None */
+#define OPTIONAL(name)                                                                      \
+    static PyObject *get_##name(PyObject *sa, void *unused) {                               \
+        (void)unused;                                                                       \
+        return SA(sa)->name < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(SA(sa)->name);    \
+    }                                                                                       \
+    static int set_##name(PyObject *sa, PyObject *v, void *unused) {                        \
+        (void)unused;                                                                       \
+        if (v == NULL)                                                                      \
+            return no_delete(#name);                                                        \
+        if (v == Py_None) {                                                                 \
+            SA(sa)->name = -1;                                                              \
+            return 0;                                                                       \
+        }                                                                                   \
+        long long x = PyLong_CheckExact(v) ? PyLong_AsLongLong(v) : -1;                     \
+        if (x < 0) {                                                                        \
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {         \
+                PyErr_Clear();                                                              \
+                PyErr_Format(PyExc_TypeError, "SA field %s takes None or an int in 0..2^63", #name); \
+            }                                                                               \
+            return -1;                                                                      \
+        }                                                                                   \
+        SA(sa)->name = x;                                                                   \
+        return 0;                                                                           \
+    }
+SA_OPTIONAL_FIELDS(OPTIONAL)
+
+/* direction: None, "in" or "out", a byte in the struct */
+static PyObject *str_in, *str_out;
+static PyObject *get_direction(PyObject *sa, void *unused) {
+    (void)unused;
+    int d = SA(sa)->direction;
+    return Py_NewRef(d == SA_IN ? str_in : d == SA_OUT ? str_out : Py_None);
+}
+static int set_direction(PyObject *sa, PyObject *v, void *unused) {
+    (void)unused;
+    if (v == NULL)
+        return no_delete("direction");
+    int d = sa_direction_code(v);
+    if (d < 0) {
+        PyErr_SetString(PyExc_TypeError, "SA field direction takes None, 'in' or 'out'");
+        return -1;
+    }
+    SA(sa)->direction = (char)d;
+    return 0;
+}
+
+/* obs and ident, read from the key (agent.sakey) */
+static PyObject *no_key(void) {
+    PyErr_SetString(PyExc_AttributeError, "the SA has no key agent.sakey makes");
+    return NULL;
 }
 static PyObject *get_obs(PyObject *sa, void *unused) {
     (void)unused;
-    return key_item(sa, 0);
+    long long ifindex;
+    int vlan, inner, rc = sa_obs(sa, &ifindex, &vlan, &inner);
+    if (rc <= 0)
+        return rc == 0 ? Py_NewRef(Py_None) : no_key();
+    PyObject *i = ifindex < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(ifindex);
+    PyObject *v = vlan < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(vlan);
+    PyObject *w = inner < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(inner);
+    PyObject *t = i == NULL || v == NULL || w == NULL ? NULL : PyTuple_Pack(3, i, v, w);
+    Py_XDECREF(i);
+    Py_XDECREF(v);
+    Py_XDECREF(w);
+    return t;
 }
 static PyObject *get_ident(PyObject *sa, void *unused) {
     (void)unused;
-    return key_item(sa, 1);
+    Py_ssize_t n;
+    const unsigned char *k = sa_ident(sa, &n);
+    if (k == NULL)
+        return no_key();
+    PyObject *key = SA(sa)->key;
+    return n == PyBytes_GET_SIZE(key) ? Py_NewRef(key) : PyBytes_FromStringAndSize((const char *)k, n);
 }
 
 #define GETSET(name, ...) {#name, (getter)get_##name, (setter)set_##name, NULL, NULL},
 static PyGetSetDef getset[] = {
-    SA_COLD_OBJECT_FIELDS(GETSET) SA_COLD_NUMBER_FIELDS(GETSET) SA_COLD_TIME_FIELDS(GETSET)
+    SA_COLD_OBJECT_FIELDS(GETSET) SA_COLD_NUMBER_FIELDS(GETSET) SA_COLD_TIME_FIELDS(GETSET) SA_OPTIONAL_FIELDS(GETSET)
+    GETSET(direction)
     {"obs", (getter)get_obs, NULL, "the key's observation point", NULL},
     {"ident", (getter)get_ident, NULL, "the key's addresses [+ ports] + SPI", NULL},
     {NULL}};
@@ -163,7 +225,8 @@ static PyTypeObject SAFieldsType = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sastate", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__sastate(void) {
-    if ((sa_empty_tuple = PyTuple_New(0)) == NULL || PyType_Ready(&SAFieldsType) < 0)
+    if ((sa_empty_tuple = PyTuple_New(0)) == NULL || (str_in = PyUnicode_InternFromString("in")) == NULL
+        || (str_out = PyUnicode_InternFromString("out")) == NULL || PyType_Ready(&SAFieldsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddObjectRef(m, "SAFields", (PyObject *)&SAFieldsType) < 0)

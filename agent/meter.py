@@ -24,6 +24,7 @@ from agent.fragments import FragEntry, FragmentTable
 from agent.ike import IkePair, IkeTable
 from agent.records import LossEventSettings, Producer, RecordSink
 from agent.sa import SA, esp_ident, udp_ident
+from agent.sakey import sa_key
 from agent.satable import SATable, TableSettings
 from agent.tracker import LossRun
 from exporter.records import MeteringStats
@@ -202,7 +203,7 @@ class Meter:
     def _esp(self, f: d.Frame, now: float) -> None:
         udp = f.proto == d.PROTO_UDP
         ident = udp_ident(f.src, f.dst, f.sport, f.dport, f.spi) if udp else esp_ident(f.src, f.dst, f.spi)
-        sa = self._sa_datagram((f.obs, ident), udp, f.src, f.seq, f.ip_len, now, f.direction)
+        sa = self._sa_datagram(sa_key(f.obs, ident), udp, f.src, f.seq, f.ip_len, now, f.direction)
         if f.frag_id is not None:
             self._first_fragment(f, sa, now)
 

@@ -13,7 +13,7 @@ from exporter.records import IPAddress
 NO_LIMIT = SEQ_LIMIT + 1  # above any number an SA reaches: no fast limit is higher, so beyond is the tracker's
 PROBATION_RUN = 4  # accepted datagrams (each plausible after the previous) that make an SA established
 NEVER = float("inf")  # the fast path's time limit where no gap can pass the reorder time
-SAKey = tuple  # (obs, ident): obs = (ifindex, vlan, inner_vlan) or None; ident = addresses [+ ports] + SPI
+SAKey = bytes  # agent.sakey: ident (addresses [+ ports] + SPI) [+ observation point (ifindex, vlan, inner_vlan)]
 # SA.identity(): src, dst (packed), spi, sport, dport, ifindex, vlan, inner_vlan
 Identity = tuple[bytes, bytes, int, int | None, int | None, int | None, int | None, int | None]
 _NO_OBS = (None, None, None)
@@ -26,7 +26,7 @@ class SA(SeqTracker):
 
     def __init__(self, key: SAKey, udp: bool, now: float, direction: str | None, generation: int = 0) -> None:
         super().__init__()
-        self.key = key  # (obs, ident): SA.obs and SA.ident read it
+        self.key = key  # SA.obs and SA.ident read it (agent.sakey)
         self.udp = udp
         self.generation = generation
         self.direction = direction
@@ -45,7 +45,7 @@ class SA(SeqTracker):
         self.held_seen = 0.0
         self.local = False  # sent by this box: no path loss is measurable here
         self.fseq = -1  # the in-order fast path applies while last + 1 < fseq and now <= ftime
-        self.ftime = 0.0
+        self.ftime = NEVER  # (ftime matters only where fseq >= 0)
         self.name: str | None = None  # from strongSwan (agent.strongswan) when this box runs it
         self.x_packets = self.x_octets = self.x_datagrams = self.x_lost = 0
         self.x_reordered = self.x_duplicates = self.x_late = self.x_incomplete = 0
@@ -67,7 +67,7 @@ class SA(SeqTracker):
         limit (fseq >= 0).
         """
         if not self.active or self.held >= 0 or self.last < 0:
-            self.fseq, self.ftime = -1, 0.0
+            self.fseq, self.ftime = -1, NEVER
             return
         if self.gaps:
             g = self.gaps[0]
@@ -85,10 +85,11 @@ class SA(SeqTracker):
         property read is a nested interpreter call in CPython 3.11 (~1.5k instructions, callgrind), as
         a named tuple's construction would be."""
         ifindex, vlan, inner_vlan = self.obs or _NO_OBS
+        ident = self.ident
         if self.udp:
-            src, dst, sport, dport, spi = _IDENT[len(self.ident)](self.ident)
+            src, dst, sport, dport, spi = _IDENT[len(ident)](ident)
             return src, dst, spi, sport, dport, ifindex, vlan, inner_vlan
-        src, dst, spi = _IDENT[len(self.ident)](self.ident)
+        src, dst, spi = _IDENT[len(ident)](ident)
         return src, dst, spi, None, None, ifindex, vlan, inner_vlan
 
     @property

@@ -26,6 +26,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from agent.compiled import sastate as _sastate
+from agent.sakey import Obs, key_ident, key_obs
 
 _NONE: tuple = ()
 # The highest number an SA may reach: 2^62 datagrams is beyond any SA's life, while a forged jump past
@@ -89,7 +90,7 @@ FIELDS = (
 )
 """Every field of an SA generation, the tracker's (SeqTracker) and the SA's (agent.sa.SA): one base class
 holds them all, compiled where it is built (agent/sastate.h: numbers unboxed, the walk's fields adjacent, the
-rare ones in a block allocated on first use); `obs` and `ident` are the items of `key`."""
+rare ones in a block allocated on first use); `obs` and `ident` are read from `key` (agent.sakey)."""
 
 
 class _SAFields:
@@ -98,12 +99,12 @@ class _SAFields:
     __slots__ = tuple(k for k in FIELDS if k not in ("obs", "ident"))
 
     @property
-    def obs(self) -> tuple | None:
-        return self.key[0]
+    def obs(self) -> Obs:
+        return key_obs(self.key)
 
     @property
     def ident(self) -> bytes:
-        return self.key[1]
+        return key_ident(self.key)
 
 
 SAFields: type = _sastate.SAFields if _sastate is not None else _SAFields
@@ -193,7 +194,7 @@ class SeqTracker(SAFields):
     def _start(self, n: int, now: float) -> None:
         self.first = self.last = n
         self.started = now
-        self.iv_min = self.iv_max = n
+        self.iv_min = n  # (iv_max stays unset: `last` moved, so take_interval reads it instead)
 
     def pin(self) -> None:
         """`last_seen` is about to move for a datagram that is not a new `last`: keep when `last` came."""

@@ -22,6 +22,7 @@ from agent.meter import Meter, MeterSettings
 from agent.offline import meter_file
 from agent.report import document
 from agent.sa import PROBATION_RUN, SA
+from agent.sakey import key_ident
 from agent.satable import SATable, TableSettings
 from agent.tracker import FIELDS, SEQ_LIMIT, TrackerSettings
 from tests.gt.scenarios import registry
@@ -794,7 +795,7 @@ def test_an_ipv6_sa_whose_cache_digest_is_an_ipv4_ident_is_not_the_ipv4_sa(udp4:
         m.finish()
         results.append(document(m, "x", 1))
     assert results[0] == results[2] and results[1] == results[3]
-    assert [(len(key[1]), n) for key, n, *_ in results[2]] == [(40 if udp6 else 36, 4), (16 if udp4 else 12, 4)]
+    assert [(len(key_ident(key)), n) for key, n, *_ in results[2]] == [(40 if udp6 else 36, 4), (16 if udp4 else 12, 4)]
 
 
 def _ipv6_digest_pair() -> tuple[bytes, bytes]:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from agent.compiled import fastpath
 from agent.sa import SA, esp_ident, udp_ident
+from agent.sakey import key_ident, key_obs, sa_key
 from agent.satable import SATable, TableSettings
 from agent.schedule import HeapSchedule
 from agent.tracker import FIELDS
@@ -81,7 +82,7 @@ def _key(spec: tuple) -> tuple[tuple, bool]:
     if swap:
         src, dst = dst, src
     ident = udp_ident(src, dst, 4500, 4500 + swap, spi) if udp else esp_ident(src, dst, spi)
-    return ((None, (7, None, None), (8, 5, None))[obs], ident), udp
+    return sa_key((None, (7, None, None), (8, 5, None))[obs], ident), udp
 
 
 _SPEC = st.tuples(st.integers(0, 2), st.booleans(), st.booleans(), st.integers(0, 2), st.integers(0, 2),
@@ -128,14 +129,16 @@ def test_a_new_sa_shares_the_constants_python_shares() -> None:
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
     for udp in (False, True):
-        key, now = ((3, None, None), esp_ident(_ADDRS[0], _ADDRS[1], 9)), 1_700_000_000.25
+        key, now = sa_key((3, None, None), esp_ident(_ADDRS[0], _ADDRS[1], 9)), 1_700_000_000.25
         c = SATable(TableSettings(), lambda *a: None, compiled=True).create(key, udp, now, "out")
         py = SA(key, udp, now, "out")
         for k in _SLOTS:
             v, w = getattr(c, k), getattr(py, k)
-            if k not in ("peer", "tunnel_id"):
+            if k in ("obs", "ident"):  # read from the key: equal, made on each read
+                assert v == w, k
+            elif k not in ("peer", "tunnel_id"):
                 assert (type(v), v) == (type(w), w) if isinstance(v, int | float) else v is w, k
-        assert c.first_seen == now and c.obs is key[0] and c.ident is key[1] and c.udp is udp
+        assert c.first_seen == now and c.obs == key_obs(key) and c.ident == key_ident(key) and c.udp is udp
 
 
 def _esp(src: bytes, dst: bytes, spi: int, seq: int) -> bytes:
@@ -228,7 +231,7 @@ def test_a_flooded_table_drops_dead_schedule_entries_as_python_does() -> None:
     rebuilds, now = 0, 1_700_000_000.0
     for i in range(6000):
         now += 0.001 * (i % 7)
-        key = (None, esp_ident(bytes([10, i % 5, 0, 1]), bytes([10, 0, i % 3, 2]), 1 + i))
+        key = esp_ident(bytes([10, i % 5, 0, 1]), bytes([10, 0, i % 3, 2]), 1 + i)
         stale = [t.stale_entries for t in tables]
         for t in tables:
             t.create(key, False, now, None)
@@ -251,7 +254,7 @@ def test_the_compiled_schedule_is_the_heapq_one(entries: list, pops: int) -> Non
     drop_dead keeps the same entries (SAs active or not)."""
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
-    sas_made = {n: SA((None, esp_ident(_ADDRS[0], _ADDRS[1], n % 4 + 1)), False, 1.0 + n % 2, None)
+    sas_made = {n: SA(esp_ident(_ADDRS[0], _ADDRS[1], n % 4 + 1), False, 1.0 + n % 2, None)
                 for n in range(6)}
     schedules = (HeapSchedule(), fastpath.Schedule())
     for n, active, entry_due in entries:
@@ -280,7 +283,7 @@ def test_a_compiled_schedule_with_a_foreign_entry_drops_nothing() -> None:
     schedule stays as it was. An SA's `active` is a bool by its type (agent/sastate.h): nothing else is stored."""
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
-    sas = [SA((None, esp_ident(_ADDRS[0], _ADDRS[1], n)), False, 1.0, None) for n in range(1, 5)]
+    sas = [SA(esp_ident(_ADDRS[0], _ADDRS[1], n), False, 1.0, None) for n in range(1, 5)]
     sas[0].active = False
     s = fastpath.Schedule()
     for n, sa in enumerate(sas):
@@ -302,7 +305,7 @@ def test_the_compiled_schedule_frees_its_entries() -> None:
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
     import sys
-    sa = SA((None, esp_ident(_ADDRS[0], _ADDRS[1], 1)), False, 1.0, None)
+    sa = SA(esp_ident(_ADDRS[0], _ADDRS[1], 1), False, 1.0, None)
     base = sys.getrefcount(sa)
     s = fastpath.Schedule()
     for i in range(1000):
@@ -337,7 +340,7 @@ def test_a_pop_out_of_memory_leaves_the_compiled_schedule_as_it_was() -> None:
         import _testcapi  # CPython's, in every build's standard library (Debian's python3.11 included)
         from agent.compiled import fastpath
         from agent.sa import SA, esp_ident
-        sas = [SA((None, esp_ident(bytes(4), bytes(4), n + 1)), False, 1.0, None) for n in range(50)]
+        sas = [SA(esp_ident(bytes(4), bytes(4), n + 1), False, 1.0, None) for n in range(50)]
         s = fastpath.Schedule()
         for n, sa in enumerate(sas):
             s.push(float(n), sa)  # the last entry is the latest
@@ -370,7 +373,7 @@ def test_an_spi_flood_between_two_addresses_leaves_its_candidates_in_constant_ti
 
     def cost(waiting: int) -> float:
         p = Pairer()
-        sas = [SA((None, esp_ident(_ADDRS[0], _ADDRS[1], spi)), False, 1.0 + spi, None)
+        sas = [SA(esp_ident(_ADDRS[0], _ADDRS[1], spi), False, 1.0 + spi, None)
                for spi in range(1, waiting + 1)]
         for sa in sas:
             p.add(sa)
@@ -398,10 +401,10 @@ def test_a_two_way_spi_flood_in_bursts_pairs_in_bounded_time(compiled: bool) -> 
     def cost(waiting: int) -> float:
         t = SATable(TableSettings(), lambda *a: None, compiled=compiled)
         for spi in range(1, waiting + 1):
-            t.create((None, esp_ident(_ADDRS[0], _ADDRS[1], spi)), False, 1.0 + spi * 1e-5, None)
+            t.create(esp_ident(_ADDRS[0], _ADDRS[1], spi), False, 1.0 + spi * 1e-5, None)
         start = time.process_time()
         for spi in range(1, 501):
-            t.create((None, esp_ident(_ADDRS[1], _ADDRS[0], spi)), False, 2.0 + spi * 1e-5, None)
+            t.create(esp_ident(_ADDRS[1], _ADDRS[0], spi), False, 2.0 + spi * 1e-5, None)
         spent = time.process_time() - start
         assert t.pairer.next_tunnel == 501
         paired = [sa.spi for sa in t.sas.values() if sa.peer is not None and sa.ident[:4] == _ADDRS[0]]
@@ -464,16 +467,16 @@ def test_counts_and_bounds_past_63_bits_are_python_ints(bounds: tuple[int, int])
         now = 1_700_000_000.0
         for round_ in range(4):
             for i in range(7):
-                key = (None, esp_ident(_ADDRS[0], bytes([10, 1, round_, i]), 1 + i))
+                key = esp_ident(_ADDRS[0], bytes([10, 1, round_, i]), 1 + i)
                 if key not in t.sas:
                     t.create(key, False, now + i, None).datagrams = 2**62 + i
             t.settings = replace(t.settings, max_sas=2 + round_)  # the next create drops several in one call
-            t.create((None, esp_ident(_ADDRS[1], bytes([10, 2, round_, 0]), 99)), False, now + 9, None)
+            t.create(esp_ident(_ADDRS[1], bytes([10, 2, round_, 0]), 99), False, now + 9, None)
             t.settings = replace(t.settings, max_sas=8)
             now += 10
         t.settings = replace(t.settings, max_sas=10**20)
         for i in range(20):
-            t.create((None, esp_ident(_ADDRS[2], bytes([10, 3, 0, i]), 7)), False, now + i, None)
+            t.create(esp_ident(_ADDRS[2], bytes([10, 3, 0, i]), 7), False, now + i, None)
         states.append(_state(t, exports))
     assert states[0] == states[1]
     assert states[0][11] > 2**64 and len(states[0][0]) > 20  # unconfirmed_datagrams; SAs past the old bound
@@ -491,11 +494,11 @@ class _Sas(dict):
         super().__setitem__(key, value)
 
 
-@pytest.mark.parametrize("case", ["unhashable key, full table", "dict subclass"])
+@pytest.mark.parametrize("case", ["not a key, full table", "dict subclass"])
 def test_a_key_hashed_where_python_hashes_it(case: str) -> None:
-    """The compiled create hashes its key once, at the table entry (SATable.create's `sas[key] = sa`):
-    an unhashable observation point fails there, after a full table made room, as in Python; a `sas` that
-    is not exactly a dict takes the entry through its own __setitem__. Both tables end in the same state."""
+    """The compiled create hashes its key once, at the table entry (SATable.create's `sas[key] = sa`); a
+    `sas` that is not exactly a dict takes the entry through its own __setitem__. Both tables end in the same
+    state. A key agent.sakey does not make (here a tuple, as keys were) is refused before anything changes."""
     if fastpath is None:
         pytest.fail("the compiled path is not built (CI builds it)")
     tables, logs = [], []
@@ -509,15 +512,17 @@ def test_a_key_hashed_where_python_hashes_it(case: str) -> None:
         logs.append(exports)
     now = 1_700_000_000.0
     for i in range(6):
-        key = (None, esp_ident(bytes([10, 0, 0, 1]), bytes([10, 0, i, 2]), 1 + i))
+        key = esp_ident(bytes([10, 0, 0, 1]), bytes([10, 0, i, 2]), 1 + i)
         for t in tables:
             t.create(key, False, now + i, None)
-    if case == "unhashable key, full table":
-        for t in tables:
-            with pytest.raises(TypeError):
-                t.create(([7], esp_ident(bytes([10, 0, 0, 1]), bytes([10, 0, 9, 2]), 99)), False, now + 7, None)
+    if case == "not a key, full table":
+        before = _state(tables[1], logs[1])
+        with pytest.raises(TypeError):
+            fastpath.create(tables[1], (None, esp_ident(bytes([10, 0, 0, 1]), bytes([10, 0, 9, 2]), 99)), False,
+                            now + 7, None, False)
+        assert _state(tables[1], logs[1]) == before
     else:
         assert [t.sas.stores for t in tables] == [6, 6]
     a, b = (_state(t, log) for t, log in zip(tables, logs, strict=True))
     assert a == b
-    assert tables[1].evictions == (3 if case == "unhashable key, full table" else 2)
+    assert tables[1].evictions == 2

@@ -166,8 +166,8 @@ def test_sas_seen_before_charon_names_them_are_named_by_asking(tmp_path: Path) -
     with IPsecLab() as lab:
         sa = lab.installed()["left"]
         gw, peer = (bytes(int(x) for x in a.split(".")) for a in (lab.left_addr, lab.right_addr))
-        out_key = (None, udp_ident(gw, peer, 4500, 4500, sa.spi_out))
-        in_key = (None, udp_ident(peer, gw, 4500, 4500, sa.spi_in))
+        out_key = udp_ident(gw, peer, 4500, 4500, sa.spi_out)
+        in_key = udp_ident(peer, gw, 4500, 4500, sa.spi_in)
         table = SATable(TableSettings(), lambda *_: None)
         vici = Vici(lab.vici_uri("left"))
         table.pairer.authority = vici  # SAs before the reader runs: they wait

@@ -61,7 +61,7 @@ class Known:
 
 
 def _sa(src: bytes, dst: bytes, spi: int, t: float) -> SA:
-    return SA((None, esp_ident(src, dst, spi)), False, t, None)
+    return SA(esp_ident(src, dst, spi), False, t, None)
 
 
 def _pair_claims(name: str, out_spi: int, in_spi: int) -> dict[bytes, Claim]:
@@ -147,7 +147,7 @@ def test_unreachable_socket_logs_one_line_and_keeps_retrying(tmp_path: Path, kin
     vici.start(table)
     try:
         time.sleep(2.2)
-        table.create((None, esp_ident(GW, PEER, 1)), False, 0.0, None)  # the packet path is not held up
+        table.create(esp_ident(GW, PEER, 1), False, 0.0, None)  # the packet path is not held up
         vici.apply()
     finally:
         vici.close()
@@ -175,7 +175,7 @@ def test_an_spi_flood_unknown_to_charon_waits_in_constant_time(tmp_path: Path) -
     vici = Vici(f"unix://{tmp_path}/none.sock")
     try:
         def claim(first: int, count: int) -> float:
-            sas = [SA((None, esp_ident(GW, PEER, spi)), False, 0.0, None) for spi in range(first, first + count)]
+            sas = [SA(esp_ident(GW, PEER, spi), False, 0.0, None) for spi in range(first, first + count)]
             start = time.process_time()
             for sa in sas:
                 vici.claim(sa)
