@@ -1615,10 +1615,6 @@ static PyObject *new_sa(PyObject *key, int udp, PyObject *now, int direction) {
         if (flag_arg[i] >= 0)
             FIELD(sa, char, flag_off[i]) = (char)udp;
     SA(sa)->direction = (char)direction;
-    /* Out of the cyclic collector's sight, which would only walk the table again and again (a quarter of
-     * an SPI flood's CPU): a table's SAs form no cycle but a tunnel's pair, and SATable breaks those
-     * when one of them leaves it (_forget) or when it goes itself (__del__). */
-    PyObject_GC_UnTrack(sa);
     return sa;
 }
 
@@ -2328,11 +2324,13 @@ static int bind_sa(void) {
     if (fields == NULL || cls == NULL || limit == NULL || run == NULL || tracker == NULL || json == NULL)
         goto done;
     no_limit = PyLong_AsLongLong(limit);
+    /* untracked (agent/_sastate.c): out of the cyclic collector's sight, which would only walk the table again
+     * and again (a quarter of an SPI flood's CPU) */
     if (!PyType_Check(cls) || !PyType_Check(fields) || !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)fields)
-        || no_limit <= 0 || no_limit > (1LL << 62) + 1) {
+        || PyType_IS_GC((PyTypeObject *)cls) || no_limit <= 0 || no_limit > (1LL << 62) + 1) {
         PyErr_Clear();
-        PyErr_SetString(PyExc_ImportError, "agent.sa.SA is not built on agent._sastate.SAFields, or its NO_LIMIT is "
-                                           "not in 1..2^62 + 1");
+        PyErr_SetString(PyExc_ImportError, "agent.sa.SA is not an untracked class of agent._sastate.SAFields, or its "
+                                           "NO_LIMIT is not in 1..2^62 + 1");
         goto done;
     }
     sa_type = (PyTypeObject *)Py_NewRef(cls); /* kept for the module's lifetime, as the three below */

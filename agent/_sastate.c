@@ -203,7 +203,8 @@ static int clear(SAFields *self) {
 }
 
 static void dealloc(SAFields *self) {
-    PyObject_GC_UnTrack(self);
+    if (PyObject_IS_GC((PyObject *)self)) /* not agent.tracker's classes (untracked below) */
+        PyObject_GC_UnTrack(self);
     clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -222,7 +223,35 @@ static PyTypeObject SAFieldsType = {
     .tp_getset = getset,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sastate", NULL, -1, NULL};
+/* untracked(cls): cls, a class of SAFields that adds no field (__slots__ = ()), made a type whose instances
+ * the cyclic collector neither allocates a header for nor walks: 16 of the ~300 bytes an SA costs, and the
+ * collector's walks of a table of a million SAs.  CPython gives every class a `class` statement makes that
+ * header (Py_TPFLAGS_HAVE_GC), so it is taken off here, before the class has an instance; its deallocation
+ * (subtype_dealloc) has a branch for such types.  An SA's references form no cycle but a tunnel's pair,
+ * which agent.satable.SATable breaks when one of the two leaves the table (_forget) or when it goes itself
+ * (__del__).  A subclass a `class` statement makes of it is tracked again, and collected as any. */
+static PyObject *untracked(PyObject *unused, PyObject *cls) {
+    (void)unused;
+    PyTypeObject *t = (PyTypeObject *)cls;
+    if (!PyType_Check(cls) || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE) || !PyType_IsSubtype(t, &SAFieldsType)
+        || t->tp_basicsize != sizeof(SAFields) || t->tp_dictoffset != 0 || t->tp_weaklistoffset != 0
+        || (t->tp_flags & Py_TPFLAGS_MANAGED_DICT) || (t->tp_base != &SAFieldsType && PyType_IS_GC(t->tp_base))
+        || t->tp_free != PyObject_GC_Del) {
+        PyErr_SetString(PyExc_TypeError, "untracked() takes a class of SAFields (or of an untracked one) with "
+                                         "__slots__ = () and no instance yet");
+        return NULL;
+    }
+    t->tp_flags &= ~Py_TPFLAGS_HAVE_GC;
+    t->tp_free = PyObject_Free;
+    PyType_Modified(t);
+    return Py_NewRef(cls);
+}
+
+static PyMethodDef functions[] = {
+    {"untracked", untracked, METH_O, "cls, a class of SAFields with __slots__ = (), made untracked (no GC header)"},
+    {NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sastate", NULL, -1, functions};
 
 PyMODINIT_FUNC PyInit__sastate(void) {
     if ((sa_empty_tuple = PyTuple_New(0)) == NULL || (str_in = PyUnicode_InternFromString("in")) == NULL

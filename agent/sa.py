@@ -7,7 +7,7 @@ import struct
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6, inet_ntop
 
-from agent.tracker import SEQ_LIMIT, SeqTracker
+from agent.tracker import SEQ_LIMIT, SeqTracker, untracked
 from exporter.records import IPAddress
 
 NO_LIMIT = SEQ_LIMIT + 1  # above any number an SA reaches: no fast limit is higher, so beyond is the tracker's
@@ -19,6 +19,7 @@ Identity = tuple[bytes, bytes, int, int | None, int | None, int | None, int | No
 _NO_OBS = (None, None, None)
 
 
+@untracked
 class SA(SeqTracker):
     """Counters are cumulative; `x_*` hold their values at the previous export (deltas = now - x)."""
 

@@ -72,8 +72,8 @@ class SATable:
         self.dropped: Callable[[SA], None] | None = None
 
     def __del__(self) -> None:
-        """The compiled create leaves SAs to reference counting (agent/_fastpath.c): the pairs still linked
-        are unlinked, so the table's SAs go with it."""
+        """SAs are left to reference counting where their fields are compiled (agent.tracker.untracked): the
+        pairs still linked are unlinked, so the table's SAs go with it."""
         for sa in (*self.sas.values(), *(self.history or ())):
             sa.peer = None
 

@@ -21,6 +21,7 @@ only move `last` and `last_seen`.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -108,8 +109,12 @@ class _SAFields:
 
 
 SAFields: type = _sastate.SAFields if _sastate is not None else _SAFields
+# SeqTracker's and agent.sa.SA's instances outside the cyclic collector where the fields are compiled (16 B
+# an SA: agent/_sastate.c says why that is safe); the twin's stay in it.
+untracked: Callable[[type], type] = _sastate.untracked if _sastate is not None else lambda cls: cls
 
 
+@untracked
 class SeqTracker(SAFields):
     """Sequence-space state of one SA generation. Times are epoch seconds from the caller's clock."""
 

@@ -5,6 +5,7 @@ compiled part off, the SA a plain slots object) and without it."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -30,6 +31,47 @@ def test_the_compiled_fields_are_the_python_twins() -> None:
             or isinstance(v, property)]
     assert sorted(fields) == sorted(twin) == sorted(tracker.FIELDS) and len(set(tracker.FIELDS)) == len(tracker.FIELDS)
     assert tracker.SAFields is sastate.SAFields
+
+
+def test_sas_are_untracked_and_carry_no_gc_header() -> None:
+    """SA and SeqTracker instances have no cyclic-collector header (16 B of each SA, agent/_sastate.c); a
+    class made of them by a `class` statement is collected as any, its cycles through the fields included."""
+    if sastate is None or fastpath is None:
+        pytest.fail("the compiled parts are not built (CI builds them)")
+    from agent.sa import SA
+    from agent.sakey import sa_key
+
+    key = sa_key(None, bytes(12))
+    sa, seq = SA(key, False, 1.0, None), tracker.SeqTracker()
+    assert not gc.is_tracked(sa) and not gc.is_tracked(seq)
+    assert sys.getsizeof(sa) == sys.getsizeof(seq) == SA.__basicsize__ == sastate.SAFields.__basicsize__
+    sa.gaps, sa.peer, sa.name = [[1, 2]], SA(key, False, 1.0, None), "tunnel"  # freed with it, no error
+    del sa
+
+    class Tracked(SA):
+        __slots__ = ()
+
+    freed = []
+
+    class Witness:
+        def __del__(self) -> None:
+            freed.append(True)
+
+    t = Tracked(key, True, 1.0, "in")
+    assert gc.is_tracked(t) and sys.getsizeof(t) == SA.__basicsize__ + 16
+    t.peer, t.events = t, [Witness()]  # a cycle through a field and through the cold block
+    del t
+    gc.collect()
+    assert freed == [True]
+    for bad in (SA, int):  # once only; not a class of SAFields
+        with pytest.raises(TypeError, match="untracked"):
+            sastate.untracked(bad)
+
+    class WithDict(sastate.SAFields):
+        pass
+
+    with pytest.raises(TypeError, match="untracked"):
+        sastate.untracked(WithDict)
 
 
 def _outputs(directory: str) -> str:

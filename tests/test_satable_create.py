@@ -163,7 +163,7 @@ def _tunnels_batch(tunnels: int, t0: float, net: int = 1) -> tuple[bytes, bytes]
 
 @pytest.mark.parametrize("keep_history", [False, True])
 def test_a_dropped_meter_takes_its_sas_with_it(keep_history: bool) -> None:
-    """The compiled create leaves SAs out of the cyclic collector: pairs, rekeys, restarts, dormancy and
+    """SAs are out of the cyclic collector (agent.tracker.untracked): pairs, rekeys, restarts, dormancy and
     evictions from a full table must leave no SA alive once the meter is gone (1000 SAs leaked would be
     about 800 kB)."""
     from agent import decode as d
