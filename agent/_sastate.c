@@ -202,9 +202,28 @@ static int clear(SAFields *self) {
     return 0;
 }
 
+/* A restart leaves the old generation's `peer` pointing one way at its partner, whose own old generation
+ * points at the next...: a chain of SAs as long as the tunnel's restarts, alive while its head is (a held
+ * SA, a history).  Freed by recursion through `peer`, 60 000 of them overflowed the C stack: CPython's
+ * guard (the trashcan) is for types with a GC header, which SA does not have (untracked below).  So the
+ * chain is taken apart here, one SA after the other. */
+static PyTypeObject SAFieldsType;
+static void release_peers(SAFields *self) {
+    PyObject *next = self->peer;
+    self->peer = NULL;
+    while (next != NULL && Py_REFCNT(next) == 1 && PyObject_TypeCheck(next, &SAFieldsType)) {
+        PyObject *after = SA(next)->peer;
+        SA(next)->peer = NULL;
+        Py_DECREF(next); /* freed, its own peer already taken: no recursion */
+        next = after;
+    }
+    Py_XDECREF(next);
+}
+
 static void dealloc(SAFields *self) {
     if (PyObject_IS_GC((PyObject *)self)) /* not agent.tracker's classes (untracked below) */
         PyObject_GC_UnTrack(self);
+    release_peers(self);
     clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -226,8 +245,11 @@ static PyTypeObject SAFieldsType = {
 /* untracked(cls): cls, a class of SAFields that adds no field (__slots__ = ()), made a type whose instances
  * the cyclic collector neither allocates a header for nor walks: 16 of the ~300 bytes an SA costs, and the
  * collector's walks of a table of a million SAs.  CPython gives every class a `class` statement makes that
- * header (Py_TPFLAGS_HAVE_GC), so it is taken off here, before the class has an instance; its deallocation
- * (subtype_dealloc) has a branch for such types.  An SA's references form no cycle but a tunnel's pair,
+ * header (Py_TPFLAGS_HAVE_GC), so it is taken off here, before the class has an instance: only as the
+ * decorator of its `class` statement (an instance made before would keep its header and be freed at the
+ * wrong address; that cannot be checked here, only that the class was not untracked already).  Its
+ * deallocation (subtype_dealloc) has a branch for such types; release_peers above stands in for the
+ * recursion guard that branch lacks.  An SA's references form no cycle but a tunnel's pair,
  * which agent.satable.SATable breaks when one of the two leaves the table (_forget) or when it goes itself
  * (__del__).  A subclass a `class` statement makes of it is tracked again, and collected as any. */
 static PyObject *untracked(PyObject *unused, PyObject *cls) {
@@ -238,7 +260,7 @@ static PyObject *untracked(PyObject *unused, PyObject *cls) {
         || (t->tp_flags & Py_TPFLAGS_MANAGED_DICT) || (t->tp_base != &SAFieldsType && PyType_IS_GC(t->tp_base))
         || t->tp_free != PyObject_GC_Del) {
         PyErr_SetString(PyExc_TypeError, "untracked() takes a class of SAFields (or of an untracked one) with "
-                                         "__slots__ = () and no instance yet");
+                                         "__slots__ = (), not untracked already");
         return NULL;
     }
     t->tp_flags &= ~Py_TPFLAGS_HAVE_GC;

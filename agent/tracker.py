@@ -110,7 +110,7 @@ class _SAFields:
 
 SAFields: type = _sastate.SAFields if _sastate is not None else _SAFields
 # SeqTracker's and agent.sa.SA's instances outside the cyclic collector where the fields are compiled (16 B
-# an SA: agent/_sastate.c says why that is safe); the twin's stay in it.
+# an SA: agent/_sastate.c says why that is safe); the twin's stay in it. Only as a class's decorator.
 untracked: Callable[[type], type] = _sastate.untracked if _sastate is not None else lambda cls: cls
 
 
